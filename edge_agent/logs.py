@@ -54,3 +54,11 @@ def setup_logging(verbose: int = 0, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Third-party loggers: the embedded broker (amqtt) and transitions log
+    # tracebacks for every client that disconnects abruptly; keep them out of
+    # the user's way unless debugging.
+    for name in ("amqtt", "transitions", "pynetdicom"):
+        other = logging.getLogger(name)
+        other.handlers[:] = [handler]
+        other.setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL if name == "amqtt" else logging.WARNING)
+        other.propagate = False

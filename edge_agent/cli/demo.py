@@ -1,11 +1,23 @@
-"""`edge-agent demo` (implementation pending)."""
+"""`edge-agent demo`: a real alert end to end, with no external services."""
+
+from __future__ import annotations
 
 import click
 
-from edge_agent.errors import NotImplementedYet
+from edge_agent.errors import EdgeAgentError
 
 
-@click.command("demo", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def demo(**_kwargs):
-    """Demo."""
-    raise NotImplementedYet("'edge-agent demo' is not implemented in this build yet.")
+@click.command("demo")
+@click.option("--rate", type=float, default=8.0, show_default=True, help="Simulated scanner speed, slices/s.")
+@click.option("--settle", type=float, default=2.0, show_default=True, help="Quiet period before a result is final.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Phantom seed.")
+@click.option("--keep", type=click.Path(file_okay=False), help="Keep the demo's files in this folder.")
+def demo(rate, settle, seed, keep):
+    """Embedded broker + agent + simulated scanner + listener: shows an alert and its timing."""
+    from pathlib import Path
+
+    from edge_agent.service.demo import run_demo
+
+    timeline = run_demo(rate=rate, settle=settle, seed=seed, keep=Path(keep) if keep else None, echo=click.echo)
+    if not any(p.get("finding", {}).get("positive") for _, p in timeline.alerts):
+        raise EdgeAgentError("the demo raised no alert; run it again with -v to see the agent's log.")

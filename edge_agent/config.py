@@ -1,0 +1,286 @@
+"""Typed settings for the agent: file (TOML or YAML) < environment < command line.
+
+Config is data: every field is declared here with its type, default and a
+one-line description (the README's configuration reference is generated from
+these), unknown keys are rejected, and secrets come from the environment or
+from files, never from the command line. No I/O beyond reading the file.
+
+Environment variables: ``EDGE_AGENT_<SECTION>_<FIELD>`` (upper case), e.g.
+``EDGE_AGENT_MQTT_BROKER=mqtts://broker:8883``. The MQTT password is read from
+``EDGE_AGENT_MQTT_PASSWORD`` or the file named by ``mqtt.password_file``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from edge_agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+
+def _f(default: Any, doc: str, **kw) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc, **kw})
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass
+class AgentSection:
+    site: str = _f("site", "Site name: the second level of every MQTT topic.")
+    device: str = _f("ct1", "Device name (usually the scanner): the third level of every MQTT topic.")
+    state_dir: str = _f("/var/lib/edge-agent", "Folder for the ledger, series state, outbox and quarantine.")
+    log_json: bool = _f(False, "Log JSON lines instead of plain text.")
+
+
+@dataclass
+class IngestSection:
+    watch: str = _f("/srv/edge-agent/incoming", "Folder the scanner exports to (watched recursively).")
+    poll: bool = _f(False, "Poll the folder instead of inotify (needed on NFS/SMB shares).")
+    poll_interval: float = _f(1.0, "Seconds between polls when polling.")
+    stable_seconds: float = _f(0.5, "A file counts once its size and mtime were unchanged this long.")
+    retry_timeout: float = _f(30.0, "Keep retrying a file that does not decode this long, then quarantine it.")
+    rescan_interval: float = _f(60.0, "Seconds between reconciliation rescans of the whole folder.")
+    delete_after_processing: bool = _f(False, "Delete input files once their series is final (retention).")
+    quarantine_dir: str = _f("", "Quarantine folder (default: <state_dir>/quarantine).")
+    workers: int = _f(0, "Decode workers (0: one per core).")
+
+
+@dataclass
+class SeriesSection:
+    settle: float = _f(5.0, "Quiet period (s) after a series' last slice before its result is final.")
+    max_open: float = _f(1800.0, "A series still receiving slices after this many seconds is finalised anyway.")
+    queue_size: int = _f(256, "Bounded queue of decoded files waiting for inference (backpressure).")
+    batch: int = _f(16, "Most slices scored in one inference call.")
+
+
+@dataclass
+class InferenceSection:
+    engines: str = _f("", "Folder of model folders (each with manifest.json); empty: the shipped models.")
+    backend: str = _f("auto", "auto | onnxrt | tensorrt.", choices=("auto", "onnxrt", "tensorrt"))
+    threads: int = _f(0, "Inference threads for ONNX Runtime (0: its default).")
+
+
+@dataclass
+class MqttSection:
+    broker: str = _f("", "mqtt://host:port or mqtts://host:port; empty: an embedded broker on 127.0.0.1.")
+    embedded_port: int = _f(1883, "Port of the embedded broker when no broker is set (0: any free port).")
+    protocol: str = _f("auto", "5 | 3.1.1 | auto (5, falling back to 3.1.1).", choices=("5", "3.1.1", "auto"))
+    prefix: str = _f("edge-agent", "First level of every topic.")
+    client_id: str = _f("", "MQTT client id (default: edge-agent-<site>-<device>).")
+    username: str = _f("", "Username (or EDGE_AGENT_MQTT_USERNAME).")
+    password_file: str = _f("", "File holding the password (or EDGE_AGENT_MQTT_PASSWORD).")
+    ca_file: str = _f("", "CA bundle for mqtts:// (default: the system store).")
+    cert_file: str = _f("", "Client certificate for mutual TLS.")
+    key_file: str = _f("", "Client key for mutual TLS.")
+    tls_insecure: bool = _f(False, "Skip certificate verification (never for production; logged as a warning).")
+    delivery: str = _f("receipt", "receipt: done when a consumer acknowledges; broker: done at PUBACK.",
+                       choices=("receipt", "broker"))
+    receipt_timeout: float = _f(30.0, "Republish an alert not acknowledged by a consumer within this many seconds.")
+    heartbeat_interval: float = _f(30.0, "Seconds between status heartbeats.")
+
+
+@dataclass
+class DicomSection:
+    port: int = _f(0, "C-STORE receiver port (0: no receiver).")
+    ae_title: str = _f("EDGE_AGENT", "Our AE title.")
+    bind: str = _f("0.0.0.0", "Address the receiver listens on.")
+    allowed_calling_aets: list = _f([], "Calling AE titles accepted (empty: any).")
+
+
+@dataclass
+class MetricsSection:
+    port: int = _f(0, "Prometheus /metrics and /healthz port (0: disabled).")
+    bind: str = _f("127.0.0.1", "Address the metrics server listens on.")
+    max_stage_age: float = _f(60.0, "/healthz fails when a stage has not reported for this many seconds.")
+
+
+@dataclass
+class Config:
+    agent: AgentSection = field(default_factory=AgentSection)
+    ingest: IngestSection = field(default_factory=IngestSection)
+    series: SeriesSection = field(default_factory=SeriesSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    dicom: DicomSection = field(default_factory=DicomSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+
+    # -- derived paths -------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.agent.state_dir)
+
+    def mqtt_password(self) -> str | None:
+        """The broker password from the environment or the password file (never the command line)."""
+        env = os.environ.get("EDGE_AGENT_MQTT_PASSWORD")
+        if env:
+            return env
+        if self.mqtt.password_file:
+            try:
+                return Path(self.mqtt.password_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"mqtt.password_file {self.mqtt.password_file} cannot be read ({exc.strerror}); "
+                                  "fix the path or its permissions.") from exc
+        return None
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}
+
+
+def _section_types() -> dict[str, type]:
+    hints = get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _coerce(section: str, name: str, value: Any, target: type, source: str) -> Any:
+    where = f"{section}.{name} ({source})"
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
+        if target is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if target is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if target is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            raise ValueError
+        if target is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"{where} must be {target.__name__}, got {value!r}.")
+
+
+def _apply(cfg: Config, data: dict, source: str) -> None:
+    types = _section_types()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a table of sections ({', '.join(SECTIONS)}).")
+    for section, values in data.items():
+        if section not in types:
+            raise ConfigError(f"unknown section [{section}] in {source}; known sections: {', '.join(SECTIONS)}.")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] in {source} must be a table of settings.")
+        obj = getattr(cfg, section)
+        hints = get_type_hints(type(obj))
+        known = {f.name: f for f in fields(obj)}
+        for name, value in values.items():
+            if name not in known:
+                raise ConfigError(f"unknown setting {section}.{name} in {source}; "
+                                  f"known: {', '.join(known)}.")
+            value = _coerce(section, name, value, hints[name], source)
+            choices = known[name].metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{section}.{name} ({source}) must be one of {', '.join(choices)}, got {value!r}.")
+            setattr(obj, name, value)
+
+
+def load_file(path: str | Path) -> dict:
+    """Parse a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}); check the path.") from exc
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes one sentence
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"config file {path} is not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'TOML'}: {first}.") from exc
+    return data
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict:
+    """``EDGE_AGENT_<SECTION>_<FIELD>`` variables as a nested dict (secrets excluded)."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, dict] = {}
+    types = _section_types()
+    for section, cls in types.items():
+        for f in fields(cls):
+            key = f"EDGE_AGENT_{section.upper()}_{f.name.upper()}"
+            if key in environ:
+                out.setdefault(section, {})[f.name] = environ[key]
+    return out
+
+
+def load_config(path: str | Path | None = None, *, overrides: dict | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """Build the effective config: defaults < file < environment < ``overrides`` (CLI flags)."""
+    cfg = Config()
+    if path:
+        _apply(cfg, load_file(path), str(path))
+    _apply(cfg, env_overrides(environ), "environment")
+    if overrides:
+        clean = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
+        _apply(cfg, {s: v for s, v in clean.items() if v}, "command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    for section, name in (("ingest", "poll_interval"), ("ingest", "stable_seconds"), ("series", "settle"),
+                          ("ingest", "retry_timeout"), ("ingest", "rescan_interval"), ("series", "max_open"),
+                          ("mqtt", "receipt_timeout"), ("mqtt", "heartbeat_interval")):
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise ConfigError(f"{section}.{name} must be greater than 0.")
+    for section, name in (("series", "queue_size"), ("series", "batch")):
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"{section}.{name} must be at least 1.")
+    for section, name in (("dicom", "port"), ("metrics", "port"), ("mqtt", "embedded_port")):
+        port = getattr(getattr(cfg, section), name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{section}.{name} must be a TCP port (0-65535), got {port}.")
+    broker = cfg.mqtt.broker
+    if broker and not (broker.startswith("mqtt://") or broker.startswith("mqtts://")):
+        raise ConfigError(f"mqtt.broker must start with mqtt:// or mqtts://, got {broker!r}.")
+    for name in ("site", "device"):
+        value = getattr(cfg.agent, name)
+        if not value or any(c in value for c in "/+#"):
+            raise ConfigError(f"agent.{name} must be a non-empty MQTT topic level without '/', '+' or '#', got {value!r}.")
+    if len(cfg.dicom.ae_title) > 16 or not cfg.dicom.ae_title.strip():
+        raise ConfigError("dicom.ae_title must be 1-16 characters (DICOM PS3.5 AE value representation).")
+
+
+def reference_markdown() -> str:
+    """The configuration reference (README), generated from the field declarations."""
+    lines = []
+    for section, cls in _section_types().items():
+        lines.append(f"\n**[{section}]**\n")
+        lines.append("| key | default | env | meaning |")
+        lines.append("|---|---|---|---|")
+        for f in fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            lines.append(f"| `{f.name}` | `{default!r}` | `EDGE_AGENT_{section.upper()}_{f.name.upper()}` | {f.metadata['doc']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,142 @@
+"""`edge-agent demo`: embedded broker, agent, simulated scanner and listener in one process.
+
+Everything is real except the patient: real DICOM files on a real
+filesystem, the real watcher, the shipped models, the outbox and an MQTT
+broker (embedded amqtt), and the reference consumer acknowledging alerts.
+"""
+
+from __future__ import annotations
+
+import calendar
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edge_agent.config import Config
+
+
+def parse_utc(stamp: str) -> float:
+    """'2026-11-26T04:08:54.123Z' → epoch seconds."""
+    main, _, frac = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S")) + (float("0." + frac) if frac else 0.0)
+
+
+@dataclass
+class Timeline:
+    events: list[tuple[float, str]] = field(default_factory=list)
+    alerts: list[tuple[float, dict]] = field(default_factory=list)
+    results: list[tuple[float, dict]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, t: float, text: str) -> None:
+        with self.lock:
+            self.events.append((t, text))
+
+
+def demo_config(root: Path, settle: float) -> Config:
+    cfg = Config()
+    cfg.agent.site, cfg.agent.device = "demo", "ct1"
+    cfg.agent.state_dir = str(root / "state")
+    cfg.ingest.watch = str(root / "incoming")
+    cfg.ingest.stable_seconds = 0.1
+    cfg.ingest.retry_timeout = 5.0
+    cfg.series.settle = settle
+    cfg.mqtt.embedded_port = 0
+    cfg.mqtt.receipt_timeout = 10.0
+    cfg.mqtt.heartbeat_interval = 5.0
+    return cfg
+
+
+def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0, seed: int = 7,
+             style: str = "inplace", keep: Path | None = None, echo: Callable[[str], None] = print,
+             timeout: float = 120.0) -> Timeline:
+    """Run the whole chain once; returns what happened (the CLI prints it as it goes)."""
+    from edge_agent.alerts import MqttSettings
+    from edge_agent.alerts.consumer import AlertListener
+    from edge_agent.service.app import Agent
+    from edge_agent.service.simulator import Scanner
+
+    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    (root / "incoming").mkdir(parents=True, exist_ok=True)
+    cfg = demo_config(root, settle)
+    timeline = Timeline()
+    finals = threading.Event()
+    expected = len(kinds)
+
+    def on_result(result: dict) -> None:
+        with timeline.lock:
+            timeline.results.append((time.time(), result))
+            if len(timeline.results) >= expected:
+                finals.set()
+
+    def on_alert(payload: dict, *_args) -> None:
+        with timeline.lock:
+            timeline.alerts.append((time.time(), payload))
+
+    agent = Agent(cfg)
+    agent.result_listeners.append(on_result)
+    listener = None
+    scanner = None
+    t0 = time.time()
+    try:
+        echo("edge-agent demo: synthetic CT phantoms, not patients; the models are not medical devices.")
+        agent.start()
+        echo(f"  broker  {agent.broker.url} (embedded)\n  watch   {cfg.ingest.watch}")
+        settings = MqttSettings(url=agent.broker.url, prefix=cfg.mqtt.prefix, site=cfg.agent.site,
+                                device=cfg.agent.device, protocol="3.1.1", client_id="edge-agent-demo-listener")
+        listener = AlertListener(settings, on_alert=on_alert, store_path=root / "listener.sqlite3",
+                                 send_receipts=True)
+        listener.start()
+        scanner = Scanner(root / "incoming", list(kinds), rate=rate, style=style, shuffle=True, seed=seed)
+        t0 = time.time()
+        scanner.run()
+        finals.wait(timeout)
+        time.sleep(0.5)  # let the last final alert reach the listener
+    finally:
+        if listener is not None:
+            listener.stop()
+        agent.stop()
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    report(scanner.series if scanner else [], timeline, t0, echo)
+    return timeline
+
+
+def report(series_list, timeline: Timeline, t0: float, echo: Callable[[str], None]) -> None:
+    """Print a short timeline per series: first slice, decisive slice, preliminary alert, final result."""
+    for n, sim in enumerate(series_list, 1):
+        if not sim.delivered:
+            continue
+        first = min(d.completed_at for d in sim.delivered)
+        last = max(d.completed_at for d in sim.delivered)
+        details = ", ".join(f"{k}={v}" for k, v in sim.details.items() if k in ("bleed", "volume_ml", "nodule",
+                                                                                 "diameter_mm"))
+        echo(f"\nSeries {n}: {sim.kind} phantom ({details or 'no finding'}), {len(sim.delivered)} slices, shuffled")
+        rows = [(first, "first slice written"), (last, "last slice written")]
+        uid = sim.series_instance_uid
+        for at, payload in timeline.alerts:
+            if payload.get("study", {}).get("series_instance_uid") != uid:
+                continue
+            f = payload["finding"]
+            stamps = payload.get("timestamps", {})
+            if "decisive_slice_received" in stamps and payload["state"] == "preliminary":
+                decisive = parse_utc(stamps["decisive_slice_received"])
+                rows.append((decisive, "decisive slice complete on disk"))
+                extra = f" — {1000 * (at - decisive):.0f} ms after the decisive slice"
+            else:
+                extra = ""
+            rows.append((at, f"{payload['state'].upper()} alert {f['code']} p={f['probability']:.2f} "
+                             f"rev {payload['revision']} at the listener{extra}"))
+        for at, result in timeline.results:
+            if result["series_instance_uid"] != uid:
+                continue
+            summary = ", ".join(f"{f['code']} {'POSITIVE' if f['positive'] else 'negative'} p={f['probability']:.2f}"
+                                for f in result["findings"]) or result.get("reason", "")
+            rows.append((at, f"final result: {result['status']} ({summary})"))
+        for at, text in sorted(rows):
+            echo(f"  +{at - first:7.3f} s  {text}")
+    echo("\n(alerts were published over MQTT, stored in the outbox first, and acknowledged by the listener)")

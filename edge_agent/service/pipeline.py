@@ -1,0 +1,384 @@
+"""The streaming series pipeline: score slices as they land, warn early, decide at completion.
+
+One thread (``pipeline``) owns the models — and with them any CUDA context —
+and everything below: decoded files arrive on a bounded queue (the ingest
+blocks when it is full: backpressure, never unbounded growth); each slice is
+preprocessed and scored as soon as it lands, its pixels are then dropped and
+only its score is kept (``SeriesStore``); a **preliminary** alert goes out the
+moment a model's preliminary rule is met; the **final** result when the
+series has been quiet for ``settle`` seconds (or open for ``max_open``). A
+series that reopens is re-decided with all its slices and its alert updated
+under the same ``alert_id`` (higher revision: final again, or retracted).
+
+Every series runs inside an error boundary: a failure is logged and recorded
+in that series' result; the pipeline goes on with the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from edge_agent.service.state import AlertState, SeriesStore, SliceScore
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = "Model trained on synthetic phantoms; not a medical device."
+
+
+def utc_iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+
+
+class Outputs(Protocol):
+    """Where the pipeline's decisions go (the app wires the outbox, ingest and metrics)."""
+
+    def raise_alert(self, payload: dict) -> None: ...
+    def publish_result(self, payload: dict) -> None: ...
+    def series_done(self, series_instance_uid: str) -> None: ...
+    def observe(self, stage: str, seconds: float) -> None: ...
+    def count(self, name: str, state: str | None = None) -> None: ...
+
+
+@dataclass
+class OpenSeries:
+    series_instance_uid: str
+    info: dict
+    normal: np.ndarray
+    shape: tuple[int, int]
+    routes: list  # [(Model, reason | None)]
+    first_received: float
+    last_arrival: float  # monotonic
+    opened: float  # monotonic
+    slices: int = 0
+    warnings: list[str] = field(default_factory=list)
+    decisive: dict[str, float] = field(default_factory=dict)  # alert_id -> complete_at of the decisive slice
+
+
+def series_info(first) -> dict:
+    """The non-PHI description of a series, from its first slice."""
+    return {
+        "study_instance_uid": first.study_instance_uid,
+        "series_instance_uid": first.series_instance_uid,
+        "accession_number": first.accession_number or "",
+        "modality": first.modality or "",
+        "body_part": first.body_part or "",
+        "series_description": first.series_description or "",
+        "study_description": getattr(first, "study_description", "") or "",
+        "slice_thickness": first.slice_thickness,
+        "gantry_tilt": float(getattr(first, "gantry_tilt", 0.0) or 0.0),
+    }
+
+
+class SeriesPipeline:
+    """Owns the models and the open series; fed by :meth:`submit` from the ingest threads."""
+
+    def __init__(self, load_models: Callable[[], Any], store_path, outputs: Outputs, *, site: str, device: str,
+                 settle: float = 5.0, max_open: float = 1800.0, queue_size: int = 256, batch: int = 16,
+                 heartbeat: Callable[[str], None] | None = None):
+        self._load_models = load_models
+        self._store_path = store_path
+        self.outputs = outputs
+        self.site, self.device = site, device
+        self.settle, self.max_open, self.batch = settle, max_open, batch
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._open: dict[str, OpenSeries] = {}
+        self._heartbeat = heartbeat or (lambda _name: None)
+        self.models = None
+        self.store: SeriesStore | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout)
+        if self._error is not None:
+            raise self._error
+        if not self._ready.is_set():
+            raise TimeoutError("the pipeline did not become ready")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the queued files (scores persist; open series resume after restart), then stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, item, timeout: float | None = None) -> None:
+        """Queue one decoded file (an ``IngestedFile``); blocks while the queue is full."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5 if timeout is None else timeout)
+                return
+            except queue.Full:
+                if timeout is not None or self._stop.is_set():
+                    raise
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def open_series(self) -> int:
+        return len(self._open)
+
+    # -- the thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.models = self._load_models()  # activates runners in this thread (CUDA context owner)
+            self.store = SeriesStore(self._store_path)
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                self._heartbeat("pipeline")
+                items = self._take()
+                if items:
+                    self._process(items)
+                self._finalise_due()
+                if self._stop.is_set() and self._queue.empty():
+                    break
+        finally:
+            try:
+                self.models.close()
+            finally:
+                self.store.close()
+
+    def _take(self) -> list:
+        try:
+            items = [self._queue.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        while len(items) < self.batch:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _process(self, items: list) -> None:
+        by_series: dict[str, list] = {}
+        for item in items:
+            by_series.setdefault(item.series_instance_uid, []).append(item)
+        for uid, files in by_series.items():
+            try:
+                self._ingest_files(uid, files)
+            except Exception as exc:  # noqa: BLE001 - error boundary per series
+                log.exception("series %s: failed to process %d file(s): %s", uid, len(files), exc)
+                series = self._open.get(uid)
+                if series is not None:
+                    series.warnings.append(f"processing error: {type(exc).__name__}: {exc}")
+
+    # -- arrival and scoring ----------------------------------------------------------
+    def _open_series(self, uid: str, first, received_at: float) -> OpenSeries:
+        info = series_info(first)
+        orientation = np.asarray(first.orientation, float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        previous = self.store.touch_series(uid, info, received_at)
+        if previous == "final":
+            log.info("series %s reopened by late or resent slices", uid)
+        stored = self.store.series_info(uid)
+        first_received = stored[1] if stored else received_at
+        routes = self.models.route(first)
+        now = time.monotonic()
+        series = OpenSeries(uid, info, normal, (first.rows, first.columns), routes, first_received, now, now)
+        self._open[uid] = series
+        return series
+
+    def _ingest_files(self, uid: str, files: list) -> None:
+        slices = [(f, s) for f in files for s in f.slices]
+        series = self._open.get(uid)
+        if series is None:
+            series = self._open_series(uid, slices[0][1], min(f.received_at for f in files))
+        else:
+            self.store.touch_series(uid, series.info, max(f.received_at for f in files))
+        series.last_arrival = time.monotonic()
+        good = []
+        for f, s in slices:
+            if (s.rows, s.columns) != series.shape:
+                series.warnings.append(f"slice {s.sop_instance_uid} left out: {s.rows}x{s.columns} differs from "
+                                       f"the series' {series.shape[0]}x{series.shape[1]}")
+                continue
+            good.append((f, s))
+        series.slices += len(good)
+        for model, reason in series.routes:
+            if reason is None and good:
+                self._score(series, model, good)
+
+    def _score(self, series: OpenSeries, model, good: list) -> None:
+        name = model.manifest.name
+        todo = [(f, s) for f, s in good if s.hu is not None
+                and not self.store.has_score(series.series_instance_uid, s.sop_instance_uid, name)]
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        hu = np.stack([s.hu for _, s in todo])
+        probabilities = np.asarray(model.score_slices(hu, todo[0][1].pixel_spacing), dtype=np.float64)
+        if probabilities.ndim == 1:
+            probabilities = probabilities[:, None]
+        self.outputs.observe("inference", time.perf_counter() - t0)
+        for _, s in todo:
+            s.hu = None  # pixels are not needed any more: memory stays flat
+        scores = [SliceScore(s.sop_instance_uid, float(np.dot(np.asarray(s.position, float), series.normal)),
+                             [float(p) for p in probabilities[i]], f.received_at, f.complete_at)
+                  for i, (f, s) in enumerate(todo)]
+        self.store.add_scores(series.series_instance_uid, name, scores)
+        self._check_preliminary(series, model, scores)
+
+    def _check_preliminary(self, series: OpenSeries, model, new_scores: list[SliceScore]) -> None:
+        from edge_agent.decision import preliminary_met
+
+        manifest = model.manifest
+        all_scores = self.store.scores(series.series_instance_uid, manifest.name)
+        for index, finding in enumerate(manifest.findings):
+            aid = self._alert_id(series, manifest, finding.code)
+            existing = self.store.alert(aid)
+            if existing is not None and existing.state != "retracted":
+                continue  # already alerted; the final decision updates it
+            probs = np.array([s.probabilities[index] for s in all_scores])
+            if not preliminary_met(probs, manifest.decision):
+                continue
+            decisive = max(new_scores, key=lambda s: s.probabilities[index])
+            series.decisive[aid] = decisive.complete_at
+            probability = float(np.sort(probs)[::-1][: max(1, getattr(manifest.decision, "k", 1))].mean())
+            key = sorted(all_scores, key=lambda s: -s.probabilities[index])[:3]
+            self._emit_alert(series, manifest, finding, aid, "preliminary", probability, key, index, existing)
+
+    # -- decisions ----------------------------------------------------------------------
+    def _alert_id(self, series: OpenSeries, manifest, code: str) -> str:
+        from edge_agent.alerts.payloads import alert_id
+
+        return alert_id(series.series_instance_uid, manifest.name, manifest.version, code)
+
+    def _emit_alert(self, series: OpenSeries, manifest, finding, aid: str, state: str, probability: float,
+                    key_scores: list[SliceScore], index: int, existing: AlertState | None) -> None:
+        from edge_agent.alerts.payloads import build_alert
+
+        revision = (existing.revision + 1) if existing else 1
+        now = time.time()
+        timestamps = {"first_slice_received": utc_iso(series.first_received), "raised": utc_iso(now)}
+        if aid in series.decisive:
+            timestamps["decisive_slice_received"] = utc_iso(series.decisive[aid])
+        if key_scores:
+            timestamps["inferred"] = utc_iso(now)
+        payload = build_alert(
+            site=self.site, device=self.device, series=dict(series.info),
+            model={"name": manifest.name, "version": manifest.version,
+                   "synthetic_training": bool(manifest.synthetic_training)},
+            finding={"code": finding.code, "label": finding.label, "probability": round(probability, 4),
+                     "positive": state != "retracted", "severity": finding.severity,
+                     "key_slices": [{"sop_instance_uid": s.sop_instance_uid, "position_mm": round(s.position_mm, 2),
+                                     "probability": round(s.probabilities[index], 4)} for s in key_scores]},
+            state=state, revision=revision, timestamps=timestamps)
+        self.outputs.raise_alert(payload)  # committed to the outbox before we record it as raised
+        self.store.save_alert(series.series_instance_uid, AlertState(aid, revision, state, probability))
+        self.outputs.count("alerts", f"{state}")
+        log.warning("ALERT %s %s series=%s p=%.3f rev=%d", state, finding.code, series.series_instance_uid,
+                    probability, revision)
+
+    def _finalise_due(self) -> None:
+        now = time.monotonic()
+        for uid in list(self._open):
+            series = self._open[uid]
+            if now - series.last_arrival >= self.settle or now - series.opened >= self.max_open:
+                try:
+                    self._finalise(series)
+                except Exception as exc:  # noqa: BLE001 - error boundary per series
+                    log.exception("series %s: final decision failed: %s", uid, exc)
+                    self.outputs.publish_result(self._result(series, "rejected", [], f"internal error: {exc}"))
+                    self.outputs.count("series", "rejected")
+                finally:
+                    self._open.pop(uid, None)
+                    self.store.mark_final(uid)
+                    self.outputs.series_done(uid)
+
+    def _finalise(self, series: OpenSeries) -> None:
+        from edge_agent.decision import decide
+
+        findings, reasons, analysed = [], [], False
+        for model, reason in series.routes:
+            manifest = model.manifest
+            scores = self.store.scores(series.series_instance_uid, manifest.name)
+            reason = reason or self._coverage_problem(manifest, series, scores)
+            if reason:
+                reasons.append(f"{manifest.name}: {reason}")
+                continue
+            analysed = True
+            positions = np.array([s.position_mm for s in scores])
+            sops = [s.sop_instance_uid for s in scores]
+            for index, finding in enumerate(manifest.findings):
+                probs = np.array([s.probabilities[index] for s in scores])
+                decision = decide(probs, manifest.decision, positions_mm=positions, sop_instance_uids=sops)
+                findings.append({"code": finding.code, "label": finding.label,
+                                 "probability": round(float(decision.probability), 4),
+                                 "positive": bool(decision.positive), "severity": finding.severity,
+                                 "model": manifest.name, "model_version": manifest.version,
+                                 "key_slices": decision.key_slices})
+                self._final_alert(series, manifest, finding, index, decision, scores)
+        if analysed:
+            status, reason = "analysed", None
+        elif reasons:
+            status, reason = "rejected", "; ".join(reasons)
+        else:
+            info = series.info
+            status, reason = "skipped", (f"no model applies to {info['modality'] or 'unknown modality'} "
+                                         f"{info['body_part'] or ''} '{info['series_description']}'").strip()
+        self.outputs.publish_result(self._result(series, status, findings, reason))
+        self.outputs.count("series", status)
+
+    def _final_alert(self, series: OpenSeries, manifest, finding, index: int, decision, scores) -> None:
+        aid = self._alert_id(series, manifest, finding.code)
+        existing = self.store.alert(aid)
+        key = sorted(scores, key=lambda s: -s.probabilities[index])[:3]
+        if decision.positive:
+            unchanged = (existing is not None and existing.state == "final"
+                         and abs(existing.probability - decision.probability) < 1e-3)
+            if not unchanged:
+                if aid not in series.decisive and key:
+                    series.decisive[aid] = max(key, key=lambda s: s.complete_at).complete_at
+                self._emit_alert(series, manifest, finding, aid, "final", float(decision.probability), key,
+                                 index, existing)
+        elif existing is not None and existing.state != "retracted":
+            self._emit_alert(series, manifest, finding, aid, "retracted", float(decision.probability), key,
+                             index, existing)
+
+    @staticmethod
+    def _coverage_problem(manifest, series: OpenSeries, scores: list[SliceScore]) -> str | None:
+        rules = manifest.applies_to
+        min_slices = getattr(rules, "min_slices", 1) or 1
+        if len(scores) < min_slices:
+            return f"only {len(scores)} slice(s) scored, the model needs at least {min_slices}"
+        min_cov = getattr(rules, "min_coverage_mm", 0) or 0
+        if scores:
+            positions = [s.position_mm for s in scores]
+            coverage = max(positions) - min(positions) + float(series.info.get("slice_thickness") or 0)
+            if coverage < min_cov:
+                return f"the series covers {coverage:.0f} mm, the model needs at least {min_cov:.0f} mm"
+        return None
+
+    def _result(self, series: OpenSeries, status: str, findings: list, reason: str | None) -> dict:
+        info = series.info
+        result = {
+            "series_instance_uid": series.series_instance_uid,
+            "study_instance_uid": info["study_instance_uid"],
+            "slices": series.slices,
+            "status": status,
+            "findings": findings,
+            "models": sorted({m.manifest.name for m, _ in series.routes}),
+            "warnings": series.warnings,
+        }
+        if reason:
+            result["reason"] = reason
+        if any(getattr(m.manifest, "synthetic_training", False) for m, _ in series.routes):
+            result["disclaimer"] = DISCLAIMER
+        return result

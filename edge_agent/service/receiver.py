@@ -1,0 +1,329 @@
+"""DICOM C-STORE receiver: a second way in, feeding the watch folder.
+
+Scanners usually *send* images (DICOM PS3.4 Annex B, Storage Service Class).
+:class:`StorageReceiver` is a pynetdicom Storage SCP that accepts CT images
+and writes each instance, exactly as it came over the wire, into the watch
+folder as ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+The file watcher stays the one path into the pipeline: the receiver only
+lands files, atomically (dot-temp name, fsync, ``os.replace``), so the
+watcher never sees a half-written file and a resend replaces the same name.
+
+pynetdicom is used only in this module.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import socket
+import socketserver
+import threading
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+log = logging.getLogger(__name__)
+
+#: Storage SOP classes accepted (PS3.4 Table B.5-1). Secondary Capture is
+#: accepted so scanner "exam summary" images are not retried forever; the
+#: pipeline excludes them later.
+STORAGE_SOP_CLASSES: dict[str, UID] = {
+    "CT Image Storage": UID("1.2.840.10008.5.1.4.1.1.2"),
+    "Enhanced CT Image Storage": UID("1.2.840.10008.5.1.4.1.1.2.1"),
+    "Secondary Capture Image Storage": UID("1.2.840.10008.5.1.4.1.1.7"),
+}
+
+#: Verification SOP class (C-ECHO, PS3.4 Annex A).
+VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
+
+#: Transfer syntaxes accepted for storage (PS3.5 Annex A, PS3.6 Table A-1),
+#: all of which the pipeline's decoders read.
+TRANSFER_SYNTAXES: list[UID] = [
+    UID("1.2.840.10008.1.2"),  # Implicit VR Little Endian (the default)
+    UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
+    UID("1.2.840.10008.1.2.1.99"),  # Deflated Explicit VR Little Endian
+    UID("1.2.840.10008.1.2.5"),  # RLE Lossless
+    UID("1.2.840.10008.1.2.4.70"),  # JPEG Lossless, First-Order Prediction (SV1)
+    UID("1.2.840.10008.1.2.4.57"),  # JPEG Lossless, Non-Hierarchical (Process 14)
+    UID("1.2.840.10008.1.2.4.80"),  # JPEG-LS Lossless
+    UID("1.2.840.10008.1.2.4.81"),  # JPEG-LS Near-Lossless
+    UID("1.2.840.10008.1.2.4.90"),  # JPEG 2000 (Lossless Only)
+    UID("1.2.840.10008.1.2.4.91"),  # JPEG 2000
+]
+
+# C-STORE response statuses (PS3.4 Table B.2-1).
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+# A UID is 1-64 characters of digits and dots (PS3.5 9.1); checking this also
+# keeps a hostile value ("../..") out of the file path built from it.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# An AE title is 1-16 characters of the default repertoire without backslash
+# or control characters (PS3.5 Table 6.2-1, AE).
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def _check_ae_title(value: str, what: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ConfigError(
+            f"The {what} {value!r} is not a valid DICOM AE title; use 1 to 16 printable "
+            "ASCII characters without a backslash."
+        )
+    return value.strip()
+
+
+def _valid_uid(value: object) -> str | None:
+    text = str(value or "").strip().rstrip("\x00")
+    return text if len(text) <= 64 and _UID.match(text) else None
+
+
+class StorageReceiver:
+    """A DICOM Storage SCP (C-STORE and C-ECHO) that writes into ``watch_dir``.
+
+    ``allowed_calling_aets`` restricts which peers may associate (empty or
+    None: any). ``max_pdu`` is the maximum PDU length we receive (0: no limit,
+    PS3.8 D.1). ``on_stored`` is called with each file's final path after it
+    was written; an error in it is logged and does not fail the store.
+    """
+
+    def __init__(
+        self,
+        watch_dir: Path,
+        *,
+        port: int,
+        ae_title: str = "EDGE_AGENT",
+        bind: str = "0.0.0.0",
+        allowed_calling_aets: list[str] | None = None,
+        max_pdu: int = 0,
+        on_stored: Callable[[Path], None] | None = None,
+    ) -> None:
+        if not 0 <= int(port) <= 65535:
+            raise ConfigError(f"The DICOM port {port} is out of range; use a port between 1 and 65535.")
+        if int(max_pdu) < 0:
+            raise ConfigError(f"The maximum PDU length {max_pdu} is negative; use 0 (no limit) or a byte count.")
+        self.watch_dir = Path(watch_dir)
+        self.ae_title = _check_ae_title(ae_title, "AE title")
+        self.allowed_calling_aets = [
+            _check_ae_title(a, "allowed calling AE title") for a in (allowed_calling_aets or [])
+        ]
+        self.bind = bind
+        self.max_pdu = int(max_pdu)
+        self.on_stored = on_stored
+        self._requested_port = int(port)
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stats = {"associations": 0, "rejected": 0, "echoes": 0, "stored": 0, "failed": 0}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful when constructed with port 0)."""
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Bind the port and serve associations in the thread ``dicom-receiver``.
+
+        Raises :class:`EdgeAgentError` with one sentence when the port is in
+        use, needs privileges, or the bind address does not exist here.
+        """
+        if self._server is not None:
+            return
+        try:
+            self.watch_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgeAgentError(
+                f"Cannot create the watch folder {self.watch_dir} for received images "
+                f"({exc.strerror}); create it or fix its permissions."
+            ) from None
+        ae = self._make_ae()
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_REJECTED, self._handle_rejected),
+        ]
+        try:
+            server = ae.make_server(
+                (self.bind, self._requested_port),
+                evt_handlers=handlers,
+                server_class=ThreadedAssociationServer,
+            )
+        except OSError as exc:
+            raise self._bind_error(exc) from None
+        self._server = server
+        self._thread = threading.Thread(target=self._serve, args=(server,), name="dicom-receiver", daemon=True)
+        self._thread.start()
+        log.info("DICOM receiver %s listening on %s:%d", self.ae_title, self.bind, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting, abort open associations and wait for their threads."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        # The base class's shutdown: pynetdicom's override expects a server
+        # made by AE.start_server. The serving thread closes the socket, so
+        # no association starts after the snapshot below.
+        socketserver.BaseServer.shutdown(server)
+        associations = list(server.active_associations)
+        for assoc in associations:
+            assoc.abort()
+        for assoc in associations:
+            assoc.join(timeout=5)
+        if thread is not None:
+            thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+        log.info("DICOM receiver stopped (%s)", self.stats())
+
+    @staticmethod
+    def _serve(server: ThreadedAssociationServer) -> None:
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            server.server_close()
+
+    def stats(self) -> dict:
+        """Counters since start: associations, rejected, echoes, stored, failed."""
+        with self._lock:
+            return dict(self._stats)
+
+    def __enter__(self) -> "StorageReceiver":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- set-up --------------------------------------------------------------
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = self.max_pdu
+        ae.require_calling_aet = list(self.allowed_calling_aets)
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        ae.maximum_associations = 16
+        for sop_class in STORAGE_SOP_CLASSES.values():
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        ae.add_supported_context(VERIFICATION_SOP_CLASS)
+        return ae
+
+    def _bind_error(self, exc: OSError) -> EdgeAgentError:
+        where = f"{self.bind}:{self._requested_port}"
+        if exc.errno == errno.EADDRINUSE:
+            return EdgeAgentError(
+                f"The DICOM port {where} is already in use; stop the other DICOM receiver "
+                "or choose another port with --dicom-port."
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return EdgeAgentError(
+                f"Binding the DICOM port {where} needs privileges; use a port above 1023 "
+                "(104 is often forwarded to 11112) or grant CAP_NET_BIND_SERVICE."
+            )
+        if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+            return EdgeAgentError(
+                f"The DICOM bind address {self.bind!r} is not an address of this machine; "
+                "use 0.0.0.0 or one of its interface addresses."
+            )
+        return EdgeAgentError(
+            f"Cannot listen for DICOM on {where} ({exc.strerror or exc}); check the bind address and port."
+        )
+
+    # -- event handlers (run in pynetdicom's association threads) ------------
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._stats[key] += 1
+
+    def _handle_accepted(self, event) -> None:
+        self._count("associations")
+        log.debug("association accepted from %s (%s)", event.assoc.requestor.ae_title,
+                  event.assoc.requestor.address)
+
+    def _handle_rejected(self, event) -> None:
+        self._count("rejected")
+        log.warning("association from calling AE %r at %s rejected",
+                    event.assoc.requestor.ae_title, event.assoc.requestor.address)
+
+    def _handle_echo(self, event) -> int:
+        self._count("echoes")
+        return STATUS_SUCCESS
+
+    def _handle_store(self, event) -> int:
+        """Write one instance; never raise (an error becomes a status)."""
+        try:
+            return self._store(event)
+        except Exception:  # noqa: BLE001 - the error boundary: the AE keeps serving
+            self._count("failed")
+            log.exception("unexpected error while storing an instance; answered 0x%04X",
+                          STATUS_CANNOT_UNDERSTAND)
+            return STATUS_CANNOT_UNDERSTAND
+
+    def _store(self, event) -> int:
+        sop_uid = _valid_uid(event.request.AffectedSOPInstanceUID)
+        ds = event.dataset  # decodes headers lazily; pixels stay encoded
+        study_uid = _valid_uid(ds.get("StudyInstanceUID"))
+        series_uid = _valid_uid(ds.get("SeriesInstanceUID"))
+        if not (sop_uid and study_uid and series_uid):
+            self._count("failed")
+            log.warning("refused an instance without valid Study/Series/SOP Instance UIDs "
+                        "from %s (status 0x%04X)", event.assoc.requestor.ae_title, STATUS_CANNOT_UNDERSTAND)
+            return STATUS_CANNOT_UNDERSTAND
+        folder = self.watch_dir / study_uid / series_uid
+        final = folder / f"{sop_uid}.dcm"
+        try:
+            _write_atomically(folder, final, event.encoded_dataset(include_meta=True))
+        except OSError as exc:
+            self._count("failed")
+            log.error("cannot write received instance %s to %s (%s); answered 0x%04X (out of resources)",
+                      sop_uid, folder, exc.strerror or exc, STATUS_OUT_OF_RESOURCES)
+            return STATUS_OUT_OF_RESOURCES
+        self._count("stored")
+        log.debug("stored SOP Instance %s of series %s", sop_uid, series_uid)
+        if self.on_stored is not None:
+            try:
+                self.on_stored(final)
+            except Exception:  # noqa: BLE001 - the file is stored; the callback is advisory
+                log.exception("on_stored callback failed for %s", final)
+        return STATUS_SUCCESS
+
+
+def _write_atomically(folder: Path, final: Path, data: bytes) -> None:
+    """Write ``data`` to a dot-temp file in ``folder``, fsync it, rename over ``final``.
+
+    The watcher ignores dot-files, so it only ever sees the complete file
+    appear under its final name; a resend replaces the old file atomically.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        with open(temp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        try:
+            temp.unlink()
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)

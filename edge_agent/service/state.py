@@ -1,0 +1,138 @@
+"""Durable per-series state: slice scores and alert revisions (SQLite).
+
+The daemon forgets pixels as soon as a slice is scored; what it keeps is
+small — each slice's position and per-model probabilities, and each alert's
+latest revision — and it keeps it here, so that a series that reopens after
+its final decision (late or resent slices), even across a restart, is
+re-decided with all of its slices and its alert updated under the same
+``alert_id`` with a higher revision.
+
+Owned by the pipeline thread: one connection, used from that thread only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_instance_uid TEXT PRIMARY KEY,
+    info TEXT NOT NULL,              -- JSON: study uid, accession, modality, description... (no PHI)
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    status TEXT NOT NULL,            -- open | final
+    finalised_at REAL
+);
+CREATE TABLE IF NOT EXISTS slices (
+    series_instance_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    model TEXT NOT NULL,
+    position_mm REAL NOT NULL,
+    probabilities TEXT NOT NULL,     -- JSON list, one per finding of the model
+    received_at REAL NOT NULL,
+    complete_at REAL NOT NULL,
+    PRIMARY KEY (series_instance_uid, sop_instance_uid, model)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    state TEXT NOT NULL,             -- preliminary | final | retracted
+    probability REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class SliceScore:
+    sop_instance_uid: str
+    position_mm: float
+    probabilities: list[float]
+    received_at: float
+    complete_at: float
+
+
+@dataclass
+class AlertState:
+    alert_id: str
+    revision: int
+    state: str
+    probability: float
+
+
+class SeriesStore:
+    """Slice scores and alert revisions of every series seen, on disk."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a crash may lose the last scores, which are recomputed from the
+        # re-emitted files (the ledger resumes unfinished series); alert
+        # durability is the outbox's job, which uses FULL.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- series ----------------------------------------------------------------
+    def touch_series(self, series_instance_uid: str, info: dict, received_at: float) -> str | None:
+        """Record a slice arrival; returns the previous status (None: new series)."""
+        row = self._db.execute("SELECT status FROM series WHERE series_instance_uid=?",
+                               (series_instance_uid,)).fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO series VALUES (?,?,?,?, 'open', NULL)",
+                             (series_instance_uid, json.dumps(info), received_at, received_at))
+            return None
+        self._db.execute("UPDATE series SET last_received=max(last_received, ?), status='open' "
+                         "WHERE series_instance_uid=?", (received_at, series_instance_uid))
+        return row[0]
+
+    def series_info(self, series_instance_uid: str) -> tuple[dict, float] | None:
+        row = self._db.execute("SELECT info, first_received FROM series WHERE series_instance_uid=?",
+                               (series_instance_uid,)).fetchone()
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def mark_final(self, series_instance_uid: str) -> None:
+        self._db.execute("UPDATE series SET status='final', finalised_at=? WHERE series_instance_uid=?",
+                         (time.time(), series_instance_uid))
+
+    # -- slices ----------------------------------------------------------------
+    def has_score(self, series_instance_uid: str, sop_instance_uid: str, model: str) -> bool:
+        return self._db.execute(
+            "SELECT 1 FROM slices WHERE series_instance_uid=? AND sop_instance_uid=? AND model=?",
+            (series_instance_uid, sop_instance_uid, model)).fetchone() is not None
+
+    def add_scores(self, series_instance_uid: str, model: str, scores: list[SliceScore]) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT OR REPLACE INTO slices VALUES (?,?,?,?,?,?,?)",
+            [(series_instance_uid, s.sop_instance_uid, model, s.position_mm, json.dumps(s.probabilities),
+              s.received_at, s.complete_at) for s in scores])
+        self._db.execute("COMMIT")
+
+    def scores(self, series_instance_uid: str, model: str) -> list[SliceScore]:
+        """All scored slices of a series for one model, ordered along the slice normal."""
+        rows = self._db.execute(
+            "SELECT sop_instance_uid, position_mm, probabilities, received_at, complete_at FROM slices "
+            "WHERE series_instance_uid=? AND model=? ORDER BY position_mm, sop_instance_uid",
+            (series_instance_uid, model)).fetchall()
+        return [SliceScore(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+
+    # -- alerts ----------------------------------------------------------------
+    def alert(self, alert_id: str) -> AlertState | None:
+        row = self._db.execute("SELECT alert_id, revision, state, probability FROM alerts WHERE alert_id=?",
+                               (alert_id,)).fetchone()
+        return AlertState(*row) if row else None
+
+    def save_alert(self, series_instance_uid: str, state: AlertState) -> None:
+        self._db.execute("INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?)",
+                         (state.alert_id, series_instance_uid, state.revision, state.state,
+                          state.probability, time.time()))
