@@ -1,11 +1,68 @@
-"""`edge-agent infer` (implementation pending)."""
+"""``edge-agent infer PATH...``: analyse DICOM files/folders once, JSON Lines out.
+
+stdout carries one JSON object per series (the contract in product.md:
+``series_instance_uid``, ``study_instance_uid``, ``slices``, ``status``
+``analysed|skipped|rejected`` with ``reason``, ``findings``) and nothing else.
+Every file left out (not DICOM, not an image we analyse, broken) is reported
+on stderr as one line ``edge-agent: left out PATH: REASON``; files left out of
+a series that was assembled are also counted in that series' ``warnings``.
+Exit 0 when every series found was reported (whatever its status); non-zero
+with one sentence when no path exists, no DICOM series was found, or the
+engines folder is unusable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import click
 
-from edge_agent.errors import NotImplementedYet
+from edge_agent.dicom import scan
+from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.models import ModelSet
+from edge_agent.inference.runner import BACKENDS
+from edge_agent.service.analyse import analyse_series
 
 
-@click.command("infer", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def infer(**_kwargs):
-    """One-shot analysis."""
-    raise NotImplementedYet("'edge-agent infer' is not implemented in this build yet.")
+EPILOG = ("Output: one JSON object per series on stdout (series_instance_uid, study_instance_uid, slices, "
+          "status analysed|skipped|rejected, reason, findings [{code, label, probability, positive, severity, "
+          "model, model_version, key_slices}], models, timings_ms, warnings, disclaimer). Files left out are "
+          "listed on stderr, one line each. No patient identifiers are printed.")
+
+
+@click.command("infer", epilog=EPILOG)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--engines", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Folder of models (<name>/manifest.json); default: the shipped models.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Inference backend: TensorRT where an engine and TensorRT exist (auto), or force one.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--model", "model_names", multiple=True, metavar="NAME",
+              help="Only use this model (repeatable).")
+@click.option("--pretty", is_flag=True, help="Indent the JSON (one object still per series).")
+def infer(paths: tuple[Path, ...], engines: Path | None, backend: str, threads: int | None,
+          model_names: tuple[str, ...], pretty: bool) -> None:
+    """Analyse DICOM files/folders once; print one JSON object per series.
+
+    Demo models are trained on synthetic phantoms; they are not medical devices.
+    """
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise EdgeAgentError(f"{missing[0]} does not exist; give existing DICOM files or folders.")
+    models = ModelSet.load(engines, backend=backend, threads=threads, names=list(model_names) or None)
+    try:
+        report = scan(list(paths))
+        left_out = list(report.rejected) + [r for s in report.series for r in (getattr(s, "rejected", None) or [])]
+        for path, reason in dict.fromkeys((str(r.path), r.reason) for r in left_out):
+            click.echo(f"edge-agent: left out {path}: {reason}", err=True)
+        if not report.series:
+            where = str(paths[0]) if len(paths) == 1 else f"the {len(paths)} paths given"
+            raise EdgeAgentError(f"No DICOM image series found in {where}; point infer at CT DICOM files or "
+                                 "folders (left-out files are listed above).")
+        for series in report.series:
+            result = analyse_series(series, models)
+            click.echo(json.dumps(result, indent=2 if pretty else None))
+    finally:
+        models.close()

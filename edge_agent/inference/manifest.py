@@ -1,0 +1,388 @@
+"""Model manifests (``engines/<name>/manifest.json``, format in docs/MANIFEST.md).
+
+A manifest says what a model finds, which series it applies to, how its
+input is prepared, what tensors it takes and gives, how per-slice scores
+become a series decision, and which artefacts belong to it (with sha256).
+:func:`load_manifest` validates all of it — unknown keys are rejected and
+every error is one sentence naming the field — and refuses an artefact whose
+bytes do not match the recorded sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.decision import DecisionError, DecisionRule, PreliminaryRule, RULES
+from edge_agent.errors import EdgeAgentError
+from edge_agent.preprocess import PreprocessSpec
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+SEVERITIES = ("critical", "urgent", "routine", "info")
+DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ManifestError(EdgeAgentError):
+    """A manifest is missing, malformed, or its artefacts do not match it."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class FindingSpec:
+    """One finding a model reports: ``code`` (e.g. ``ich``), display label, severity."""
+
+    code: str
+    label: str
+    severity: str
+
+
+@dataclass(frozen=True)
+class AppliesTo:
+    """Which series a model applies to, and what it can analyse (docs/MANIFEST.md)."""
+
+    modality: tuple[str, ...]
+    body_part: tuple[str, ...] = ()
+    description_keywords: tuple[str, ...] = ()
+    exclude_keywords: tuple[str, ...] = ()
+    slice_thickness_mm: tuple[float, float] | None = None
+    min_slices: int = 1
+    min_coverage_mm: float = 0.0
+    max_gantry_tilt_deg: float | None = None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor: shape with -1 for a dynamic dimension, numpy dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """A file that belongs to the model (``path`` resolved inside the model folder)."""
+
+    path: Path
+    sha256: str
+    fingerprint: Path | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated model manifest."""
+
+    name: str
+    version: str
+    description: str
+    synthetic_training: bool
+    findings: tuple[FindingSpec, ...]
+    applies_to: AppliesTo
+    preprocessing: PreprocessSpec
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    decision: DecisionRule
+    artefacts: dict[str, Artefact]
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / MANIFEST_NAME
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Reader:
+    """Field access with one-sentence errors that name the field and the file."""
+
+    def __init__(self, source: Path):
+        self.source = source
+
+    def fail(self, field: str, problem: str) -> ManifestError:
+        return ManifestError(f"Manifest {self.source}: '{field}' {problem}; fix the manifest (see docs/MANIFEST.md).")
+
+    def obj(self, value: Any, field: str, required: set[str], optional: set[str]) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(field, "must be a JSON object")
+        unknown = sorted(set(value) - required - optional)
+        if unknown:
+            where = f"{field}.{unknown[0]}" if field else unknown[0]
+            raise self.fail(where, "is not a known key")
+        missing = sorted(required - set(value))
+        if missing:
+            where = f"{field}.{missing[0]}" if field else missing[0]
+            raise self.fail(where, "is required but missing")
+        return value
+
+    def string(self, value: Any, field: str, *, pattern: re.Pattern | None = None, choices=None) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(field, "must be a non-empty string")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(field, f"has an invalid value {value!r}")
+        if choices is not None and value not in choices:
+            raise self.fail(field, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def strings(self, value: Any, field: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise self.fail(field, "must be a list of non-empty strings")
+        return tuple(v.strip().upper() for v in value)
+
+    def number(self, value: Any, field: str, *, minimum: float | None = None, integer: bool = False) -> float:
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            raise self.fail(field, f"must be {'an integer' if integer else 'a finite number'}, not {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(field, f"must be ≥ {minimum}, not {value!r}")
+        return value
+
+    def boolean(self, value: Any, field: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(field, "must be true or false")
+        return value
+
+
+def _applies_to(r: _Reader, d: Any) -> AppliesTo:
+    d = r.obj(d, "applies_to", {"modality"}, {"body_part", "description_keywords", "exclude_keywords",
+                                              "slice_thickness_mm", "min_slices", "min_coverage_mm",
+                                              "max_gantry_tilt_deg"})
+    thickness = d.get("slice_thickness_mm")
+    if thickness is not None:
+        if not isinstance(thickness, list) or len(thickness) != 2:
+            raise r.fail("applies_to.slice_thickness_mm", "must be [minimum, maximum] in mm or null")
+        lo = r.number(thickness[0], "applies_to.slice_thickness_mm[0]", minimum=0)
+        hi = r.number(thickness[1], "applies_to.slice_thickness_mm[1]", minimum=lo)
+        thickness = (float(lo), float(hi))
+    tilt = d.get("max_gantry_tilt_deg")
+    return AppliesTo(
+        modality=r.strings(d["modality"], "applies_to.modality"),
+        body_part=r.strings(d.get("body_part", []), "applies_to.body_part"),
+        description_keywords=r.strings(d.get("description_keywords", []), "applies_to.description_keywords"),
+        exclude_keywords=r.strings(d.get("exclude_keywords", []), "applies_to.exclude_keywords"),
+        slice_thickness_mm=thickness,
+        min_slices=int(r.number(d.get("min_slices", 1), "applies_to.min_slices", minimum=1, integer=True)),
+        min_coverage_mm=float(r.number(d.get("min_coverage_mm", 0.0), "applies_to.min_coverage_mm", minimum=0)),
+        max_gantry_tilt_deg=None if tilt is None else float(r.number(tilt, "applies_to.max_gantry_tilt_deg",
+                                                                      minimum=0)),
+    )
+
+
+def _preprocessing(r: _Reader, d: Any) -> PreprocessSpec:
+    d = r.obj(d, "preprocessing", {"windows", "size"}, {"pixel_spacing_mm", "dtype"})
+    windows = d["windows"]
+    if not isinstance(windows, list) or not windows or not all(isinstance(w, list) and len(w) == 2 for w in windows):
+        raise r.fail("preprocessing.windows", "must be a non-empty list of [centre, width] pairs in HU")
+    for i, (c, w) in enumerate(windows):
+        r.number(c, f"preprocessing.windows[{i}][0]")
+        if r.number(w, f"preprocessing.windows[{i}][1]") <= 0:
+            raise r.fail(f"preprocessing.windows[{i}][1]", "(the window width) must be > 0")
+    size = d["size"]
+    if not isinstance(size, list) or len(size) != 2:
+        raise r.fail("preprocessing.size", "must be [rows, cols]")
+    for i, v in enumerate(size):
+        r.number(v, f"preprocessing.size[{i}]", minimum=1, integer=True)
+    spacing = d.get("pixel_spacing_mm")
+    if spacing is not None and r.number(spacing, "preprocessing.pixel_spacing_mm") <= 0:
+        raise r.fail("preprocessing.pixel_spacing_mm", "must be > 0 or null")
+    r.string(d.get("dtype", "float32"), "preprocessing.dtype", choices=("float32", "float16"))
+    return PreprocessSpec.from_dict(d)
+
+
+def _tensors(r: _Reader, value: Any, field: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise r.fail(field, "must be a non-empty list of tensors")
+    specs = []
+    for i, t in enumerate(value):
+        where = f"{field}[{i}]"
+        t = r.obj(t, where, {"name", "shape", "dtype"}, set())
+        shape = t["shape"]
+        if not isinstance(shape, list) or not shape:
+            raise r.fail(f"{where}.shape", "must be a non-empty list of dimensions (-1 = dynamic)")
+        for j, dim in enumerate(shape):
+            if r.number(dim, f"{where}.shape[{j}]", minimum=-1, integer=True) == 0:
+                raise r.fail(f"{where}.shape[{j}]", "must be a positive size or -1 (dynamic)")
+        specs.append(TensorSpec(r.string(t["name"], f"{where}.name"), tuple(int(v) for v in shape),
+                                r.string(t["dtype"], f"{where}.dtype", choices=DTYPES)))
+    if len({s.name for s in specs}) != len(specs):
+        raise r.fail(field, "has two tensors with the same name")
+    return tuple(specs)
+
+
+def _decision(r: _Reader, d: Any) -> DecisionRule:
+    d = r.obj(d, "decision", {"rule", "threshold"}, {"k", "preliminary", "key_slices"})
+    r.string(d["rule"], "decision.rule", choices=RULES)
+    prelim = d.get("preliminary")
+    try:
+        if prelim is not None:
+            prelim = r.obj(prelim, "decision.preliminary", {"min_slices", "threshold"}, set())
+            prelim = PreliminaryRule(
+                min_slices=int(r.number(prelim["min_slices"], "decision.preliminary.min_slices", integer=True)),
+                threshold=float(r.number(prelim["threshold"], "decision.preliminary.threshold")))
+        return DecisionRule(
+            rule=d["rule"],
+            threshold=float(r.number(d["threshold"], "decision.threshold")),
+            k=int(r.number(d.get("k", 1), "decision.k", integer=True)),
+            preliminary=prelim,
+            key_slices=int(r.number(d.get("key_slices", 3), "decision.key_slices", integer=True)),
+        )
+    except DecisionError as exc:
+        raise ManifestError(f"Manifest {r.source}: {str(exc).rstrip('.')}; fix the manifest "
+                            "(see docs/MANIFEST.md).") from None
+
+
+def _artefacts(r: _Reader, d: Any, folder: Path, verify: bool) -> dict[str, Artefact]:
+    if not isinstance(d, dict) or "onnx" not in d:
+        raise r.fail("artefacts", "must be an object with at least an 'onnx' entry")
+    out = {}
+    root = folder.resolve()
+    for key, a in d.items():
+        where = f"artefacts.{key}"
+        a = r.obj(a, where, {"path", "sha256"}, {"fingerprint"})
+        paths = {}
+        for sub in ("path", "fingerprint"):
+            if sub not in a:
+                continue
+            rel = r.string(a[sub], f"{where}.{sub}")
+            p = (folder / rel).resolve()
+            if Path(rel).is_absolute() or (p != root and root not in p.parents):
+                raise r.fail(f"{where}.{sub}", "must be a path inside the model folder")
+            paths[sub] = p
+        digest = r.string(a["sha256"], f"{where}.sha256", pattern=_SHA_RE)
+        artefact = Artefact(path=paths["path"], sha256=digest, fingerprint=paths.get("fingerprint"))
+        if verify:
+            if not artefact.path.is_file():
+                raise ManifestError(f"Model artefact {artefact.path} listed in {r.source} is missing; "
+                                    "restore the model folder or fix 'artefacts'.")
+            if sha256_file(artefact.path) != digest:
+                raise ManifestError(f"Model artefact {artefact.path} does not match the sha256 in {r.source} "
+                                    "(changed or corrupted); restore the original file, or update the manifest "
+                                    "only if you deliberately replaced it.")
+        out[key] = artefact
+    return out
+
+
+def _cross_checks(r: _Reader, m: Manifest) -> None:
+    """Consistency between blocks: preprocessing ↔ inputs, findings ↔ outputs."""
+    first = m.inputs[0]
+    pp = m.preprocessing
+    if len(first.shape) != 4:
+        raise r.fail("inputs[0].shape", "must be [batch, channels, rows, cols]")
+    expected = (len(pp.windows), *pp.size)
+    for axis, (have, want) in enumerate(zip(first.shape[1:], expected), start=1):
+        if have != -1 and have != want:
+            raise r.fail(f"inputs[0].shape[{axis}]", f"is {have} but preprocessing gives {want}")
+    if first.dtype != pp.dtype:
+        raise r.fail("inputs[0].dtype", f"is {first.dtype} but preprocessing.dtype is {pp.dtype}")
+    out = m.outputs[0]
+    if len(out.shape) != 2 or out.shape[1] not in (-1, len(m.findings)):
+        raise r.fail("outputs[0].shape", f"must be [batch, {len(m.findings)}] (one column per finding)")
+    if len({f.code for f in m.findings}) != len(m.findings):
+        raise r.fail("findings", "has two findings with the same code")
+
+
+def parse_manifest(data: Any, folder: Path, *, source: Path | None = None, verify: bool = True) -> Manifest:
+    """Validate a manifest already parsed from JSON (``folder`` resolves artefact paths)."""
+    folder = Path(folder)
+    r = _Reader(source or folder / MANIFEST_NAME)
+    d = r.obj(data, "", {"schema", "name", "version", "findings", "applies_to", "preprocessing", "inputs",
+                         "outputs", "decision", "artefacts"}, {"description", "synthetic_training"})
+    if d["schema"] != SCHEMA_VERSION:
+        raise r.fail("schema", f"is {d['schema']!r} but this edge-agent reads schema {SCHEMA_VERSION}")
+    findings = d["findings"]
+    if not isinstance(findings, list) or not findings:
+        raise r.fail("findings", "must be a non-empty list")
+    specs = []
+    for i, f in enumerate(findings):
+        f = r.obj(f, f"findings[{i}]", {"code", "severity"}, {"label"})
+        code = r.string(f["code"], f"findings[{i}].code", pattern=_NAME_RE)
+        specs.append(FindingSpec(code=code, label=r.string(f.get("label", code), f"findings[{i}].label"),
+                                 severity=r.string(f["severity"], f"findings[{i}].severity", choices=SEVERITIES)))
+    manifest = Manifest(
+        name=r.string(d["name"], "name", pattern=_NAME_RE),
+        version=r.string(d["version"], "version"),
+        description=r.string(d["description"], "description") if "description" in d else "",
+        synthetic_training=r.boolean(d.get("synthetic_training", False), "synthetic_training"),
+        findings=tuple(specs),
+        applies_to=_applies_to(r, d["applies_to"]),
+        preprocessing=_preprocessing(r, d["preprocessing"]),
+        inputs=_tensors(r, d["inputs"], "inputs"),
+        outputs=_tensors(r, d["outputs"], "outputs"),
+        decision=_decision(r, d["decision"]),
+        artefacts=_artefacts(r, d["artefacts"], folder, verify),
+        folder=folder,
+    )
+    _cross_checks(r, manifest)
+    return manifest
+
+
+def load_manifest(path_or_folder: str | Path, *, verify: bool = True) -> Manifest:
+    """Read and validate ``manifest.json`` (or the one inside a model folder).
+
+    ``verify=False`` skips checking the artefacts' presence and sha256
+    (for ``inspect``); everything else is still validated.
+    """
+    path = Path(path_or_folder)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"No model manifest at {path}; a model folder must hold a {MANIFEST_NAME} "
+                            "(see docs/MANIFEST.md).")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"Cannot read the manifest {path} ({exc}); check the file and its permissions.") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"Manifest {path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
+                            "fix the file.") from None
+    return parse_manifest(data, path.parent, source=path, verify=verify)
+
+
+def add_artefact(path_or_folder: str | Path, key: str, file: str | Path,
+                 fingerprint: str | Path | None = None) -> Manifest:
+    """Record (or replace) artefact ``key`` in a manifest with the file's sha256 and rewrite it.
+
+    Used by ``edge-agent convert`` to add the ``engine`` it built. ``file``
+    (and ``fingerprint``) must lie inside the model folder. Returns the
+    re-validated manifest.
+    """
+    path = Path(path_or_folder)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    load_manifest(path, verify=False)  # refuse to edit an invalid manifest
+    data = json.loads(path.read_text(encoding="utf-8"))
+    folder = path.parent.resolve()
+    file = Path(file).resolve()
+    entry = {"path": _relative(file, folder, path), "sha256": sha256_file(file)}
+    if fingerprint is not None:
+        entry["fingerprint"] = _relative(Path(fingerprint).resolve(), folder, path)
+    data["artefacts"][key] = entry
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return load_manifest(path, verify=False)
+
+
+def _relative(file: Path, folder: Path, manifest: Path) -> str:
+    try:
+        return file.relative_to(folder).as_posix()
+    except ValueError:
+        raise ManifestError(f"{file} is outside the model folder of {manifest}; write it into {folder}.") from None

@@ -1,0 +1,272 @@
+"""The loaded models and which series each one applies to.
+
+:class:`ModelSet` loads every ``<name>/manifest.json`` under an engines
+folder (the shipped ``edge_agent.engines`` by default), makes a runner for
+each (activated lazily, in the thread that first scores with it) and routes
+series to models by the manifests' ``applies_to`` rules (docs/MANIFEST.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
+from edge_agent.inference.runner import Runner, RunnerError, make_runner
+from edge_agent.preprocess import prepare_slices
+
+DEFAULT_BATCH = 16
+
+log = logging.getLogger("edge_agent.inference")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip().upper()
+
+
+@dataclass
+class Model:
+    """One model: its manifest and its runner (activated on first use)."""
+
+    manifest: Manifest
+    runner: Runner
+    batch_size: int = DEFAULT_BATCH
+    fallback: Callable[[], Runner] | None = None  # backend "auto": ONNX Runtime if the first runner cannot start
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def ensure_active(self) -> None:
+        """Activate the runner in the calling thread if it is not active yet."""
+        with self._lock:
+            if self.runner.is_active:
+                return
+            try:
+                self.runner.activate()
+            except EdgeAgentError as exc:
+                if self.fallback is None:
+                    raise
+                log.warning("model %s: %s backend cannot start (%s); falling back to ONNX Runtime",
+                            self.name, self.runner.backend, exc)
+                self.runner, self.fallback = self.fallback(), None
+                self.runner.activate()
+
+    def preprocess(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> np.ndarray:
+        """HU slices ``(N, H, W)`` → the model input ``(N, C, rows, cols)`` (manifest preprocessing)."""
+        return prepare_slices(hu, pixel_spacing, self.manifest.preprocessing)
+
+    def infer_batched(self, x: np.ndarray) -> np.ndarray:
+        """Model input ``(N, C, rows, cols)`` → per-slice probabilities ``(N, F)`` float32, in batches."""
+        self.ensure_active()
+        limit = self.runner.max_batch_size()
+        batch = max(1, min(self.batch_size, limit) if limit else self.batch_size)
+        input_name = self.manifest.inputs[0].name
+        output_name = self.manifest.outputs[0].name
+        n_findings = len(self.manifest.findings)
+        parts = []
+        for start in range(0, x.shape[0], batch):
+            chunk = np.ascontiguousarray(x[start:start + batch])
+            if limit and chunk.shape[0] < limit and self.runner.input_specs()[0].shape[0] == limit:
+                pad = np.zeros((limit - chunk.shape[0], *chunk.shape[1:]), dtype=chunk.dtype)
+                out = self.runner.infer({input_name: np.concatenate([chunk, pad])})[output_name][: chunk.shape[0]]
+            else:
+                out = self.runner.infer({input_name: chunk})[output_name]
+            out = np.asarray(out, dtype=np.float32).reshape(chunk.shape[0], -1)
+            if out.shape[1] != n_findings:
+                raise RunnerError(f"Model {self.name} returned {out.shape[1]} scores per slice but its manifest "
+                                  f"lists {n_findings} findings; fix the manifest or the model.")
+            parts.append(out)
+        if not parts:
+            return np.zeros((0, n_findings), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def score_slices(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
+                     timings: dict[str, float] | None = None) -> np.ndarray:
+        """Preprocess + batched inference: HU ``(N, H, W)`` → probabilities ``(N, F)``.
+
+        Slices are prepared one batch at a time, so memory stays flat for long
+        series. When ``timings`` is given, ``preprocess`` and ``inference``
+        wall times (ms) are added to it.
+        """
+        hu = np.asarray(hu)
+        if hu.ndim == 2:
+            hu = hu[None]
+        self.ensure_active()
+        step = max(1, self.batch_size)
+        parts, t_pre, t_inf = [], 0.0, 0.0
+        for start in range(0, hu.shape[0], step):
+            t0 = time.perf_counter()
+            x = self.preprocess(hu[start:start + step], pixel_spacing)
+            t1 = time.perf_counter()
+            parts.append(self.infer_batched(x))
+            t_pre += t1 - t0
+            t_inf += time.perf_counter() - t1
+        if timings is not None:
+            timings["preprocess"] = timings.get("preprocess", 0.0) + t_pre * 1000.0
+            timings["inference"] = timings.get("inference", 0.0) + t_inf * 1000.0
+        if not parts:
+            return np.zeros((0, len(self.manifest.findings)), dtype=np.float32)
+        return np.concatenate(parts)
+
+
+def applies(manifest: Manifest, info: Any) -> bool:
+    """Whether a series (or one of its slices) is the kind the model is for (docs/MANIFEST.md).
+
+    Modality listed, and BodyPartExamined listed or a description keyword in
+    the series/study description (when the manifest lists neither, any series
+    of the modality), and no exclude keyword in the descriptions.
+    """
+    rule = manifest.applies_to
+    if _text(getattr(info, "modality", None)) not in rule.modality:
+        return False
+    descriptions = " ".join((_text(getattr(info, "series_description", None)),
+                             _text(getattr(info, "study_description", None))))
+    if any(word in descriptions for word in rule.exclude_keywords):
+        return False
+    if not rule.body_part and not rule.description_keywords:
+        return True
+    return (_text(getattr(info, "body_part", None)) in rule.body_part
+            or any(word in descriptions for word in rule.description_keywords))
+
+
+def _slice_reason(manifest: Manifest, info: Any) -> str | None:
+    """Reasons visible on any one slice: thickness, gantry tilt."""
+    rule = manifest.applies_to
+    thickness = getattr(info, "slice_thickness", None)
+    if rule.slice_thickness_mm is not None and thickness is not None:
+        lo, hi = rule.slice_thickness_mm
+        if not lo <= float(thickness) <= hi:
+            return (f"slice thickness {float(thickness):g} mm is outside the {lo:g}–{hi:g} mm model "
+                    f"{manifest.name} accepts")
+    tilt = abs(float(getattr(info, "gantry_tilt", 0.0) or 0.0))
+    if getattr(info, "tilt_corrected", False):
+        tilt = 0.0
+    if rule.max_gantry_tilt_deg is not None and tilt > rule.max_gantry_tilt_deg:
+        return (f"gantry tilt {tilt:g}° is beyond the {rule.max_gantry_tilt_deg:g}° model {manifest.name} "
+                "accepts and was not corrected")
+    return None
+
+
+def coverage_mm(series: Any) -> float:
+    """Extent the series covers along the slice normal: first-to-last centre distance plus one slice spacing."""
+    positions = np.asarray(getattr(series, "positions", ()), dtype=np.float64)
+    if positions.size == 0:
+        return 0.0
+    spacing = getattr(series, "spacing", None)
+    step = float(spacing[0]) if spacing is not None and len(spacing) else 0.0
+    if positions.size > 1 and not step:
+        step = float(np.median(np.diff(np.sort(positions))))
+    return float(positions.max() - positions.min()) + abs(step)
+
+
+class ModelSet:
+    """The models an agent or ``infer`` run uses; see :meth:`load`."""
+
+    def __init__(self, models: list[Model]):
+        self.models = list(models)
+
+    def __iter__(self):
+        return iter(self.models)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def __getitem__(self, name: str) -> Model:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
+    @classmethod
+    def load(cls, engines_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None, *,
+             device: int = 0, names: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
+             verify: bool = True) -> "ModelSet":
+        """Load every model folder (``<name>/manifest.json``) under ``engines_dir``.
+
+        ``engines_dir`` may also be one model folder. None = the shipped
+        models (``edge_agent.engines``). ``names`` keeps only those models.
+        Runners are created but not activated.
+        """
+        if engines_dir is None:
+            from edge_agent.engines import ENGINES_DIR  # noqa: PLC0415 - resolves the installed data folder
+
+            engines_dir = ENGINES_DIR
+        root = Path(engines_dir)
+        if not root.is_dir():
+            raise ManifestError(f"Engines folder {root} does not exist; pass --engines with a folder that holds "
+                                f"<model>/{MANIFEST_NAME}.")
+        folders = [root] if (root / MANIFEST_NAME).is_file() else sorted(
+            p for p in root.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
+        manifests = [load_manifest(f, verify=verify) for f in folders]
+        if names:
+            unknown = sorted(set(names) - {m.name for m in manifests})
+            if unknown:
+                raise ManifestError(f"No model named {unknown[0]!r} in {root} (there are: "
+                                    f"{', '.join(m.name for m in manifests) or 'none'}).")
+            manifests = [m for m in manifests if m.name in names]
+        if not manifests:
+            raise ManifestError(f"No model manifests found in {root}; it must hold <model>/{MANIFEST_NAME} "
+                                "folders (see docs/MANIFEST.md).")
+        seen: set[str] = set()
+        for m in manifests:
+            if m.name in seen:
+                raise ManifestError(f"Two models in {root} are named {m.name!r}; give each model a unique name.")
+            seen.add(m.name)
+        models = []
+        for m in manifests:
+            runner = make_runner(m, backend, threads=threads, device=device)
+            fallback = None
+            if backend == "auto" and runner.backend != "onnxrt":
+                def fallback(m=m):
+                    return make_runner(m, "onnxrt", threads=threads, device=device)
+            models.append(Model(m, runner, batch_size=batch_size, fallback=fallback))
+        return cls(models)
+
+    def route(self, info: Any) -> list[tuple[Model, str | None]]:
+        """The models that apply to ``info`` (a Slice or a Series), each with a rejection reason or None.
+
+        The reason covers what one slice shows (thickness, tilt); use
+        :meth:`check_series` for a complete series.
+        """
+        return [(m, _slice_reason(m.manifest, info)) for m in self.models if applies(m.manifest, info)]
+
+    def check_series(self, model: Model, series: Any) -> str | None:
+        """Why ``model`` cannot analyse this complete series (None when it can)."""
+        reason = _slice_reason(model.manifest, series)
+        if reason:
+            return reason
+        rule = model.manifest.applies_to
+        n = len(getattr(series, "sop_instance_uids", ()) or ())
+        if n < rule.min_slices:
+            return f"{n} slice{'s' if n != 1 else ''} is fewer than the {rule.min_slices} model {model.name} needs"
+        cover = coverage_mm(series)
+        if cover < rule.min_coverage_mm:
+            return (f"the series covers {cover:.0f} mm, less than the {rule.min_coverage_mm:g} mm model "
+                    f"{model.name} needs")
+        return None
+
+    def close(self) -> None:
+        """Deactivate every active runner (call from the thread that used them)."""
+        errors = []
+        for model in self.models:
+            try:
+                model.runner.deactivate()
+            except RunnerError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "ModelSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

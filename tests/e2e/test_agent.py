@@ -1,0 +1,161 @@
+"""The agent end to end: real files written like a scanner, the real daemon process, a real Mosquitto.
+
+These use the shipped ICH model on synthetic head phantoms (a bleed of 3-40 mL
+or none), so the assertions are about the pipeline, not about model accuracy
+at the margin.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from agent_helpers import PHI
+from edge_agent.service.simulator import Scanner, render
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def final_result(collector, uid, timeout=90):
+    return collector.wait(lambda c: c.results_for(uid), timeout)[-1]
+
+
+def test_positive_and_negative_series_arrive_slice_by_slice(broker, collector, agent_factory):
+    agent = agent_factory(broker.url).start()
+    scanner = Scanner(agent.watch, ["ich", "normal"], rate=25, style="inplace", seed=11)
+    scanner.run()
+    ich, normal = scanner.series
+
+    # The bleed: a preliminary alert while/after slices arrive, then the final one, same alert_id.
+    alerts = collector.wait(lambda c: [a for a in c.alerts_for(ich.series_instance_uid) if a["state"] == "final"])
+    every = collector.alerts_for(ich.series_instance_uid)
+    assert {a["alert_id"] for a in every} == {alerts[0]["alert_id"]}
+    assert every[0]["state"] == "preliminary" and every[0]["revision"] == 1
+    assert alerts[-1]["revision"] > every[0]["revision"]
+    assert alerts[-1]["finding"]["code"] == "ich" and alerts[-1]["finding"]["positive"] is True
+    assert alerts[-1]["study"]["accession_number"] == "ACC0001" or alerts[-1]["study"]["accession_number"]
+    for stage in ("first_slice_received", "decisive_slice_received", "raised"):
+        assert stage in every[0]["timestamps"], stage
+
+    result = final_result(collector, ich.series_instance_uid)
+    assert result["status"] == "analysed" and result["slices"] == len(ich.delivered)
+    assert result["findings"][0]["positive"] is True
+
+    # The normal head: a negative result and no alert.
+    result = final_result(collector, normal.series_instance_uid)
+    assert result["status"] == "analysed" and result["findings"][0]["positive"] is False
+    assert collector.alerts_for(normal.series_instance_uid) == []
+
+    # Status: retained birth with counters; no payload failed its schema; no PHI anywhere.
+    assert any(s.get("state") == "online" for s in collector.of("status"))
+    assert collector.invalid == []
+    assert agent.stop() == 0
+    everything = collector.raw().decode() + agent.log_text()
+    for marker in PHI:
+        assert marker not in everything, marker
+    assert any(s.get("state") == "offline" for s in collector.of("status"))
+
+
+def test_rename_style_restart_mid_series_loses_nothing(broker, collector, agent_factory):
+    agent = agent_factory(broker.url).start()
+    staging = agent.root / "staging"
+    phantom, paths = render("ich", 23, staging)
+    uid = phantom.headers.series_instance_uid
+    half = len(paths) // 2
+    target = agent.watch / "series"
+    target.mkdir()
+    for p in paths[:half]:
+        tmp = target / f".{p.name}.part"
+        shutil.copyfile(p, tmp)
+        tmp.rename(target / p.name)
+    time.sleep(2.0)
+    agent.kill()                                  # SIGKILL mid-series
+    for p in paths[half:]:                        # the scanner goes on while the agent is down
+        tmp = target / f".{p.name}.part"
+        shutil.copyfile(p, tmp)
+        tmp.rename(target / p.name)
+    agent.start()
+    result = final_result(collector, uid)
+    assert result["status"] == "analysed"
+    assert result["slices"] == len(paths)
+    finals = collector.wait(lambda c: [a for a in c.alerts_for(uid) if a["state"] == "final"])
+    assert finals[-1]["finding"]["positive"] is True
+    assert agent.stop() == 0
+
+
+def test_broker_down_during_the_series(broker, collector, agent_factory):
+    agent = agent_factory(broker.url).start()
+    broker.stop()
+    scanner = Scanner(agent.watch, ["ich"], rate=40, style="rename", seed=31)
+    scanner.run()
+    time.sleep(3.0)                               # the series goes final while the broker is down
+    broker.start()
+    uid = scanner.series[0].series_instance_uid
+    result = final_result(collector, uid)
+    assert result["findings"][0]["positive"] is True
+    assert collector.wait(lambda c: [a for a in c.alerts_for(uid) if a["state"] == "final"])
+    assert agent.stop() == 0
+
+
+def test_bad_files_are_quarantined_and_the_series_still_analysed(broker, collector, agent_factory):
+    agent = agent_factory(broker.url).start()
+    phantom, paths = render("normal", 41, agent.root / "staging")
+    target = agent.watch / "mixed"
+    target.mkdir()
+    (target / "notes.txt").write_text("not a DICOM file")
+    data = paths[3].read_bytes()
+    (target / "TRUNCATED").write_bytes(data[: len(data) // 3])
+    for p in paths:
+        shutil.copyfile(p, target / p.name)
+    uid = phantom.headers.series_instance_uid
+    result = final_result(collector, uid)
+    assert result["status"] == "analysed" and result["slices"] == len(paths)
+    deadline = time.monotonic() + 30
+    quarantine = agent.state / "quarantine"
+    while time.monotonic() < deadline:
+        names = {p.name for p in quarantine.rglob("*")} if quarantine.exists() else set()
+        if {"notes.txt", "TRUNCATED"} <= names:
+            break
+        time.sleep(0.2)
+    sidecars = [p for p in quarantine.rglob("*.json")]
+    assert {"notes.txt", "TRUNCATED"} <= names, names
+    assert len(sidecars) >= 2
+    assert (target / "TRUNCATED").exists()        # input files are never modified or moved
+    assert agent.proc.poll() is None              # and the agent is alive
+    assert agent.stop() == 0
+
+
+def test_two_scanners_at_once(broker, collector, agent_factory):
+    agent = agent_factory(broker.url).start()
+    scanners = [Scanner(agent.watch / name, [kind], rate=20, style=style, seed=seed)
+                for name, kind, style, seed in (("ct-a", "ich", "inplace", 51), ("ct-b", "normal", "rename", 52))]
+    threads = [threading.Thread(target=s.run, name=f"scanner-{n}") for n, s in enumerate(scanners)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ich, normal = scanners[0].series[0], scanners[1].series[0]
+    assert final_result(collector, ich.series_instance_uid)["findings"][0]["positive"] is True
+    assert final_result(collector, normal.series_instance_uid)["findings"][0]["positive"] is False
+    assert agent.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu is installed by .ci/run")
+def test_c_store_from_a_real_dicom_client(broker, collector, agent_factory, tmp_path):
+    from support.mosquitto import free_port
+
+    port = free_port()
+    agent = agent_factory(broker.url, "--dicom-port", str(port), "--ae-title", "EDGE_TEST").start()
+    phantom, paths = render("ich", 61, tmp_path / "send")
+    proc = subprocess.run(["storescu", "-aec", "EDGE_TEST", "-aet", "SCANNER", "127.0.0.1", str(port),
+                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    uid = phantom.headers.series_instance_uid
+    result = final_result(collector, uid)
+    assert result["status"] == "analysed" and result["slices"] == len(paths)
+    assert result["findings"][0]["positive"] is True
+    assert agent.stop() == 0
