@@ -309,6 +309,8 @@ class SeriesPipeline:
         for model, reason in series.routes:
             manifest = model.manifest
             scores = self.store.scores(series.series_instance_uid, manifest.name)
+            # A reopened series counts the slices scored before it reopened too.
+            series.slices = max(series.slices, len(scores))
             reason = reason or self._coverage_problem(manifest, series, scores)
             if reason:
                 reasons.append(f"{manifest.name}: {reason}")

@@ -1,0 +1,202 @@
+"""The streaming pipeline in-process: preliminary → final → retracted, reopen across a restart.
+
+Real DICOM files (written by ``edge_agent.dicom.synth``, read back by
+``read_file``), a real tiny ONNX model run by ONNX Runtime (see
+tests/inference/tiny_models.py: a 70 HU slice scores ≈0.99, 53 HU ≈0.70,
+30 HU ≈0.007), and a real SQLite series store. Only the outputs are a
+recorder, standing in for the outbox, which has its own tests.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
+
+from tiny_models import write_model_folder  # noqa: E402
+
+from edge_agent.dicom import read_file  # noqa: E402
+from edge_agent.dicom.synth import SeriesHeaders, write_series  # noqa: E402
+from edge_agent.inference.models import ModelSet  # noqa: E402
+from edge_agent.ingest import IngestedFile  # noqa: E402
+from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
+
+
+class RecordingOutputs:
+    """Records what the pipeline hands to the outbox, the ledger and the metrics."""
+
+    def __init__(self):
+        self.alerts, self.results, self.done, self.counts = [], [], [], []
+
+    def raise_alert(self, payload):
+        self.alerts.append(payload)
+
+    def publish_result(self, payload):
+        self.results.append(payload)
+
+    def series_done(self, uid):
+        self.done.append(uid)
+
+    def observe(self, stage, seconds):
+        pass
+
+    def count(self, name, state=None):
+        self.counts.append((name, state))
+
+
+def series_files(tmp_path, values_hu, *, description="HEAD 5mm", body_part="HEAD", name="s", headers=None):
+    volume = np.stack([np.full((16, 16), v, np.float32) for v in values_hu])
+    headers = headers or SeriesHeaders(series_description=description, body_part=body_part,
+                                       study_description=f"CT {body_part}")
+    paths = write_series(volume, tmp_path / name, spacing=(5.0, 1.0, 1.0), headers=headers)
+    return headers, paths
+
+
+def ingested(path):
+    slices = read_file(path)
+    now = time.time()
+    return IngestedFile(path=path, slices=slices, sop_instance_uids=[s.sop_instance_uid for s in slices],
+                        series_instance_uid=slices[0].series_instance_uid, received_at=now, complete_at=now)
+
+
+@pytest.fixture
+def engines(tmp_path):
+    root = tmp_path / "engines"
+    write_model_folder(root / "tiny_ich", decision={
+        "rule": "top_k_mean", "k": 2, "threshold": 0.9, "preliminary": {"min_slices": 1, "threshold": 0.6}})
+    return root
+
+
+def make_pipeline(engines, tmp_path, outputs, settle=0.3):
+    p = SeriesPipeline(lambda: ModelSet.load(engines), tmp_path / "series.sqlite3", outputs, site="s", device="d",
+                       settle=settle, batch=4)
+    p.start()
+    return p
+
+
+def wait(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_preliminary_before_the_series_ends_then_final(engines, tmp_path):
+    out = RecordingOutputs()
+    pipeline = make_pipeline(engines, tmp_path, out, settle=1.0)
+    try:
+        headers, paths = series_files(tmp_path, [30, 30, 70, 70, 30, 30, 30, 30])
+        for p in paths[:4]:
+            pipeline.submit(ingested(p))
+        wait(lambda: out.alerts)                      # raised while the series is still open
+        assert out.alerts[0]["state"] == "preliminary" and out.alerts[0]["revision"] == 1
+        assert out.results == []
+        for p in paths[4:]:
+            pipeline.submit(ingested(p))
+        wait(lambda: out.results)
+        final = out.alerts[-1]
+        assert final["state"] == "final" and final["revision"] == 2
+        assert final["alert_id"] == out.alerts[0]["alert_id"]
+        assert final["finding"]["probability"] > 0.98
+        result = out.results[0]
+        assert result["status"] == "analysed" and result["slices"] == 8
+        assert result["findings"][0]["positive"] is True
+        top = result["findings"][0]["key_slices"][0]
+        assert top["sop_instance_uid"] in {read_file(p)[0].sop_instance_uid for p in paths[2:4]}
+        assert out.done == [headers.series_instance_uid]
+    finally:
+        pipeline.stop()
+
+
+def test_negative_series_gives_a_result_and_no_alert(engines, tmp_path):
+    out = RecordingOutputs()
+    pipeline = make_pipeline(engines, tmp_path, out)
+    try:
+        _, paths = series_files(tmp_path, [30] * 6)
+        for p in paths:
+            pipeline.submit(ingested(p))
+        wait(lambda: out.results)
+        assert out.alerts == []
+        assert out.results[0]["findings"][0]["positive"] is False
+    finally:
+        pipeline.stop()
+
+
+def test_preliminary_retracted_when_the_final_decision_is_negative(engines, tmp_path):
+    out = RecordingOutputs()
+    pipeline = make_pipeline(engines, tmp_path, out)
+    try:
+        _, paths = series_files(tmp_path, [30, 53, 30, 30, 30, 30])   # one slice at p≈0.70
+        for p in paths:
+            pipeline.submit(ingested(p))
+        wait(lambda: out.results)
+        assert [a["state"] for a in out.alerts] == ["preliminary", "retracted"]
+        assert out.alerts[1]["revision"] == 2 and out.alerts[1]["finding"]["positive"] is False
+    finally:
+        pipeline.stop()
+
+
+def test_late_slices_reopen_the_series_across_a_restart(engines, tmp_path):
+    out = RecordingOutputs()
+    headers, paths = series_files(tmp_path, [30, 30, 30, 30, 30, 30, 70, 70])
+    pipeline = make_pipeline(engines, tmp_path, out)
+    try:
+        for p in paths[:6]:
+            pipeline.submit(ingested(p))
+        wait(lambda: out.results)
+        assert out.alerts == [] and out.results[0]["slices"] == 6
+    finally:
+        pipeline.stop()
+    # The agent restarts; the last two slices arrive late and carry the bleed.
+    out2 = RecordingOutputs()
+    pipeline = make_pipeline(engines, tmp_path, out2)
+    try:
+        for p in paths[6:]:
+            pipeline.submit(ingested(p))
+        wait(lambda: out2.results)
+        assert out2.results[0]["slices"] == 8                   # decided with the slices scored before the restart
+        assert out2.results[0]["findings"][0]["positive"] is True
+        assert [a["state"] for a in out2.alerts][-1] == "final"
+    finally:
+        pipeline.stop()
+
+
+def test_too_few_slices_rejected_and_chest_skipped(engines, tmp_path):
+    out = RecordingOutputs()
+    pipeline = make_pipeline(engines, tmp_path, out)
+    try:
+        _, head = series_files(tmp_path, [70, 70], name="short")
+        _, chest = series_files(tmp_path, [30] * 5, name="chest", description="CHEST 1mm", body_part="CHEST")
+        for p in head + chest:
+            pipeline.submit(ingested(p))
+        wait(lambda: len(out.results) == 2)
+        by_status = {r["status"]: r for r in out.results}
+        assert "at least 4" in by_status["rejected"]["reason"]
+        assert "no model applies" in by_status["skipped"]["reason"]
+    finally:
+        pipeline.stop()
+
+
+def test_a_slice_of_another_size_is_left_out_with_a_warning(engines, tmp_path):
+    out = RecordingOutputs()
+    pipeline = make_pipeline(engines, tmp_path, out)
+    try:
+        headers, paths = series_files(tmp_path, [30] * 5)
+        odd = write_series(np.full((1, 24, 24), 70, np.float32), tmp_path / "odd", spacing=(5.0, 1.0, 1.0),
+                           headers=headers, origin=(-128.0, -128.0, 100.0))
+        for p in paths + odd:
+            pipeline.submit(ingested(p))
+        wait(lambda: out.results)
+        result = out.results[0]
+        assert result["slices"] == 5 and result["status"] == "analysed"
+        assert any("24x24" in w for w in result["warnings"])
+        assert out.alerts == []
+    finally:
+        pipeline.stop()
