@@ -1,11 +1,233 @@
-"""`edge-agent doctor` (implementation pending)."""
+"""``edge-agent doctor``: check this machine, one line per check, each ``OK``, ``WARN`` or ``FAIL`` + what to fix.
+
+Exit status 1 when any check FAILs. GPU-side checks live in
+:mod:`edge_agent.inference.trt.health`; the machine checks (inotify limits,
+folders, disk, broker, clock) are here. Nothing is changed on the machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import socket
+import ssl
+import struct
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
 
 import click
 
-from edge_agent.errors import NotImplementedYet
+INOTIFY = Path("/proc/sys/fs/inotify")
+MIN_WATCHES, MIN_INSTANCES = 65536, 128
+DISK_FAIL, DISK_WARN = 1 << 30, 5 << 30
+
+Check = tuple[str, str, str]  # (level, subject, message)
 
 
-@click.command("doctor", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def doctor(**_kwargs):
-    """Machine checks."""
-    raise NotImplementedYet("'edge-agent doctor' is not implemented in this build yet.")
+def inotify_check(root: Path = INOTIFY) -> list[Check]:
+    """max_user_watches / max_user_instances from /proc (watchdog uses one watch per folder)."""
+    out = []
+    for name, minimum in (("max_user_watches", MIN_WATCHES), ("max_user_instances", MIN_INSTANCES)):
+        try:
+            value = int((root / name).read_text().strip())
+        except (OSError, ValueError):
+            out.append(("WARN", f"inotify {name}", f"cannot read {root / name}; the watcher may need --poll"))
+            continue
+        if value < minimum:
+            out.append(("WARN", f"inotify {name}", f"{value} is low; raise it: sysctl fs.inotify.{name}={minimum} "
+                        f"(and persist it in /etc/sysctl.d/)"))
+        else:
+            out.append(("OK", f"inotify {name}", str(value)))
+    return out
+
+
+def folder_check(path: Path, what: str, *, write: bool = True) -> Check:
+    """A folder exists and this user can list, read (and write) it."""
+    if not path.exists():
+        return "FAIL", what, f"{path} does not exist; create it (mkdir -p {path}) or fix the flag"
+    if not path.is_dir():
+        return "FAIL", what, f"{path} is not a folder; point the flag at a folder"
+    mode = os.R_OK | os.X_OK | (os.W_OK if write else 0)
+    if not os.access(path, mode):
+        need = "read, write and list" if write else "read and list"
+        return "FAIL", what, f"{path} is not {need}able by this user; fix its owner/permissions (chown/chmod)"
+    return "OK", what, f"{path} is {'writable' if write else 'readable'}"
+
+
+def disk_check(path: Path) -> Check:
+    """Free space on the filesystem holding ``path``."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    text = f"{free / 2**30:.1f} GiB free on the filesystem of {path}"
+    if free < DISK_FAIL:
+        return "FAIL", "disk", f"only {text}; free space or move --state-dir/--watch to a larger disk"
+    if free < DISK_WARN:
+        return "WARN", "disk", f"{text}; keep more than 5 GiB for series, quarantine and the outbox"
+    return "OK", "disk", text
+
+
+def _mqtt_connect_packet(client_id: str = "edge-agent-doctor") -> bytes:
+    """A minimal MQTT 3.1.1 CONNECT (clean session, keepalive 10 s) — MQTT 3.1.1 §3.1."""
+    cid = client_id.encode()
+    variable = b"\x00\x04MQTT\x04\x02\x00\x0a"
+    payload = struct.pack("!H", len(cid)) + cid
+    remaining = len(variable) + len(payload)
+    return bytes([0x10, remaining]) + variable + payload
+
+
+CONNACK = {0: "accepted", 1: "refused: protocol version", 2: "refused: client id", 3: "server unavailable",
+           4: "bad user name or password", 5: "not authorised"}
+
+
+def broker_check(url: str, timeout: float = 3.0) -> Check:
+    """Open a TCP (TLS for mqtts://) connection, send CONNECT, read CONNACK, DISCONNECT."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        return "FAIL", "broker", f"{url!r} is not a broker URL; use mqtt://HOST:1883 or mqtts://HOST:8883"
+    port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    where = f"{parts.hostname}:{port}"
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout) as raw:
+            sock = ssl.create_default_context().wrap_socket(raw, server_hostname=parts.hostname) \
+                if parts.scheme == "mqtts" else raw
+            sock.settimeout(timeout)
+            sock.sendall(_mqtt_connect_packet())
+            reply = sock.recv(4)
+            if len(reply) == 4 and reply[0] == 0x20:
+                sock.sendall(b"\xe0\x00")
+    except ssl.SSLError as exc:
+        return "FAIL", "broker", f"TLS with {where} failed ({exc.reason or exc}); check the CA and the host name"
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return "FAIL", "broker", f"cannot reach the broker at {where} ({reason}); start it, open the firewall or fix --broker"
+    if len(reply) != 4 or reply[0] != 0x20:
+        return "FAIL", "broker", f"{where} answered but not as an MQTT broker; check the port"
+    code = reply[3]
+    if code == 0:
+        return "OK", "broker", f"{where} accepted an MQTT connection"
+    if code in (4, 5):
+        return "OK", "broker", f"{where} is reachable and requires credentials ({CONNACK[code]})"
+    return "FAIL", "broker", f"{where} refused the connection ({CONNACK.get(code, code)}); check the broker's config"
+
+
+class _Timex(ctypes.Structure):
+    # struct timex (linux/timex.h): 'modes' first, 'status' after offset/freq/maxerror/esterror.
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("_rest", ctypes.c_byte * 256)]
+
+
+STA_UNSYNC, TIME_ERROR = 0x0040, 5
+
+
+def clock_check() -> Check:
+    """Kernel clock discipline via adjtimex(2): synchronised by NTP/PTP (chrony, timesyncd) or not."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        tx = _Timex()
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return "WARN", "clock", "cannot ask the kernel whether the clock is synchronised; check chrony/timesyncd"
+    if state < 0:
+        return "WARN", "clock", "adjtimex failed; check that chrony or systemd-timesyncd is running"
+    if state == TIME_ERROR or tx.status & STA_UNSYNC:
+        return "WARN", "clock", ("the clock is not NTP-synchronised; alert timestamps may drift — enable "
+                                 "systemd-timesyncd or chrony and point it at the hospital's NTP server")
+    return "OK", "clock", f"synchronised (max error {tx.maxerror / 1000:.1f} ms)"
+
+
+def ort_check() -> Check:
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    gpu = [p for p in providers if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
+    text = f"onnxruntime {ort.__version__}: {', '.join(providers)}"
+    return "OK", "onnxruntime", text + ("" if gpu else " (CPU only)")
+
+
+def engines_check(folder: Path) -> list[Check]:
+    """Every model folder's manifest loads; every TensorRT engine fits this machine."""
+    from edge_agent.errors import EdgeAgentError
+    from edge_agent.inference.manifest import MANIFEST_NAME, load_manifest
+    from edge_agent.inference.trt.fingerprint import current_platform, verify_engine
+
+    out: list[Check] = []
+    manifests = sorted(folder.glob(f"*/{MANIFEST_NAME}")) if folder.is_dir() else []
+    if not manifests:
+        return [("FAIL", "models", f"no model folders with {MANIFEST_NAME} in {folder}; fix --engines")]
+    platform = None
+    for path in manifests:
+        try:
+            m = load_manifest(path)
+        except EdgeAgentError as exc:
+            out.append(("FAIL", f"model {path.parent.name}", str(exc).rstrip(".")))
+            continue
+        engine = m.artefacts.get("engine")
+        if engine is None:
+            out.append(("OK", f"model {m.name}", f"{m.version}: ONNX only (runs on ONNX Runtime)"))
+            continue
+        platform = platform or current_platform()
+        try:
+            fp = verify_engine(engine.path, platform, m.artefacts["onnx"].sha256, engine.fingerprint)
+            out.append(("OK", f"model {m.name}", f"{m.version}: engine fits ({fp.precision}, TensorRT "
+                                                 f"{fp.tensorrt_version})"))
+        except EdgeAgentError as exc:
+            out.append(("WARN", f"model {m.name}", f"{str(exc).rstrip('.')} (until then it runs on ONNX Runtime)"))
+    return out
+
+
+def run_checks(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None) -> list[Check]:
+    """All checks, in the order they are printed."""
+    from edge_agent.inference.trt import health
+
+    checks: list[Check] = []
+    for subject, fn in (("GPU", health.gpu_driver), ("TensorRT", health.tensorrt_check),
+                        ("pycuda", health.pycuda_check)):
+        level, message = _guarded(fn)
+        checks.append((level, subject, message))
+    checks.append(ort_check())
+    checks.extend(inotify_check())
+    if watch is not None:
+        checks.append(folder_check(watch, "watch folder"))
+    if state_dir is not None:
+        checks.append(folder_check(state_dir, "state folder"))
+    checks.append(disk_check(state_dir or watch or Path.cwd()))
+    if broker is not None:
+        checks.append(broker_check(broker))
+    checks.append(clock_check())
+    if engines is None:
+        from edge_agent.engines import ENGINES_DIR
+
+        engines = ENGINES_DIR
+    checks.extend(engines_check(engines))
+    return checks
+
+
+def _guarded(fn: Callable[[], tuple[str, str]]) -> tuple[str, str]:
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+        return "FAIL", f"check crashed ({type(exc).__name__}: {exc}); report it"
+
+
+@click.command("doctor")
+@click.option("--watch", type=click.Path(path_type=Path), help="Watch folder to check (exists, permissions, disk).")
+@click.option("--broker", help="Broker URL to try (mqtt://HOST:1883, mqtts://HOST:8883).")
+@click.option("--engines", type=click.Path(path_type=Path), help="Folder of model folders (default: shipped models).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="State folder to check (writable, disk).")
+def doctor(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None) -> None:
+    """Check this machine: GPU, TensorRT, pycuda, ONNX Runtime, inotify, folders, disk, broker, clock, models."""
+    checks = run_checks(watch, broker, engines, state_dir)
+    width = max(len(subject) for _, subject, _ in checks)
+    for level, subject, message in checks:
+        click.echo(f"{level:<4}  {subject:<{width}}  {message}")
+    failed = sum(1 for level, _, _ in checks if level == "FAIL")
+    warned = sum(1 for level, _, _ in checks if level == "WARN")
+    click.echo(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+    if failed:
+        raise SystemExit(1)

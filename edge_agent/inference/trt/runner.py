@@ -1,0 +1,181 @@
+"""TensorRT backend: :class:`TrtRunner` (named-tensor API, pycuda buffers).
+
+Context ownership (the rules in docs/TENSORRT.md): the runner retains the
+device's *primary* context (what TensorRT and other CUDA libraries expect;
+never ``pycuda.autoinit``) and is thread-bound — the thread that activates it
+is the only one that may infer or deactivate. That thread pushes the context
+around every operation and pops it afterwards, so its context stack is empty
+between calls and at exit. Engine, execution context, stream and buffers are
+created once in :meth:`activate` and freed explicitly in :meth:`deactivate`,
+by that thread, never in ``__del__``.
+
+Inference: ``set_input_shape`` per input (checked against optimisation
+profile 0), async H2D copies from pinned memory, ``execute_async_v3`` on the
+runner's own non-default stream, async D2H copies, one ``synchronize``.
+With ``mapped=True`` the host buffers are mapped pinned memory whose device
+pointers TensorRT reads directly (Jetson's shared DRAM: no copies).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.inference.manifest import TensorSpec
+from edge_agent.inference.runner import Runner, RunnerError
+from edge_agent.inference.trt import import_cuda, import_tensorrt
+from edge_agent.inference.trt.buffers import IOBuffers
+from edge_agent.inference.trt.loader import IOTensor, deserialize, io_tensors, last_errors
+
+log = logging.getLogger("edge_agent.trt")
+
+
+class TrtRunner(Runner):
+    """Runs a TensorRT engine built by ``edge-agent convert``.
+
+    ``engine_path``: the serialized engine; its fingerprint (``fingerprint``,
+    default ``<engine>.json``) must match this machine, else activation is
+    refused with a sentence that says to run ``convert``. ``onnx_sha256``:
+    when given, the engine must have been built from that ONNX file.
+    ``device``: CUDA device ordinal. ``mapped``: zero-copy host buffers.
+    """
+
+    thread_bound = True
+
+    def __init__(self, engine_path: str | Path, *, name: str | None = None, expected_inputs=None,
+                 expected_outputs=None, device: int = 0, fingerprint: str | Path | None = None,
+                 onnx_sha256: str | None = None, mapped: bool = False) -> None:
+        self.engine_path = Path(engine_path)
+        super().__init__(name or self.engine_path.stem, expected_inputs=expected_inputs,
+                         expected_outputs=expected_outputs)
+        self.device = int(device)
+        self.fingerprint_file = fingerprint
+        self.onnx_sha256 = onnx_sha256
+        self.mapped = bool(mapped)
+        self.fingerprint = None
+        self._cuda = self._cuda_ctx = None
+        self._runtime = self._engine = self._context = self._stream = None
+        self._buffers: IOBuffers | None = None
+        self._tensors: list[IOTensor] = []
+
+    # -- context discipline ---------------------------------------------------------
+    def _push(self) -> None:
+        self._cuda_ctx.push()
+
+    def _pop(self) -> None:
+        self._cuda.Context.pop()
+
+    # -- Runner hooks ---------------------------------------------------------------
+    def activate_impl(self) -> None:
+        trt = import_tensorrt()
+        cuda = self._cuda = import_cuda()
+        cuda.init()
+        if self.device >= cuda.Device.count():
+            raise RunnerError(f"CUDA device {self.device} does not exist ({cuda.Device.count()} found); "
+                              "pick another --device.")
+        self._cuda_ctx = cuda.Device(self.device).retain_primary_context()
+        self._push()
+        try:
+            self._runtime, self._engine, self.fingerprint = deserialize(
+                self.engine_path, onnx_sha256=self.onnx_sha256, fingerprint_file=self.fingerprint_file)
+            self._tensors = io_tensors(self._engine)
+            self._context = self._engine.create_execution_context()
+            if self._context is None:
+                raise RunnerError(f"TensorRT could not create an execution context for {self.engine_path.name} "
+                                  f"({last_errors()}); free GPU memory or rebuild with a smaller workspace.")
+            self._stream = cuda.Stream()
+            self._allocate(trt)
+        except BaseException:
+            self._release()
+            self._pop()
+            self._detach()
+            raise
+        self._pop()
+        log.info("TensorRT engine %s active on %s (%s I/O buffers, %.1f MiB)", self.engine_path.name,
+                 cuda.Device(self.device).name(), "mapped" if self.mapped else "pinned+device",
+                 self._buffers.bytes_allocated / 2**20)
+
+    def _allocate(self, trt) -> None:
+        """One buffer per I/O tensor, sized for profile 0's maximum shapes."""
+        ctx = self._context
+        self._buffers = IOBuffers(self._cuda, mapped=self.mapped)
+        for t in self._tensors:
+            if t.is_input:
+                if not ctx.set_input_shape(t.name, t.max_shape):
+                    raise RunnerError(f"Engine {self.engine_path.name} refused its own maximum shape "
+                                      f"{list(t.max_shape)} for {t.name!r}; rebuild it with 'edge-agent convert'.")
+        for t in self._tensors:
+            shape = t.max_shape if t.is_input else tuple(int(d) for d in ctx.get_tensor_shape(t.name))
+            if any(d < 0 for d in shape):
+                raise RunnerError(f"Output {t.name!r} of {self.engine_path.name} has no upper bound {list(shape)}; "
+                                  "data-dependent output shapes are not supported.")
+            buf = self._buffers.allocate(t.name, t.dtype, shape)
+            if not ctx.set_tensor_address(t.name, buf.device_ptr):
+                raise RunnerError(f"TensorRT refused the buffer address for {t.name!r} ({last_errors()}).")
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ctx, buffers, stream = self._context, self._buffers, self._stream
+        self._push()
+        try:
+            for t in self._tensors:
+                if not t.is_input:
+                    continue
+                array = np.ascontiguousarray(feed[t.name])
+                self._check_profile(t, array.shape)
+                if not ctx.set_input_shape(t.name, array.shape):
+                    raise RunnerError(f"TensorRT refused shape {list(array.shape)} for input {t.name!r} "
+                                      f"({last_errors()}).")
+                buffers.upload(t.name, array, stream)
+            if not ctx.execute_async_v3(stream.handle):
+                raise RunnerError(f"TensorRT inference failed for {self.name} ({last_errors()}).")
+            views = {t.name: buffers.start_download(t.name, tuple(int(d) for d in ctx.get_tensor_shape(t.name)),
+                                                    stream)
+                     for t in self._tensors if not t.is_input}
+            stream.synchronize()
+            return {name: view.copy() for name, view in views.items()}
+        finally:
+            self._pop()
+
+    def _check_profile(self, t: IOTensor, shape: tuple[int, ...]) -> None:
+        lo, hi = t.min_shape, t.max_shape
+        if len(shape) != len(hi) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+            raise RunnerError(f"Input {t.name!r} of {self.name} has shape {list(shape)} outside the engine's "
+                              f"profile {list(lo)}..{list(hi)}; send smaller batches or rebuild with "
+                              "'edge-agent convert --max-batch N'.")
+
+    def deactivate_impl(self) -> None:
+        self._push()
+        try:
+            self._release()
+        finally:
+            self._pop()
+            self._detach()
+
+    def _release(self) -> None:
+        """Free buffers, then TensorRT objects in reverse order of creation (context current)."""
+        if self._buffers is not None:
+            self._buffers.free()
+        self._buffers = None
+        self._stream = None
+        self._context = None
+        self._engine = None
+        self._runtime = None
+
+    def _detach(self) -> None:
+        if self._cuda_ctx is not None:
+            self._cuda_ctx.detach()  # releases our retain of the primary context
+        self._cuda_ctx = None
+
+    def input_specs_impl(self) -> list[TensorSpec]:
+        return [TensorSpec(t.name, t.shape, t.dtype) for t in self._tensors if t.is_input]
+
+    def output_specs_impl(self) -> list[TensorSpec]:
+        return [TensorSpec(t.name, t.shape, t.dtype) for t in self._tensors if not t.is_input]
+
+    def max_batch_size(self) -> int | None:
+        """Profile 0's largest batch for the first input."""
+        self._require_active("asking for its batch size")
+        first = next(t for t in self._tensors if t.is_input)
+        return int(first.max_shape[0])
