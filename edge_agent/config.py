@@ -81,7 +81,7 @@ class MqttSection:
     ca_file: str = _f("", "CA bundle for mqtts:// (default: the system store).")
     cert_file: str = _f("", "Client certificate for mutual TLS.")
     key_file: str = _f("", "Client key for mutual TLS.")
-    tls_insecure: bool = _f(False, "Skip certificate verification (never for production; logged as a warning).")
+    tls_insecure: bool = _f(False, "Skip the host-name check of the broker certificate (the chain is still verified; logged as a warning).")
     delivery: str = _f("receipt", "receipt: done when a consumer acknowledges; broker: done at PUBACK.",
                        choices=("receipt", "broker"))
     receipt_timeout: float = _f(30.0, "Republish an alert not acknowledged by a consumer within this many seconds.")

@@ -1,0 +1,181 @@
+"""Alert, result, status and receipt payloads, and their shipped JSON Schemas.
+
+Every payload carries a versioned ``schema`` string (``edge-agent/alert/1`` ...)
+and is validated against ``edge_agent/schemas/<kind>.json`` before it leaves the
+agent. Payloads are built from an allow-list of fields, so patient name, ID,
+birth date and sex (DICOM PS3.15 Annex E, "basic profile") never get in;
+:func:`strip_phi` is a second line of defence. Study/Series Instance UIDs and
+the accession number are still identifying: protect the broker with TLS and
+per-client ACLs (docs/ALERTS.md).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import uuid
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from edge_agent.errors import EdgeAgentError
+
+SCHEMA_IDS = {
+    "alert": "edge-agent/alert/1",
+    "result": "edge-agent/result/1",
+    "status": "edge-agent/status/1",
+    "receipt": "edge-agent/receipt/1",
+}
+ALERT_STATES = ("preliminary", "final", "retracted")
+DISCLAIMER = ("Model trained on synthetic phantoms only; this is not a medical device and its output "
+              "must not be used for diagnosis.")
+#: uuid5 namespace for alert ids: uuid5(NAMESPACE_URL, "urn:edge-agent:alert").
+ALERT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:edge-agent:alert")
+PHI_KEYS = frozenset({"PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                      "patient_name", "patient_id", "patient_birth_date", "patient_sex"})
+_STUDY_FIELDS = ("study_instance_uid", "series_instance_uid", "accession_number", "modality", "body_part",
+                 "series_description")
+_FINDING_FIELDS = ("code", "label", "probability", "positive", "severity")
+
+
+class PayloadError(EdgeAgentError):
+    """A payload does not match its shipped JSON Schema."""
+
+
+def utc_now() -> str:
+    """Now as UTC ISO-8601 with milliseconds and a 'Z', the format of every payload timestamp."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def alert_id(series_instance_uid: str, model_name: str, model_version: str, finding_code: str) -> str:
+    """Deterministic alert id: the same series + model + version + finding always gives the same uuid5."""
+    key = "\x1f".join((series_instance_uid, model_name, model_version, finding_code))
+    return str(uuid.uuid5(ALERT_NAMESPACE, key))
+
+
+@functools.lru_cache(maxsize=None)
+def load_schema(kind: str) -> dict:
+    """The shipped JSON Schema for ``kind`` (alert, result, status, receipt)."""
+    if kind not in SCHEMA_IDS:
+        raise PayloadError(f"There is no payload schema named {kind!r}; use one of {', '.join(SCHEMA_IDS)}.")
+    text = resources.files("edge_agent").joinpath("schemas", f"{kind}.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(kind: str) -> jsonschema.protocols.Validator:
+    schema = load_schema(kind)
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def validate_payload(kind: str, payload: dict) -> dict:
+    """Validate ``payload`` against the ``kind`` schema; return it, or raise PayloadError naming the field."""
+    error = jsonschema.exceptions.best_match(_validator(kind).iter_errors(payload))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise PayloadError(f"The {kind} payload is invalid at {where}: {error.message}; fix the caller.")
+    return payload
+
+
+def strip_phi(obj: Any) -> Any:
+    """A copy of ``obj`` without PatientName/PatientID/PatientBirthDate/PatientSex keys at any depth."""
+    if isinstance(obj, dict):
+        return {k: strip_phi(v) for k, v in obj.items() if k not in PHI_KEYS}
+    if isinstance(obj, (list, tuple)):
+        return [strip_phi(v) for v in obj]
+    return obj
+
+
+def _study(series: dict) -> dict:
+    study = {}
+    for name in _STUDY_FIELDS:
+        value = series.get(name)
+        if value is not None:
+            study[name] = str(value)
+    study.setdefault("accession_number", "")
+    return study
+
+
+def build_alert(*, site: str, device: str, series: dict, model: dict, finding: dict, state: str,
+                revision: int, timestamps: dict[str, str]) -> dict:
+    """The alert payload (schema ``edge-agent/alert/1``), built from an allow-list of fields and validated.
+
+    ``series``: study_instance_uid, series_instance_uid, accession_number, modality, body_part,
+    series_description (other keys are ignored). ``model``: name, version, synthetic_training.
+    ``finding``: code, label, probability, positive, severity, key_slices. ``state``: preliminary,
+    final or retracted; ``revision`` grows with each update of the same alert.
+    """
+    if state not in ALERT_STATES:
+        raise PayloadError(f"Alert state {state!r} is unknown; use one of {', '.join(ALERT_STATES)}.")
+    synthetic = bool(model.get("synthetic_training", False))
+    clean_finding = {k: finding[k] for k in _FINDING_FIELDS if finding.get(k) is not None}
+    if "probability" in clean_finding:
+        clean_finding["probability"] = float(clean_finding["probability"])
+    if finding.get("key_slices") is not None:
+        clean_finding["key_slices"] = [
+            {"sop_instance_uid": str(s["sop_instance_uid"]),
+             "position_mm": None if s.get("position_mm") is None else float(s["position_mm"]),
+             "probability": float(s["probability"])}
+            for s in finding["key_slices"]]
+    payload = {
+        "schema": SCHEMA_IDS["alert"],
+        "alert_id": alert_id(str(series.get("series_instance_uid", "")), str(model.get("name", "")),
+                             str(model.get("version", "")), str(finding.get("code", ""))),
+        "revision": int(revision),
+        "state": state,
+        "site": site,
+        "device": device,
+        "study": _study(series),
+        "model": {"name": str(model.get("name", "")), "version": str(model.get("version", "")),
+                  "synthetic_training": synthetic},
+        "finding": clean_finding,
+        "timestamps": dict(timestamps),
+    }
+    if synthetic:
+        payload["disclaimer"] = DISCLAIMER
+    return validate_payload("alert", payload)
+
+
+def build_result(*, site: str, device: str, series: dict, result: dict, timestamps: dict) -> dict:
+    """The per-series result payload (schema ``edge-agent/result/1``): the ``edge-agent infer`` object, PHI-stripped."""
+    clean = strip_phi(dict(result))
+    study = _study({**{"study_instance_uid": result.get("study_instance_uid"),
+                       "series_instance_uid": result.get("series_instance_uid")},
+                    **{k: v for k, v in series.items() if v is not None}})
+    payload = {
+        "schema": SCHEMA_IDS["result"],
+        "result_id": str(uuid.uuid4()),
+        "site": site,
+        "device": device,
+        "study": study,
+        "result": clean,
+        "timestamps": dict(timestamps),
+    }
+    if series.get("synthetic_training") or result.get("synthetic_training"):
+        payload["disclaimer"] = DISCLAIMER
+    return validate_payload("result", payload)
+
+
+def build_status(*, site: str, device: str, state: str, reason: str, **extra: Any) -> dict:
+    """A status payload (retained on ``.../status``): birth, heartbeat, shutdown or last will."""
+    from edge_agent import __version__
+
+    payload = {"schema": SCHEMA_IDS["status"], "state": state, "reason": reason, "site": site, "device": device,
+               "ts": utc_now(), "agent_version": __version__}
+    payload.update({k: v for k, v in extra.items() if v is not None})
+    return validate_payload("status", payload)
+
+
+def build_receipt(*, alert_id: str, revision: int, consumer: str) -> dict:
+    """The receipt a consumer sends back on ``.../receipts``; it confirms every revision <= ``revision``."""
+    payload = {"schema": SCHEMA_IDS["receipt"], "alert_id": alert_id, "revision": int(revision),
+               "consumer": consumer, "received_at": utc_now()}
+    return validate_payload("receipt", payload)
+
+
+def encode(payload: dict) -> bytes:
+    """Compact UTF-8 JSON, the wire format of every payload (ContentType application/json)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

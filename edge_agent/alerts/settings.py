@@ -1,0 +1,167 @@
+"""MQTT connection and delivery settings, with secrets from the environment.
+
+Credentials and TLS material never have to appear on a command line: they come
+from the config file (the caller passes them in) or from environment variables,
+each of which may also name a file (``*_FILE``, the Docker/systemd-credentials
+convention)::
+
+    EDGE_AGENT_MQTT_USERNAME / EDGE_AGENT_MQTT_USERNAME_FILE
+    EDGE_AGENT_MQTT_PASSWORD / EDGE_AGENT_MQTT_PASSWORD_FILE
+    EDGE_AGENT_MQTT_CA_FILE, EDGE_AGENT_MQTT_CERT_FILE, EDGE_AGENT_MQTT_KEY_FILE
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edge_agent.errors import ConfigError
+
+ENV_PREFIX = "EDGE_AGENT_MQTT_"
+DELIVERY_MODES = ("receipt", "broker")
+PROTOCOLS = ("auto", "5", "3.1.1")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """A parsed broker URL: ``mqtt://host:port`` (plain) or ``mqtts://host:port`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://host[:1883]`` or ``mqtts://host[:8883]``; anything else is a ConfigError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"The broker URL {url!r} is malformed ({exc}); use mqtt://host:port or mqtts://host:port.")
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"The broker URL {url!r} is not understood; use mqtt://host:port or mqtts://host:port.")
+    if parts.username or parts.password:
+        raise ConfigError("The broker URL must not carry credentials; set EDGE_AGENT_MQTT_USERNAME and "
+                          "EDGE_AGENT_MQTT_PASSWORD (or *_FILE) in the environment or the config file instead.")
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+def _env(name: str) -> str | None:
+    """Value of ``EDGE_AGENT_MQTT_<name>``, or the stripped contents of the file named by ``..._FILE``."""
+    value = os.environ.get(ENV_PREFIX + name)
+    if value:
+        return value
+    path = os.environ.get(ENV_PREFIX + name + "_FILE")
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"Cannot read {ENV_PREFIX}{name}_FILE={path} ({exc.strerror}); "
+                              "fix the path or its permissions.")
+    return None
+
+
+@dataclass
+class MqttSettings:
+    """How the agent (or a consumer) talks to the broker and delivers alerts.
+
+    ``url`` None means the daemon starts an embedded broker and fills the URL in.
+    ``delivery``: ``receipt`` (done when a consumer's receipt arrives; republished
+    with the same alert_id until then) or ``broker`` (done at PUBACK). See
+    docs/ALERTS.md for what each guarantees.
+    """
+
+    url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    protocol: str = "auto"
+    client_id: str | None = None
+    keepalive: int = 30
+    prefix: str = "edge-agent"
+    site: str = "site"
+    device: str = "device"
+    delivery: str = "receipt"
+    receipt_timeout: float = 30.0
+    heartbeat_interval: float = 30.0
+    inflight_window: int = 10
+    retry_max_delay: float = 300.0
+    reconnect_min_delay: float = 0.5
+    reconnect_max_delay: float = 30.0
+    alarm_depth: int = 1000
+    alarm_oldest_age_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError (one sentence) for any value that cannot work."""
+        if self.url is not None:
+            parse_broker_url(self.url)
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"MQTT protocol {self.protocol!r} is not supported; use one of {', '.join(PROTOCOLS)}.")
+        if self.delivery not in DELIVERY_MODES:
+            raise ConfigError(f"Delivery mode {self.delivery!r} is unknown; use 'receipt' or 'broker'.")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("A client certificate needs its key (and a key its certificate); "
+                              "set both cert_file and key_file or neither.")
+        for name in ("prefix", "site", "device"):
+            value = getattr(self, name)
+            if not value or any(ch in value for ch in "/+#"):
+                raise ConfigError(f"MQTT {name} {value!r} must be non-empty and contain no '/', '+' or '#'.")
+        if self.inflight_window < 1 or self.keepalive < 5:
+            raise ConfigError("inflight_window must be at least 1 and keepalive at least 5 seconds.")
+        if self.receipt_timeout <= 0 or self.heartbeat_interval <= 0:
+            raise ConfigError("receipt_timeout and heartbeat_interval must be positive numbers of seconds.")
+
+    @classmethod
+    def from_env(cls, **overrides) -> "MqttSettings":
+        """Settings from keyword overrides (None = not given), secrets and TLS paths filled from the environment."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"Unknown MQTT setting(s) {', '.join(sorted(unknown))}; "
+                              f"known ones are {', '.join(sorted(known))}.")
+        values = {k: v for k, v in overrides.items() if v is not None}
+        for name, env_name in (("username", "USERNAME"), ("password", "PASSWORD"), ("ca_file", "CA_FILE"),
+                               ("cert_file", "CERT_FILE"), ("key_file", "KEY_FILE")):
+            if values.get(name) is None:
+                env_value = _env(env_name)
+                if env_value is not None:
+                    values[name] = env_value
+        return cls(**values)
+
+    def with_url(self, url: str) -> "MqttSettings":
+        """A copy pointing at ``url`` (used when the daemon starts the embedded broker)."""
+        return replace(self, url=url)
+
+    @property
+    def address(self) -> BrokerAddress:
+        if self.url is None:
+            raise ConfigError("No broker URL is set; pass --broker mqtt://host:port or let the agent start its "
+                              "embedded broker.")
+        return parse_broker_url(self.url)
+
+    @property
+    def base_topic(self) -> str:
+        return f"{self.prefix}/{self.site}/{self.device}"
+
+    def topic(self, leaf: str) -> str:
+        """``{prefix}/{site}/{device}/{leaf}`` — leaf is alerts, results, status or receipts."""
+        return f"{self.base_topic}/{leaf}"
+
+    def __repr__(self) -> str:  # never print the password
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if shown.get("password"):
+            shown["password"] = "***"
+        return "MqttSettings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
