@@ -20,8 +20,10 @@ from edge_agent.service.simulator import Scanner, render
 pytestmark = pytest.mark.timeout(240)
 
 
-def final_result(collector, uid, timeout=90):
-    return collector.wait(lambda c: c.results_for(uid), timeout)[-1]
+def final_result(collector, uid, slices, timeout=90):
+    """The result that covers all ``slices``: under load a pause longer than ``settle`` may finalise a
+    series early; it then reopens when the rest arrives and is decided again with every slice."""
+    return collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == slices], timeout)[-1]
 
 
 def test_positive_and_negative_series_arrive_slice_by_slice(broker, collector, agent_factory):
@@ -34,19 +36,22 @@ def test_positive_and_negative_series_arrive_slice_by_slice(broker, collector, a
     alerts = collector.wait(lambda c: [a for a in c.alerts_for(ich.series_instance_uid) if a["state"] == "final"])
     every = collector.alerts_for(ich.series_instance_uid)
     assert {a["alert_id"] for a in every} == {alerts[0]["alert_id"]}
-    assert every[0]["state"] == "preliminary" and every[0]["revision"] == 1
-    assert alerts[-1]["revision"] > every[0]["revision"]
+    # (whether a preliminary alert precedes the final one depends on the model's scores; the
+    # preliminary path itself is tested deterministically in tests/service/test_pipeline.py)
+    assert every[0]["revision"] == 1 and every[0]["state"] in ("preliminary", "final")
+    revisions = [a["revision"] for a in every]
+    assert revisions == sorted(revisions)
     assert alerts[-1]["finding"]["code"] == "ich" and alerts[-1]["finding"]["positive"] is True
     assert alerts[-1]["study"]["accession_number"] == "ACC0001" or alerts[-1]["study"]["accession_number"]
     for stage in ("first_slice_received", "decisive_slice_received", "raised"):
-        assert stage in every[0]["timestamps"], stage
+        assert stage in alerts[-1]["timestamps"], stage
 
-    result = final_result(collector, ich.series_instance_uid)
-    assert result["status"] == "analysed" and result["slices"] == len(ich.delivered)
+    result = final_result(collector, ich.series_instance_uid, len(ich.delivered))
+    assert result["status"] == "analysed"
     assert result["findings"][0]["positive"] is True
 
     # The normal head: a negative result and no alert.
-    result = final_result(collector, normal.series_instance_uid)
+    result = final_result(collector, normal.series_instance_uid, len(normal.delivered))
     assert result["status"] == "analysed" and result["findings"][0]["positive"] is False
     assert collector.alerts_for(normal.series_instance_uid) == []
 
@@ -79,9 +84,8 @@ def test_rename_style_restart_mid_series_loses_nothing(broker, collector, agent_
         shutil.copyfile(p, tmp)
         tmp.rename(target / p.name)
     agent.start()
-    result = final_result(collector, uid)
+    result = final_result(collector, uid, len(paths))
     assert result["status"] == "analysed"
-    assert result["slices"] == len(paths)
     finals = collector.wait(lambda c: [a for a in c.alerts_for(uid) if a["state"] == "final"])
     assert finals[-1]["finding"]["positive"] is True
     assert agent.stop() == 0
@@ -95,7 +99,7 @@ def test_broker_down_during_the_series(broker, collector, agent_factory):
     time.sleep(3.0)                               # the series goes final while the broker is down
     broker.start()
     uid = scanner.series[0].series_instance_uid
-    result = final_result(collector, uid)
+    result = final_result(collector, uid, len(scanner.series[0].delivered))
     assert result["findings"][0]["positive"] is True
     assert collector.wait(lambda c: [a for a in c.alerts_for(uid) if a["state"] == "final"])
     assert agent.stop() == 0
@@ -112,8 +116,8 @@ def test_bad_files_are_quarantined_and_the_series_still_analysed(broker, collect
     for p in paths:
         shutil.copyfile(p, target / p.name)
     uid = phantom.headers.series_instance_uid
-    result = final_result(collector, uid)
-    assert result["status"] == "analysed" and result["slices"] == len(paths)
+    result = final_result(collector, uid, len(paths))
+    assert result["status"] == "analysed"
     deadline = time.monotonic() + 30
     quarantine = agent.state / "quarantine"
     while time.monotonic() < deadline:
@@ -139,8 +143,9 @@ def test_two_scanners_at_once(broker, collector, agent_factory):
     for t in threads:
         t.join()
     ich, normal = scanners[0].series[0], scanners[1].series[0]
-    assert final_result(collector, ich.series_instance_uid)["findings"][0]["positive"] is True
-    assert final_result(collector, normal.series_instance_uid)["findings"][0]["positive"] is False
+    assert final_result(collector, ich.series_instance_uid, len(ich.delivered))["findings"][0]["positive"] is True
+    assert final_result(collector, normal.series_instance_uid,
+                        len(normal.delivered))["findings"][0]["positive"] is False
     assert agent.stop() == 0
 
 
@@ -155,7 +160,7 @@ def test_c_store_from_a_real_dicom_client(broker, collector, agent_factory, tmp_
                            *map(str, paths)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     uid = phantom.headers.series_instance_uid
-    result = final_result(collector, uid)
-    assert result["status"] == "analysed" and result["slices"] == len(paths)
+    result = final_result(collector, uid, len(paths))
+    assert result["status"] == "analysed"
     assert result["findings"][0]["positive"] is True
     assert agent.stop() == 0
