@@ -1,0 +1,194 @@
+"""Reading many files on every core.
+
+The compressed-pixel decoders (gdcm, pylibjpeg-openjpeg, pyjpegls) hold the
+GIL, so threads use one core for them; worker processes do not — but
+sending each decoded slice back through a pipe costs more than decoding
+native or RLE data (measured in docs/perf/ingest.md). So:
+
+- native / RLE / deflated files: a thread pool (numpy and file reads release
+  the GIL; the fast header path keeps the GIL-bound part small);
+- JPEG-family files: a header pass in threads plans each series, then
+  worker processes (forkserver: safe from the threaded daemon) decode and
+  write HU straight into the series volume, a shared memory mapping — no
+  pixels travel through pipes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import mmap
+import multiprocessing
+import os
+import sys
+import tempfile
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterator
+
+import numpy as np
+
+from edge_agent.dicom import fastpath
+from edge_agent.dicom.assembly import finish, plan
+from edge_agent.dicom.model import DicomError, Rejected, Series, Slice
+from edge_agent.dicom.reader import read_file, to_hu
+
+SERIAL_BELOW = 16  # fewer files than this are read in-process: a pool costs more than it saves
+# JPEG (1.2.840.10008.1.2.4.5x-.70), JPEG-LS (.80/.81), JPEG 2000 (.90-.93), HTJ2K (.201-.203).
+_HEAVY_PREFIXES = ("1.2.840.10008.1.2.4.",)
+log = logging.getLogger(__name__)
+
+
+def _read_one(path: str, decode: bool = True) -> tuple[list[Slice], Rejected | None]:
+    """Error boundary around :func:`read_file`: never raises."""
+    try:
+        return read_file(path, decode=decode, defer_hu=True), None
+    except DicomError as exc:
+        return [], exc.to_rejected()
+    except Exception as exc:  # a reader bug must not stop the scan
+        return [], Rejected(path, f"could not be read ({type(exc).__name__}: {str(exc)[:100]})", "bad")
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    # forkserver: safe from a multi-threaded daemon; the server starts once per process.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["edge_agent.dicom.parallel"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def choose_mode(files: list[str], workers: int, executor: str = "auto") -> str:
+    """``"serial"``, ``"thread"`` or ``"process"`` for reading ``files``.
+
+    ``auto`` picks processes when sampled files use a JPEG-family syntax
+    (decoders that hold the GIL), threads otherwise.
+    """
+    if executor not in ("auto", "thread", "process"):
+        raise ValueError(f"executor must be 'auto', 'thread' or 'process', not {executor!r}")
+    if workers <= 1 or len(files) < SERIAL_BELOW:
+        return "serial"
+    if executor != "auto":
+        return executor if executor != "process" or processes_possible() else "thread"
+    sample = files[:: max(1, len(files) // 3)][:3]
+    heavy = any(fastpath.transfer_syntax(p).startswith(_HEAVY_PREFIXES) for p in sample)
+    return "process" if heavy and processes_possible() else "thread"
+
+
+def processes_possible() -> bool:
+    """False when forkserver workers could not re-import ``__main__`` (a script piped on stdin)."""
+    main_path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_path is None or os.path.exists(main_path)
+
+
+def read_files(files: list[str], *, workers: int = 1, mode: str = "thread",
+               decode: bool = True) -> Iterator[tuple[list[Slice], Rejected | None]]:
+    """``(slices, rejected)`` per file in input order, read in this process (serial or threads).
+
+    Slices keep their stored values (``defer_hu``) for the assembler.
+    """
+    read = functools.partial(_read_one, decode=decode)
+    if mode == "serial" or workers <= 1:
+        yield from map(read, files)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dicom-read") as pool:
+        yield from pool.map(read, files)
+
+
+def shared_volume(shape: tuple[int, int, int]) -> tuple[str, np.ndarray]:
+    """A float32 volume in a shared file mapping (``/dev/shm`` when there is one): (path, array).
+
+    The caller unlinks ``path`` when the workers are done; the array stays
+    valid (the mapping outlives the name) and is freed with it.
+    """
+    folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(prefix="edge-agent-volume-", dir=folder)
+    try:
+        nbytes = int(np.prod(shape)) * 4
+        os.ftruncate(fd, nbytes)
+        mapping = mmap.mmap(fd, nbytes)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return path, np.frombuffer(mapping, dtype=np.float32).reshape(shape)
+
+
+def _decode_into(task: tuple[str, str, tuple[int, int, int], dict[int, int]]) -> Rejected | None:
+    """Worker: decode one file and write its frames' HU into their slots of the shared volume."""
+    path, volume_path, shape, slots = task
+    try:
+        slices = read_file(path, defer_hu=True)
+    except DicomError as exc:
+        return exc.to_rejected()
+    except Exception as exc:  # a decoder bug must not stop the scan
+        return Rejected(path, f"could not be decoded ({type(exc).__name__}: {str(exc)[:100]})", "bad")
+    volume = np.memmap(volume_path, dtype=np.float32, mode="r+", shape=shape)
+    written = 0
+    for s in slices:
+        slot = slots.get(s.frame)
+        if slot is not None and s.stored is not None and s.stored.shape == shape[1:]:
+            to_hu(s.stored, *s.rescale, out=volume[slot])
+            written += 1
+    del volume
+    if written != len(slots):
+        return Rejected(path, "changed between the header pass and decoding; it will be read again on the next "
+                              "scan", "bad", slices[0].series_instance_uid if slices else "")
+    return None
+
+
+def scan_in_processes(files: list[str], workers: int, resample_tilt: bool) -> tuple[list, list[Rejected]] | None:
+    """Header pass in threads, then worker processes decode straight into each series' volume.
+
+    Returns ``(series, rejected)``, or ``None`` when worker processes cannot
+    run here (the caller then reads with threads).
+    """
+    from_headers = list(read_files(files, workers=workers, mode="thread", decode=False))
+    rejected = [verdict for _, verdict in from_headers if verdict is not None]
+    groups: dict[str, list[Slice]] = {}
+    for slices, _ in from_headers:
+        for s in slices:
+            groups.setdefault(s.series_instance_uid, []).append(s)
+    series = []
+    try:
+        with _process_pool(workers) as pool:
+            for series_uid in sorted(groups):
+                own = [r for r in rejected if r.series_instance_uid == series_uid]
+                item, series_rejected = _decode_series(pool, workers, groups.pop(series_uid), own, resample_tilt)
+                rejected.extend(r for r in series_rejected if r not in own)
+                if item is not None:
+                    series.append(item)
+    except (BrokenProcessPool, OSError) as exc:
+        log.warning("decode worker processes failed (%s); reading with threads instead", type(exc).__name__)
+        return None
+    return series, rejected
+
+
+def _decode_series(pool: Executor, workers: int, slices: list[Slice], rejected: list[Rejected],
+                   resample_tilt: bool) -> tuple[Series | None, list[Rejected]]:
+    """Plan one series from headers, decode it in the pool into a shared volume, finish it.
+
+    Returns the series (``None`` if no file of it could be decoded) and all its rejections.
+    """
+    own = list(rejected)
+    warnings: list[str] = []
+    ordered = plan(slices, own, warnings)
+    shape = (len(ordered), ordered[0].rows, ordered[0].columns)
+    volume_path, volume = shared_volume(shape)
+    try:
+        slots: dict[str, dict[int, int]] = {}
+        for k, s in enumerate(ordered):
+            slots.setdefault(s.path, {})[s.frame] = k
+        tasks = [(path, volume_path, shape, frames) for path, frames in slots.items()]
+        chunk = max(1, min(4, len(tasks) // (8 * workers)))
+        failures = [r for r in pool.map(_decode_into, tasks, chunksize=chunk) if r is not None]
+    finally:
+        os.unlink(volume_path)
+    if failures:
+        own.extend(failures)
+        failed = {r.path for r in failures}
+        keep = [k for k, s in enumerate(ordered) if s.path not in failed]
+        if not keep:
+            return None, own
+        ordered = [ordered[k] for k in keep]
+        volume = volume[keep]  # a private copy without the failed slots (rare path)
+    return finish(ordered, volume, own, warnings, resample_tilt=resample_tilt), own
