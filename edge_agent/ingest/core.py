@@ -1,0 +1,319 @@
+"""Folder ingest: watch, wait until complete, decode, deduplicate, hand over.
+
+Threads (all named): watchdog's observer feeds candidate paths to the
+:class:`~edge_agent.ingest.stable.StableTracker`; ``ingest-rescan`` walks the
+folder at start and every ``rescan_interval`` (events can be lost);
+``ingest-decode-*`` (a pool, one per core by default) decode stable files;
+``ingest-main`` hands stable files to the pool and judges every decoded
+file against the ledger, then calls ``on_file`` — always from this one
+thread, so the pipeline sees files one at a time.
+
+Every file goes through an error boundary: whatever fails is logged,
+recorded in the ledger, the file quarantined with a reason, and ingest goes
+on.
+
+What each decoded file becomes is decided in :mod:`edge_agent.ingest.verdict`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from edge_agent.dicom import BadFile, NotAnImage
+from edge_agent.errors import EdgeAgentError
+from edge_agent.ingest import ledger as L
+from edge_agent.ingest.decode import Decoder
+from edge_agent.ingest.settings import IngestedFile, IngestSettings
+from edge_agent.ingest.stable import Candidate, StableTracker
+from edge_agent.ingest.verdict import Counters, Decoded, Verdicts, reason_of
+from edge_agent.ingest.watcher import BaseObserver, PathFilter, WatchFolderError, check_watch_dir, start_observer
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# With delete_after_processing, deleted files (and their instances) are remembered this long:
+# a resend within a week is still a duplicate; the ledger stays bounded.
+LEDGER_MEMORY_S = 7 * 24 * 3600.0
+
+
+class Ingest:
+    """Watches ``settings.watch_dir`` and calls ``on_file`` once per new instance (see module doc)."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        on_file: Callable[[IngestedFile], None],
+        on_rejected: Callable[[Path, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._on_file = on_file
+        self._on_rejected = on_rejected
+        self._tracker = StableTracker(settings.stable_seconds, settings.retry_timeout)
+        self._results: queue.Queue[Decoded | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._counters = Counters()
+        self._verdicts: Verdicts | None = None
+        self._workers = settings.workers or os.cpu_count() or 1
+        self._decoder = Decoder(self._workers if settings.decode_processes and self._workers > 1 else 0)
+        self._tick = max(0.01, min(0.05, settings.stable_seconds / 4))
+        self._ledger: L.Ledger | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._observer: BaseObserver | None = None
+        self._observer_lock = threading.Lock()
+        self._filter: PathFilter | None = None
+        self._in_flight = 0  # decodes submitted and not yet judged; owned by ingest-main
+        self._resume: deque[Path] = deque()  # filled by start(), drained by ingest-main
+        self._watch_dir_ok = True
+
+    # --- lifecycle -----------------------------------------------------
+    def start(self) -> None:
+        """Check the folder, open the ledger, resume unfinished series, then rescan and watch.
+
+        The observer starts before the first rescan so that no file falls
+        between the two. Raises :class:`EdgeAgentError` with one sentence.
+        """
+        s = self.settings
+        check_watch_dir(s.watch_dir)
+        # Fresh per-run state, so a stopped Ingest can be started again.
+        self._stop.clear()
+        self._tracker = StableTracker(s.stable_seconds, s.retry_timeout)
+        self._results = queue.Queue()
+        self._in_flight = 0
+        self._resume.clear()
+        watch_dir = Path(os.path.realpath(s.watch_dir))
+        for folder, what in ((s.state_dir, "state"), (s.quarantine, "quarantine")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise EdgeAgentError(
+                    f"The {what} folder {folder} cannot be created ({err.strerror}); choose a writable folder."
+                ) from err
+        try:
+            self._ledger = L.Ledger(s.ledger_path)
+        except Exception as err:  # sqlite3.Error, OSError
+            raise EdgeAgentError(
+                f"The ingest ledger {s.ledger_path} cannot be opened ({err}); check the state folder "
+                "or move the damaged file aside."
+            ) from err
+        self._filter = PathFilter(watch_dir, [s.state_dir, s.quarantine])
+        self._verdicts = Verdicts(s, self._ledger, self._tracker, watch_dir, self._counters,
+                                  self._on_file, self._on_rejected)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ingest-decode")
+        try:
+            self._observer = self._start_observer()
+        except BaseException:
+            self._pool.shutdown(wait=True)
+            self._ledger.close()
+            self._ledger = self._pool = self._verdicts = None
+            raise
+        self._resume.extend(self._ledger.resume_paths())  # handed out by ingest-main, bounded like the rest
+        if self._resume:
+            log.info("resuming %d files of series that were not finished", len(self._resume))
+        for name, target in (("ingest-main", self._run), ("ingest-rescan", self._rescan_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop watching and decoding; files not yet judged are picked up at the next start."""
+        self._stop.set()
+        self._results.put(None)
+        with self._observer_lock:
+            self._stop_observer(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._decoder.close()
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
+        self._verdicts = None
+
+    def __enter__(self) -> "Ingest":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- API for the pipeline ------------------------------------------
+    def mark_series_done(self, series_instance_uid: str) -> None:
+        """The pipeline made its final decision: don't re-emit on restart; apply retention."""
+        self._require(self._verdicts).series_done(series_instance_uid)
+
+    def rescan_now(self) -> None:
+        """Walk the watch folder now and queue every file the ledger does not know."""
+        ledger = self._require_ledger()
+        path_filter = self._require(self._filter)
+        watch_dir = path_filter.watch_dir
+        self._count("rescans")
+        if not os.access(watch_dir, os.R_OK | os.X_OK):
+            if self._watch_dir_ok:
+                log.error("the watch folder %s is missing or unreadable; rescanning until it is back", watch_dir)
+            self._watch_dir_ok = False
+            return
+        self._watch_dir_ok = True
+        known = ledger.identities()
+        found = 0
+        for path, st in path_filter.walk():
+            if self._stop.is_set():
+                return
+            if known.get(str(path)) == (st.st_size, st.st_mtime_ns) or path in self._tracker:
+                continue
+            self._tracker.touch(path, st=st)
+            found += 1
+        self._count("rescan_found", found)
+        if found:
+            log.info("rescan queued %d files", found)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since this object was created, and the current backlog.
+
+        ``files_seen`` (files judged: the sum of the next five), ``accepted``,
+        ``duplicates``, ``conflicts``, ``excluded``, ``quarantined``;
+        ``resumed`` (re-emitted after a restart), ``pipeline_errors``,
+        ``retries`` (failed reads retried), ``deleted`` (retention),
+        ``events``, ``rescans``, ``rescan_found`` (files no event announced);
+        ``pending`` (waiting to be stable or to retry) and ``decoding`` (read
+        or waiting for the pipeline).
+        """
+        out = self._counters.snapshot()
+        out["pending"], out["decoding"] = self._tracker.counts()
+        out["files_seen"] = sum(out[k] for k in ("accepted", "duplicates", "conflicts", "excluded", "quarantined"))
+        return out
+
+    # --- threads -------------------------------------------------------
+    def _on_event(self, path: Path, finished: bool) -> None:
+        self._count("events")
+        self._tracker.touch(path, closed=finished)
+        if finished:
+            self._results.put(None)  # wake ingest-main: a closed or renamed file may be read at once
+
+    def _on_dir_event(self, path: Path) -> None:
+        for file_path, st in self._require(self._filter).walk(path):
+            self._tracker.touch(file_path, st=st)
+
+    def _rescan_loop(self) -> None:
+        self._guarded(self.rescan_now)
+        while not self._stop.wait(self.settings.rescan_interval):
+            self._guarded(self.rescan_now)
+            self._guarded(self._supervise_observer)
+            if self.settings.delete_after_processing:
+                self._guarded(self._require_ledger().prune, time.time() - LEDGER_MEMORY_S)
+
+    def _start_observer(self) -> BaseObserver:
+        return start_observer(self._require(self._filter), self._on_event, self._on_dir_event,
+                              poll=self.settings.poll, poll_interval=self.settings.poll_interval)
+
+    def _stop_observer(self, timeout: float = 10) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            if self._observer.is_alive():
+                self._observer.join(timeout)
+            self._observer = None
+
+    def _supervise_observer(self) -> None:
+        """Re-arm watching when it died: the folder was removed and is back, or an emitter failed.
+
+        watchdog stops an emitter whose root folder is deleted, and an emitter
+        thread that hits an inotify limit on a new sub-folder dies; rescans
+        cover the gap until watching works again.
+        """
+        with self._observer_lock:
+            observer = self._observer
+            if self._stop.is_set() or not self._watch_dir_ok:
+                return
+            if observer is not None and observer.is_alive() and observer.emitters and all(
+                    e.is_alive() for e in observer.emitters):
+                return
+            log.warning("file watching stopped (folder removed or watch error); restarting it")
+            self._stop_observer()
+            try:
+                self._observer = self._start_observer()
+            except WatchFolderError as err:
+                log.error("%s", err)  # the sentence names the fix; rescans go on meanwhile
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._results.get(timeout=self._tick)
+            except queue.Empty:
+                item = None
+            while item is not None or not self._results.empty():
+                if item is not None and not self._stop.is_set():
+                    self._in_flight -= 1
+                    self._require(self._verdicts).judge(item)
+                try:
+                    item = self._results.get_nowait()
+                except queue.Empty:
+                    item = None
+            if not self._stop.is_set():
+                self._guarded(self._submit_due)
+
+    def _submit_due(self) -> None:
+        ledger, pool = self._require_ledger(), self._require(self._pool)
+        # At most a few decoded files per worker wait for the pipeline: memory stays bounded
+        # however slow on_file is.
+        room = self._workers * 4 - self._in_flight
+        while room > 0 and self._resume:
+            self._in_flight += 1
+            room -= 1
+            pool.submit(self._decode, self._resume.popleft(), None)
+        if room <= 0:
+            return
+        for cand in self._tracker.due(room):
+            if ledger.is_known(cand.path, cand.size, cand.mtime_ns):
+                self._tracker.forget(cand.path)  # an event for a file already handled
+                continue
+            self._in_flight += 1
+            pool.submit(self._decode, cand.path, cand)
+
+    def _decode(self, path: Path, cand: Candidate | None) -> None:
+        """Runs on a decode thread: read and decode one file, report to ingest-main."""
+        item = Decoded(path, "ok", cand, received_at=cand.received_at if cand else time.time())
+        try:
+            st = path.stat()
+            item.identity = (st.st_size, st.st_mtime_ns)
+            item.slices = self._decoder.read(path)
+            if not item.slices:
+                item.kind, item.message = "excluded", "the file holds no image frames"
+        except NotAnImage as err:
+            item.kind, item.message = "excluded", reason_of(err)
+        except FileNotFoundError:
+            item.kind = "missing"
+        except BadFile as err:
+            item.kind, item.message = "bad", reason_of(err)
+        except Exception as err:  # error boundary: an unexpected decoder failure is a bad file
+            item.kind, item.message = "bad", f"{type(err).__name__}: {err}"
+        self._results.put(item)
+
+    # --- helpers -------------------------------------------------------
+    def _count(self, name: str, n: int = 1) -> None:
+        self._counters.add(name, n)
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("ingest error in %s (continuing)", getattr(fn, "__name__", fn))
+
+    def _require_ledger(self) -> L.Ledger:
+        return self._require(self._ledger)
+
+    @staticmethod
+    def _require(part: _T | None) -> _T:
+        if part is None:
+            raise RuntimeError("Ingest is not running: call start() first.")
+        return part

@@ -1,0 +1,106 @@
+"""Decoding files on every core.
+
+The compressed-pixel decoders hold the GIL (pylibjpeg-openjpeg calls OpenJPEG
+without ``nogil``; python-gdcm's SWIG wrappers do not release it either), so
+decode threads alone use one core. :class:`Decoder` runs
+:func:`edge_agent.dicom.read_file` for compressed files in a pool of worker processes
+(``spawn``: the workers inherit none of the agent's threads and locks, and
+nothing outlives :meth:`Decoder.close`)
+and falls back to the calling thread when processes are off. A worker that
+dies (out of memory) breaks the pool; the pool is rebuilt and the file is
+reported as failed, so the caller retries it.
+
+Spawned workers import the program's ``__main__`` module (Python's
+multiprocessing rule): ``edge-agent`` and ``python -m edge_agent`` are safe;
+a script that starts an :class:`~edge_agent.ingest.Ingest` must do so under
+``if __name__ == "__main__":`` or set ``decode_processes=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from edge_agent.dicom import BadFile, Slice, read_file
+
+log = logging.getLogger(__name__)
+
+# Transfer syntaxes whose pixel data needs no decoder (PS3.5 A.1–A.3, and Deflated A.5:
+# zlib releases the GIL).
+NATIVE_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2",        # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",      # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",      # Explicit VR Big Endian (retired)
+    "1.2.840.10008.1.2.1.99",   # Deflated Explicit VR Little Endian
+})
+
+
+def _worker_init() -> None:
+    """Worker initializer: exit with the agent, and import the DICOM stack before the first file.
+
+    A worker holds both ends of its task queue, so it never sees EOF when the
+    agent is killed (``kill -9``); it watches its parent instead.
+    """
+    import edge_agent.dicom  # noqa: F401
+
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="decode-parent-watch", daemon=True).start()
+
+
+class Decoder:
+    """``read(path)`` → slices, in worker processes (``processes`` > 0) or in the caller's thread."""
+
+    def __init__(self, processes: int) -> None:
+        self._processes = processes
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                context = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self._processes, mp_context=context, initializer=_worker_init)
+            return self._pool
+
+    def read(self, path: Path) -> list[Slice]:
+        """Read and decode one file; raises what ``read_file`` raises.
+
+        Native (uncompressed) pixel data is decoded here: it is a copy and a
+        multiply, cheaper than sending the result between processes. Only
+        compressed files go to the worker processes; the header is read here
+        first (cheap) to tell them apart, and to reject bad files early.
+        """
+        if self._processes <= 0:
+            return read_file(path)
+        header = read_file(path, decode=False)
+        if not header or header[0].transfer_syntax in NATIVE_SYNTAXES:
+            return read_file(path)
+        pool = self._get_pool()
+        try:
+            return pool.submit(read_file, path).result()
+        except BrokenProcessPool as err:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            log.error("a decode worker process died while reading %s; restarting the decode pool", path)
+            raise BadFile(str(path), "a decode worker process died while reading it (out of memory?)") from err
+
+    def close(self) -> None:
+        """Stop the worker processes (waits for running decodes)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,62 @@
+"""Settings of the folder ingest and what it hands to the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.dicom import Slice
+from edge_agent.errors import ConfigError
+
+
+@dataclass
+class IngestSettings:
+    """How the watch folder is ingested (all durations in seconds)."""
+
+    watch_dir: Path
+    state_dir: Path  # ledger at state_dir/"ledger.sqlite3"
+    quarantine_dir: Path | None = None  # default state_dir/"quarantine"
+    poll: bool = False  # polling observer (network shares) instead of inotify
+    poll_interval: float = 1.0
+    stable_seconds: float = 0.5  # size+mtime unchanged this long before reading
+    retry_timeout: float = 30.0  # keep retrying an undecodable file this long, then quarantine
+    rescan_interval: float = 60.0  # periodic reconciliation rescan
+    delete_after_processing: bool = False  # delete inputs once their series is done / quarantined
+    workers: int | None = None  # files decoded at once (None = all cores)
+    decode_processes: bool = True  # decode in worker processes (decoders hold the GIL); False: threads only
+
+    def __post_init__(self) -> None:
+        self.watch_dir = Path(self.watch_dir)
+        self.state_dir = Path(self.state_dir)
+        if self.quarantine_dir is not None:
+            self.quarantine_dir = Path(self.quarantine_dir)
+        for name in ("poll_interval", "rescan_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"Ingest setting {name} must be a positive number of seconds.")
+        for name in ("stable_seconds", "retry_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"Ingest setting {name} must not be negative.")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("Ingest setting workers must be at least 1 (or unset for all cores).")
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.sqlite3"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.quarantine_dir if self.quarantine_dir is not None else self.state_dir / "quarantine"
+
+
+@dataclass
+class IngestedFile:
+    """A complete, decoded file whose instances the pipeline has not seen (or must see again on resume)."""
+
+    path: Path
+    slices: list[Slice]
+    sop_instance_uids: list[str]  # the slices' keys: the SOP Instance UID, or "<uid>.<frame>" per frame
+    series_instance_uid: str
+    received_at: float  # time.time() when the file was first noticed
+    complete_at: float  # time.time() when it was judged complete (stable and decoded)
+    study_instance_uid: str = ""
+    resumed: bool = False  # re-emitted after a restart: its series was never marked done

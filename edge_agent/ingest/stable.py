@@ -1,0 +1,162 @@
+"""When is a file complete? Size and mtime unchanged, then pixels must decode.
+
+A file event is not a complete file: a truncated uncompressed DICOM file
+still parses and only fails at pixel access, and a polling observer reports
+``created`` while the file is still growing. :class:`StableTracker` holds every
+candidate path until its size and mtime have not changed for
+``stable_seconds`` (or the writer closed it — inotify ``IN_CLOSE_WRITE`` — or
+renamed it into place, and it has not changed since), then
+hands it out for decoding. A decoding failure is retried with back-off for
+``retry_timeout`` seconds (the writer may pause mid-file) before the caller
+quarantines the file.
+
+Thread-safe: watcher, rescan and ingest threads all call it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_BACKOFF = 5.0
+
+
+@dataclass
+class Candidate:
+    """A file waiting to be judged complete (all clocks monotonic except ``received_at``)."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    changed_at: float
+    received_at: float
+    closed: bool = False
+    in_flight: bool = False
+    failures: int = 0
+    first_failure: float | None = None
+    next_try: float = 0.0
+    last_error: str = ""
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        return self.size, self.mtime_ns
+
+
+class StableTracker:
+    """Pending files keyed by path, released once stable."""
+
+    def __init__(self, stable_seconds: float, retry_timeout: float) -> None:
+        self.stable_seconds = stable_seconds
+        self.retry_timeout = retry_timeout
+        self._pending: dict[Path, Candidate] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def __contains__(self, path: Path) -> bool:
+        with self._lock:
+            return path in self._pending
+
+    def counts(self) -> tuple[int, int]:
+        """(waiting, decoding) file counts."""
+        with self._lock:
+            decoding = sum(1 for c in self._pending.values() if c.in_flight)
+            return len(self._pending) - decoding, decoding
+
+    def touch(self, path: Path, *, closed: bool = False, st: os.stat_result | None = None) -> None:
+        """Note that ``path`` appeared or changed (an event or a rescan)."""
+        if st is None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return  # already renamed or deleted; a later event names the new path
+        now = time.monotonic()
+        with self._lock:
+            cand = self._pending.get(path)
+            if cand is None:
+                self._pending[path] = Candidate(
+                    path, st.st_size, st.st_mtime_ns, changed_at=now, received_at=time.time(), closed=closed
+                )
+                return
+            if (st.st_size, st.st_mtime_ns) != cand.identity:
+                self._reset(cand, st, now)
+                cand.closed = closed
+            elif closed:
+                cand.closed = True
+
+    def due(self, limit: int) -> list[Candidate]:
+        """Stat the waiting files; return up to ``limit`` that are stable, marked in flight.
+
+        A file is stable when its size and mtime have not changed for
+        ``stable_seconds``, or at once when the writer closed it and nothing
+        changed since. Files that vanished are forgotten.
+        """
+        now = time.monotonic()
+        with self._lock:
+            waiting = [c for c in self._pending.values() if not c.in_flight and c.next_try <= now]
+        ready: list[Candidate] = []
+        for cand in sorted(waiting, key=lambda c: c.changed_at):
+            try:
+                st = os.stat(cand.path)
+            except OSError:
+                self.forget(cand.path)
+                continue
+            with self._lock:
+                if self._pending.get(cand.path) is not cand or cand.in_flight:
+                    continue
+                if (st.st_size, st.st_mtime_ns) != cand.identity:
+                    self._reset(cand, st, now)
+                    continue
+                if cand.closed or now - cand.changed_at >= self.stable_seconds:
+                    cand.in_flight = True
+                    ready.append(cand)
+            if len(ready) >= limit:
+                break
+        return ready
+
+    @staticmethod
+    def _reset(cand: Candidate, st: os.stat_result, now: float) -> None:
+        # A file that is still changing is still being written: its failures so far don't count.
+        cand.size, cand.mtime_ns, cand.changed_at = st.st_size, st.st_mtime_ns, now
+        cand.closed = False
+        cand.failures, cand.first_failure, cand.next_try = 0, None, 0.0
+
+    def changed(self, cand: Candidate) -> None:
+        """The file changed while it was being decoded: wait for it to settle again."""
+        with self._lock:
+            cand.in_flight = False
+            try:
+                self._reset(cand, os.stat(cand.path), time.monotonic())
+            except OSError:
+                self._pending.pop(cand.path, None)
+
+    def failed(self, cand: Candidate, error: str) -> bool:
+        """Record a decoding failure; True when ``retry_timeout`` is spent (quarantine it).
+
+        Otherwise the file is retried with exponential back-off (at most
+        ``MAX_BACKOFF`` s), or sooner if it changes.
+        """
+        now = time.monotonic()
+        with self._lock:
+            cand.in_flight = False
+            cand.failures += 1
+            cand.last_error = error
+            if cand.first_failure is None:
+                cand.first_failure = now
+            if now - cand.first_failure >= self.retry_timeout:
+                return True
+            backoff = min(max(self.stable_seconds, 0.05) * 2 ** (cand.failures - 1), MAX_BACKOFF)
+            remaining = cand.first_failure + self.retry_timeout - now
+            cand.next_try = now + min(backoff, max(remaining, 0.0))
+            cand.closed = False
+            return False
+
+    def forget(self, path: Path) -> None:
+        """Drop ``path`` (handled, or gone)."""
+        with self._lock:
+            self._pending.pop(path, None)
