@@ -17,9 +17,10 @@ def test_decoder_processes_match_in_thread_and_leave_nothing_behind(tmp_path):
     decoder = Decoder(2)
     try:
         slices = decoder.read(paths[0])
-        # multiprocessing's resource tracker lives as long as this process; it is not a worker.
+        # multiprocessing's resource tracker and forkserver (started by edge_agent.dicom's parallel scan
+        # earlier in the session) live as long as this process; they are not decode workers.
         workers = [p for p in psutil.Process().children(recursive=True)
-                   if "resource_tracker" not in " ".join(p.cmdline())]
+                   if not any(k in " ".join(p.cmdline()) for k in ("resource_tracker", "forkserver"))]
         assert workers, "decoding should run in worker processes"
         with pytest.raises(BadFile):
             decoder.read(tmp_path / "j2k")  # a folder: the worker's error comes back as is
