@@ -62,3 +62,10 @@ def setup_logging(verbose: int = 0, json_lines: bool = False) -> None:
         other.handlers[:] = [handler]
         other.setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL if name == "amqtt" else logging.WARNING)
         other.propagate = False
+
+
+def use_json() -> None:
+    """Switch the handlers set up by :func:`setup_logging` to JSON lines (config ``agent.log_json``)."""
+    for name in ("edge_agent", "amqtt", "transitions", "pynetdicom"):
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(JsonFormatter())

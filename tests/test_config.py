@@ -65,3 +65,31 @@ def test_reference_lists_every_field():
     ref = reference_markdown()
     for key in ("`watch`", "`settle`", "`broker`", "`delivery`", "`ae_title`", "EDGE_AGENT_MQTT_BROKER"):
         assert key in ref
+
+
+def test_log_json_from_config_switches_the_log_format(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "in").mkdir()
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[agent]\nlog_json = true\nstate_dir = "{tmp_path / "s"}"\n'
+                    f'[ingest]\nwatch = "{tmp_path / "in"}"\n[mqtt]\nembedded_port = 0\n')
+    log = tmp_path / "err.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "-v", "run", "--config", str(conf)],
+                                stderr=fh, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while "edge-agent running" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    assert len(lines) >= 2, log.read_text()
+    for line in lines:
+        assert {"ts", "level", "logger", "msg"} <= set(json.loads(line))

@@ -44,6 +44,10 @@ def run(config_file, watch, broker, site, device, engines, backend, state_dir, s
         "metrics": {"port": metrics_port},
     }
     cfg = load_config(config_file, overrides=overrides)
+    if cfg.agent.log_json:
+        from edge_agent.logs import use_json
+
+        use_json()
     if check:
         from edge_agent.service.checks import check_config
 

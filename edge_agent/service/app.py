@@ -95,6 +95,10 @@ class Agent:
         from edge_agent.service.pipeline import SeriesPipeline
 
         cfg = self.config
+        watch = Path(cfg.ingest.watch)
+        if not watch.is_dir():  # before anything starts: one sentence, nothing half-started
+            raise EdgeAgentError(f"The watch folder {watch} does not exist; create it or pass the right folder "
+                                 "with --watch.")
         state = cfg.state_dir
         try:
             state.mkdir(parents=True, exist_ok=True)
