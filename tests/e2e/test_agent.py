@@ -164,3 +164,32 @@ def test_c_store_from_a_real_dicom_client(broker, collector, agent_factory, tmp_
     assert result["status"] == "analysed"
     assert result["findings"][0]["positive"] is True
     assert agent.stop() == 0
+
+
+def test_metrics_and_healthz_of_a_running_agent(broker, collector, agent_factory):
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from support.mosquitto import free_port
+
+    port = free_port()
+    agent = agent_factory(broker.url, "--metrics-port", str(port)).start()
+    scanner = Scanner(agent.watch, ["ich"], rate=40, style="rename", seed=71)
+    scanner.run()
+    sim = scanner.series[0]
+    final_result(collector, sim.series_instance_uid, len(sim.delivered))
+    time.sleep(1.5)  # the stats loop refreshes gauges every second
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("edge_agent_files_seen_total", ())] == len(sim.delivered)
+    assert samples[("edge_agent_series_analysed_total", ())] == 1
+    assert samples[("edge_agent_alerts_total", (("state", "raised_final"),))] >= 1
+    assert any(name == "edge_agent_stage_latency_seconds_count" and dict(labels).get("stage") == "inference"
+               and value > 0 for (name, labels), value in samples.items())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+        assert resp.status == 200
+        assert json.loads(resp.read())["status"] == "ok"
+    assert agent.stop() == 0
