@@ -91,7 +91,10 @@ def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0,
         listener = AlertListener(settings, on_alert=on_alert, store_path=root / "listener.sqlite3",
                                  send_receipts=True)
         listener.start()
-        scanner = Scanner(root / "incoming", list(kinds), rate=rate, style=style, shuffle=True, seed=seed)
+        # A clearly visible bleed (12 mL) so the demo shows the early warning; tests and
+        # docs/MODELS.md cover the small ones.
+        scanner = Scanner(root / "incoming", list(kinds), rate=rate, style=style, shuffle=True, seed=seed,
+                          phantom_kwargs={"ich": {"volume_ml": 12.0}})
         t0 = time.time()
         scanner.run()
         finals.wait(timeout)
@@ -113,22 +116,28 @@ def report(series_list, timeline: Timeline, t0: float, echo: Callable[[str], Non
             continue
         first = min(d.completed_at for d in sim.delivered)
         last = max(d.completed_at for d in sim.delivered)
-        details = ", ".join(f"{k}={v}" for k, v in sim.details.items() if k in ("bleed", "volume_ml", "nodule",
-                                                                                 "diameter_mm"))
-        echo(f"\nSeries {n}: {sim.kind} phantom ({details or 'no finding'}), {len(sim.delivered)} slices, shuffled")
+        d = sim.details
+        if d.get("bleed_type"):
+            details = f"{d['bleed_type'].upper()} bleed, {d.get('volume_ml', 0):.1f} mL at {d.get('bleed_hu', 0):.0f} HU"
+        elif d.get("nodule_type"):
+            details = f"{d['nodule_type'].replace('_', '-')} nodule, {d.get('diameter_mm', 0):.1f} mm"
+        else:
+            details = "no finding"
+        details += f"; {d.get('vendor', '?')}-style headers, {d.get('thickness_mm', '?')} mm slices"
+        echo(f"\nSeries {n}: {sim.kind} phantom ({details}), {len(sim.delivered)} slices, shuffled")
         rows = [(first, "first slice written"), (last, "last slice written")]
         uid = sim.series_instance_uid
+        decisive = None
         for at, payload in timeline.alerts:
             if payload.get("study", {}).get("series_instance_uid") != uid:
                 continue
             f = payload["finding"]
             stamps = payload.get("timestamps", {})
-            if "decisive_slice_received" in stamps and payload["state"] == "preliminary":
+            extra = ""
+            if decisive is None and "decisive_slice_received" in stamps:
                 decisive = parse_utc(stamps["decisive_slice_received"])
                 rows.append((decisive, "decisive slice complete on disk"))
                 extra = f" — {1000 * (at - decisive):.0f} ms after the decisive slice"
-            else:
-                extra = ""
             rows.append((at, f"{payload['state'].upper()} alert {f['code']} p={f['probability']:.2f} "
                              f"rev {payload['revision']} at the listener{extra}"))
         for at, result in timeline.results:

@@ -39,13 +39,16 @@ class SimulatedSeries:
     details: dict = field(default_factory=dict)
 
 
-def render(kind: str, seed: int, staging: Path, *, transfer_syntax: str = "explicit", slices: int | None = None):
+def render(kind: str, seed: int, staging: Path, *, transfer_syntax: str = "explicit", slices: int | None = None,
+           **phantom_kwargs):
     """Render one phantom series into ``staging``; returns (phantom, paths in slice order)."""
     from edge_agent.phantoms import make_phantom, write_phantom
 
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}")
-    kwargs = {"slices": slices} if slices else {}
+    kwargs = dict(phantom_kwargs)
+    if slices:
+        kwargs["slices"] = slices
     phantom = make_phantom(kind, seed, **kwargs)
     paths = write_phantom(phantom, staging, transfer_syntax=transfer_syntax)
     return phantom, paths
@@ -78,13 +81,15 @@ class Scanner:
 
     def __init__(self, target: Path, kinds: list[str], *, rate: float = 4.0, style: str = "inplace",
                  shuffle: bool = True, seed: int = 0, transfer_syntax: str = "explicit",
-                 slices: int | None = None, stop_event: threading.Event | None = None, on_slice=None):
+                 slices: int | None = None, stop_event: threading.Event | None = None, on_slice=None,
+                 phantom_kwargs: dict[str, dict] | None = None):
         self.target = Path(target)
         self.kinds = kinds
         self.rate, self.style, self.shuffle, self.seed = rate, style, shuffle, seed
         self.transfer_syntax, self.slices = transfer_syntax, slices
         self.stop_event = stop_event or threading.Event()
         self.on_slice = on_slice
+        self.phantom_kwargs = phantom_kwargs or {}  # per kind, e.g. {"ich": {"volume_ml": 12}}
         self.series: list[SimulatedSeries] = []
 
     def run(self) -> list[SimulatedSeries]:
@@ -99,7 +104,8 @@ class Scanner:
         return self.series
 
     def _one(self, kind: str, seed: int, staging: Path) -> SimulatedSeries:
-        phantom, paths = render(kind, seed, staging, transfer_syntax=self.transfer_syntax, slices=self.slices)
+        phantom, paths = render(kind, seed, staging, transfer_syntax=self.transfer_syntax, slices=self.slices,
+                                **self.phantom_kwargs.get(kind, {}))
         uid = phantom.headers.series_instance_uid
         folder = self.target / f"{kind}-{seed}-{uid[-8:]}"
         sim = SimulatedSeries(kind, seed, uid, folder, details=dict(phantom.details))

@@ -1,0 +1,42 @@
+"""`simulate` writes real series like a scanner; `demo` shows a real alert end to end."""
+
+import subprocess
+import sys
+
+from edge_agent.dicom import read_series
+
+
+def test_simulate_writes_readable_series_in_both_styles(tmp_path):
+    for style in ("inplace", "rename"):
+        out = tmp_path / style
+        proc = subprocess.run([sys.executable, "-m", "edge_agent", "simulate", "--to", str(out), "--kind", "normal",
+                               "--kind", "chest", "--rate", "0", "--slices", "12", "--style", style,
+                               "--transfer-syntax", "rle"], capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        series = read_series([out])
+        assert sorted(s.body_part for s in series) == ["CHEST", "HEAD"]
+        assert all(s.hu.shape[0] == 12 for s in series)
+        assert not list(out.rglob(".*"))          # no temp files left behind
+        assert "SeriesInstanceUID" in proc.stdout
+
+
+def test_simulate_bad_target_is_one_sentence(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "edge_agent", "simulate", "--to", str(blocker / "sub"),
+                           "--rate", "0", "--slices", "4"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
+
+
+def test_demo_shows_an_alert_and_its_timing():
+    proc = subprocess.run([sys.executable, "-m", "edge_agent", "demo", "--rate", "20"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "first slice written" in out and "decisive slice" in out
+    assert "FINAL alert ich" in out
+    assert "final result: analysed (ich POSITIVE" in out
+    assert "final result: analysed (ich negative" in out
+    assert "not medical devices" in out
+    assert "Traceback" not in proc.stderr
