@@ -60,3 +60,6 @@ class IngestedFile:
     complete_at: float  # time.time() when it was judged complete (stable and decoded)
     study_instance_uid: str = ""
     resumed: bool = False  # re-emitted after a restart: its series was never marked done
+    # time.time() of the last change seen before the file counted as complete (its last write, close,
+    # rename or move-in event): when the scanner finished the file. Latency is measured from here.
+    written_at: float = 0.0

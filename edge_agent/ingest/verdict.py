@@ -144,9 +144,12 @@ class Verdicts:
             if self.settings.delete_after_processing and self._ledger.series_done(series_uid):
                 self.delete(item.path, item.identity, series_uid)
             return
+        now = time.time()
+        cand = item.cand
+        written_at = now - (time.monotonic() - cand.changed_at) if cand is not None else now
         ingested = IngestedFile(
             path=item.path, slices=slices, sop_instance_uids=sop_uids, series_instance_uid=series_uid,
-            received_at=item.received_at, complete_at=time.time(),
+            received_at=item.received_at, complete_at=now, written_at=min(written_at, now),
             study_instance_uid=str(getattr(slices[0], "study_instance_uid", "") or ""),
             resumed=outcome == L.RESUMED,
         )

@@ -203,7 +203,8 @@ class Agent:
 
     def _on_file(self, item) -> None:
         self.metrics.files_seen.inc()
-        self.metrics.observe("decode", max(0.0, time.time() - item.complete_at))
+        # "decode": from the scanner's last write to the file decoded and claimed (stable wait included)
+        self.metrics.observe("decode", max(0.0, item.complete_at - (item.written_at or item.received_at)))
         self.pipeline.submit(item)
 
     def _on_rejected(self, path, reason: str) -> None:

@@ -154,9 +154,17 @@ class SeriesPipeline:
             finally:
                 self.store.close()
 
+    def _next_due(self) -> float:
+        """Seconds until the next open series is due for its final decision (at most 0.1)."""
+        if not self._open:
+            return 0.1
+        now = time.monotonic()
+        due = min(min(s.last_arrival + self.settle, s.opened + self.max_open) for s in self._open.values())
+        return min(0.1, max(0.001, due - now))
+
     def _take(self) -> list:
         try:
-            items = [self._queue.get(timeout=0.1)]
+            items = [self._queue.get(timeout=self._next_due())]
         except queue.Empty:
             return []
         while len(items) < self.batch:
@@ -221,16 +229,19 @@ class SeriesPipeline:
                 and not self.store.has_score(series.series_instance_uid, s.sop_instance_uid, name)]
         if not todo:
             return
-        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
         hu = np.stack([s.hu for _, s in todo])
-        probabilities = np.asarray(model.score_slices(hu, todo[0][1].pixel_spacing), dtype=np.float64)
+        probabilities = np.asarray(model.score_slices(hu, todo[0][1].pixel_spacing, timings=timings),
+                                   dtype=np.float64)
         if probabilities.ndim == 1:
             probabilities = probabilities[:, None]
-        self.outputs.observe("inference", time.perf_counter() - t0)
+        for stage in ("preprocess", "inference"):
+            self.outputs.observe(stage, timings.get(stage, 0.0) / 1000.0)
         for _, s in todo:
             s.hu = None  # pixels are not needed any more: memory stays flat
         scores = [SliceScore(s.sop_instance_uid, float(np.dot(np.asarray(s.position, float), series.normal)),
-                             [float(p) for p in probabilities[i]], f.received_at, f.complete_at)
+                             [float(p) for p in probabilities[i]], f.received_at,
+                             getattr(f, "written_at", 0.0) or f.complete_at)
                   for i, (f, s) in enumerate(todo)]
         self.store.add_scores(series.series_instance_uid, name, scores)
         self._check_preliminary(series, model, scores)
@@ -280,7 +291,12 @@ class SeriesPipeline:
                      "key_slices": [{"sop_instance_uid": s.sop_instance_uid, "position_mm": round(s.position_mm, 2),
                                      "probability": round(s.probabilities[index], 4)} for s in key_scores]},
             state=state, revision=revision, timestamps=timestamps)
+        t0 = time.perf_counter()
         self.outputs.raise_alert(payload)  # committed to the outbox before we record it as raised
+        self.outputs.observe("outbox", time.perf_counter() - t0)
+        if existing is None and aid in series.decisive:
+            # decisive slice written by the scanner → alert committed (what a consumer waits for)
+            self.outputs.observe("end_to_end", max(0.0, time.time() - series.decisive[aid]))
         self.store.save_alert(series.series_instance_uid, AlertState(aid, revision, state, probability))
         self.outputs.count("alerts", f"{state}")
         log.warning("ALERT %s %s series=%s p=%.3f rev=%d", state, finding.code, series.series_instance_uid,
@@ -292,7 +308,9 @@ class SeriesPipeline:
             series = self._open[uid]
             if now - series.last_arrival >= self.settle or now - series.opened >= self.max_open:
                 try:
+                    t0 = time.perf_counter()
                     self._finalise(series)
+                    self.outputs.observe("decision", time.perf_counter() - t0)
                 except Exception as exc:  # noqa: BLE001 - error boundary per series
                     log.exception("series %s: final decision failed: %s", uid, exc)
                     self.outputs.publish_result(self._result(series, "rejected", [], f"internal error: {exc}"))
