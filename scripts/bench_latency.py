@@ -1,0 +1,687 @@
+"""Daemon benchmark (issue 5): decisive slice → alert latency, final-result latency, soak throughput.
+
+Everything is real: a Mosquitto broker started here, ``edge-agent run`` as a
+subprocess (its RSS, children included, sampled with psutil), files written
+into its watch folder the way :mod:`edge_agent.service.simulator` writes them
+(same two-chunk in-place write or dot-temp + rename, shuffled order, fixed
+cadence), and a paho (v5) subscriber stamping the arrival of every alert and
+result. Phantom series are rendered once (``simulator.render``) and replayed
+with fresh UIDs (same-length byte patch of Study/Series/FoR/SOP Instance UIDs),
+so rendering costs no CPU while the agent is measured.
+
+Latency: the *decisive slice* of a series is found offline from per-slice
+scores of the same model: the slices are replayed in their delivery order and
+the first one after which the manifest's preliminary rule holds is decisive.
+Latency = arrival of the series' first alert at the subscriber − the moment
+that slice's file was complete on disk (``time.time()`` after ``close``).
+
+Baseline, in the same run: a consumer of the same files that waits until a
+series has been quiet for ``settle``, then ``read_series`` + ``analyse_series``
+(the Orthanc "stable series" / MONAI Deploy way) and publishes its decision
+over the same broker. It is told of every file the moment it is written (no
+watcher, no stable check), which favours it.
+
+    .venv/bin/python scripts/bench_latency.py                       # ~10 min
+    .venv/bin/python scripts/bench_latency.py --skip-soak --series 10
+    .venv/bin/python scripts/bench_latency.py --skip-latency --soak-seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from support.mosquitto import MosquittoBroker  # noqa: E402
+
+from edge_agent.service.demo import parse_utc  # noqa: E402
+
+SITE, DEVICE = "bench", "ct1"
+BASELINE_TOPIC = "bench-baseline/results"
+
+
+# --- phantom templates and their replay -------------------------------------------------------
+@dataclass
+class Template:
+    kind: str
+    seed: int
+    paths: list[Path]            # slice order (lowest position first)
+    labels: list[bool]
+    uids: list[list[str]]        # per file: the UIDs to patch (study, series, FoR, SOP)
+    probs: np.ndarray | None = None
+
+
+@dataclass
+class Sent:
+    """One replayed series as delivered."""
+    kind: str
+    template: int
+    series_uid: str
+    folder: Path
+    order: list[int] = field(default_factory=list)      # slice indices in delivery order
+    done_at: list[float] = field(default_factory=list)  # completion time of each delivered file
+
+
+def make_templates(staging: Path, kinds: list[tuple[str, int]], slices: int) -> list[Template]:
+    import pydicom
+
+    from edge_agent.service.simulator import render
+
+    out = []
+    for kind, seed in kinds:
+        phantom, paths = render(kind, seed, staging / f"{kind}-{seed}", slices=slices)
+        uids = []
+        for p in paths:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            uids.append([str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.FrameOfReferenceUID),
+                         str(ds.SOPInstanceUID)])
+        out.append(Template(kind, seed, paths, [bool(x) for x in phantom.slice_labels], uids))
+    return out
+
+
+def score_templates(templates: list[Template], engines: Path | None) -> object:
+    """Per-slice ICH probabilities of each template (offline, before any timing); returns the rule."""
+    from edge_agent.dicom import read_series
+    from edge_agent.inference.models import ModelSet
+
+    models = ModelSet.load(engines)
+    ich = next(m for m in models.models if m.manifest.name == "ich")
+    for t in templates:
+        series = read_series([t.paths[0].parent])[0]
+        p = ich.score_slices(series.hu, tuple(series.pixel_spacing))[:, 0]
+        by_sop = dict(zip(series.sop_instance_uids, p))
+        t.probs = np.array([by_sop[u[3]] for u in t.uids], dtype=float)
+    rule = ich.manifest.decision
+    models.close()
+    return rule
+
+
+def model_line(engines: Path | None) -> str:
+    """Which ICH model is measured: sha256 prefix and the validation line of its README."""
+    folder = (engines or ROOT / "engines") / "ich"
+    try:
+        sha = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()[:12]
+        version = json.loads((folder / "manifest.json").read_text()).get("version", "?")
+        lines = (folder / "README.md").read_text().splitlines()
+    except (OSError, ValueError):
+        return f"ICH model in {folder}: not readable"
+    validation = []
+    for line in lines:  # the README's "- Validation ..." bullet with its continuation lines
+        if validation and not line.startswith("  "):
+            break
+        if validation or line.startswith("- Validation"):
+            validation.append(line.strip("- ").strip())
+    return f"ICH model {version}, model.onnx sha256 {sha}…; {' '.join(validation)}"
+
+
+def patch(uid: str, replay: int, k: int) -> str:
+    """Same-length new UID: the last 10 digits of the (38-digit) last component replaced."""
+    return uid[:-10] + f"9{replay:05d}{k:04d}"
+
+
+def write_like_scanner(data: bytes, dst: Path, style: str, pause: float, staging: Path) -> float:
+    """``simulator.deliver`` with the bytes given: in place in two chunks, or dot-temp + rename.
+
+    ``movein``: written (fsynced) into a folder beside the watch folder, then renamed into it — inotify
+    reports only ``created`` for it (no ``closed``), the case the stable-file wait exists for.
+    """
+    if style == "movein":
+        tmp = staging / dst.name
+        staging.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    elif style == "rename":
+        tmp = dst.parent / f".{dst.name}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    else:
+        half = len(data) // 2
+        with open(dst, "wb") as fh:
+            fh.write(data[:half])
+            fh.flush()
+            if pause > 0:
+                time.sleep(pause)
+            fh.write(data[half:])
+    return time.time()
+
+
+def replay(t: Template, index: int, replay_id: int, target: Path, rate: float, style: str,
+           stop: threading.Event, staging: Path, on_file=None, on_start=None) -> Sent:
+    """Deliver one template as a new series, shuffled, at ``rate`` slices/s."""
+    mapping: dict[str, str] = {}
+    for uids in t.uids:
+        for u in uids:
+            mapping.setdefault(u, patch(u, replay_id, len(mapping)))
+    series_uid = mapping[t.uids[0][1]]
+    folder = target / f"{t.kind}-{replay_id:05d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    sent = Sent(t.kind, index, series_uid, folder)
+    if on_start:
+        on_start(sent)
+    order = list(range(len(t.paths)))
+    random.Random(replay_id).shuffle(order)
+    interval = 1.0 / rate
+    next_at = time.monotonic() + interval  # the cadence runs on across series
+    for i in order:
+        if stop.is_set():
+            break
+        delay = next_at - time.monotonic()
+        if delay > 0 and stop.wait(delay):
+            break
+        next_at += interval
+        data = t.paths[i].read_bytes()
+        for u in t.uids[i]:
+            data = data.replace(u.encode(), mapping[u].encode())
+        done = write_like_scanner(data, folder / t.paths[i].name, style, min(0.05, interval / 4), staging)
+        sent.order.append(i)
+        sent.done_at.append(done)
+        if on_file:
+            on_file(sent, done)
+    return sent
+
+
+# --- broker traffic -------------------------------------------------------------------------------
+class Subscriber:
+    """Stamps the arrival (``time.time()``) of every message on the agent's and the baseline's topics."""
+
+    def __init__(self, url: str):
+        host, port = url.split("://")[1].split(":")
+        self.lock = threading.Lock()
+        self.messages: list[tuple[float, str, dict]] = []
+        self.status: dict = {}
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency", protocol=paho.MQTTv5)
+        self.client.on_connect = lambda c, *a: c.subscribe([("edge-agent/#", 1), ("bench-baseline/#", 1)])
+        self.client.on_message = self._on_message
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.time()
+        try:
+            payload = json.loads(msg.payload) if msg.payload else {}
+        except ValueError:
+            return
+        with self.lock:
+            if msg.topic.endswith("/status"):
+                self.status = payload
+            else:
+                self.messages.append((now, msg.topic, payload))
+
+    def of(self, leaf: str) -> list[tuple[float, dict]]:
+        with self.lock:
+            return [(t, p) for t, topic, p in self.messages
+                    if topic.startswith("edge-agent/") and topic.endswith("/" + leaf)]
+
+    def first(self, leaf: str, series_uid: str) -> tuple[float, dict] | None:
+        for t, p in self.of(leaf):
+            uid = p.get("study", {}).get("series_instance_uid") or p.get("result", {}).get("series_instance_uid") \
+                or p.get("series_instance_uid")
+            if uid == series_uid:
+                return t, p
+        return None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class AgentProcess:
+    """``python -m edge_agent run`` with its RSS (process tree) sampled every ``period`` seconds."""
+
+    def __init__(self, root: Path, broker_url: str, settle: float, env: dict[str, str], engines: Path | None):
+        self.watch, self.state, self.log = root / "incoming", root / "state", root / "agent.log"
+        self.watch.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "edge_agent", "run", "--watch", str(self.watch), "--state-dir",
+                str(self.state), "--broker", broker_url, "--settle", str(settle), "--site", SITE,
+                "--device", DEVICE, "--delivery", "broker"] + (["--engines", str(engines)] if engines else [])
+        env = dict(os.environ, EDGE_AGENT_MQTT_HEARTBEAT_INTERVAL="1", **env)
+        with open(self.log, "w") as fh:
+            self.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
+        while "edge-agent running" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the agent did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        self.ps = psutil.Process(self.proc.pid)
+        self.samples: list[tuple[float, float, float, float]] = []  # (t, rss total MB, rss main MB, cpu s)
+        self._stop = threading.Event()
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        try:
+            procs = [self.ps] + self.ps.children(recursive=True)
+            rss = main = cpu = 0.0
+            for p in procs:
+                try:
+                    r = p.memory_info().rss / 2**20
+                    c = p.cpu_times()
+                except psutil.Error:
+                    continue
+                rss += r
+                cpu += c.user + c.system
+                if p is self.ps:
+                    main = r
+            self.samples.append((time.time(), rss, main, cpu))
+        except psutil.Error:
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self.sample()
+
+    def stop(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- the baseline: series-at-a-time after the quiet period ---------------------------------------
+class Baseline:
+    """Waits until a series is quiet for ``settle`` s, then reads and analyses it whole, one at a time."""
+
+    def __init__(self, settle: float, sub: Subscriber, engines: Path | None):
+        self.settle, self.sub, self.engines = settle, sub, engines
+        self.last: dict[str, tuple[Path, float]] = {}
+        self.decided: dict[str, tuple[float, bool, float]] = {}  # uid -> (decided at, positive, analyse s)
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="baseline", daemon=True)
+        self.thread.start()
+        self.ready.wait(120)
+
+    def on_file(self, sent: Sent, done: float) -> None:
+        with self.lock:
+            self.last[sent.series_uid] = (sent.folder, time.monotonic())
+
+    def _run(self) -> None:
+        from edge_agent.dicom import read_series
+        from edge_agent.inference.models import ModelSet
+        from edge_agent.service.analyse import analyse_series
+
+        models = ModelSet.load(self.engines)
+        self.ready.set()
+        try:
+            while not self.stop_event.wait(0.02):
+                now = time.monotonic()
+                with self.lock:
+                    due = [(t, uid, folder) for uid, (folder, t) in self.last.items()
+                           if uid not in self.decided and now - t >= self.settle]
+                for _, uid, folder in sorted(due):
+                    t0 = time.perf_counter()
+                    try:
+                        results = [analyse_series(s, models) for s in read_series([folder])]
+                    except Exception as exc:  # noqa: BLE001 - the baseline must not stop the benchmark
+                        print(f"  baseline failed on {folder.name}: {exc}")
+                        results = []
+                    positive = any(f["positive"] for r in results for f in r["findings"])
+                    self.decided[uid] = (time.time(), positive, time.perf_counter() - t0)
+                    self.sub.client.publish(BASELINE_TOPIC, json.dumps(
+                        {"series_instance_uid": uid, "positive": positive}), qos=1)
+        finally:
+            models.close()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.thread.join(30)
+
+
+# --- measurements ---------------------------------------------------------------------------------
+def decisive_index(t: Template, sent: Sent, rule) -> int | None:
+    """Position in delivery order of the slice after which the preliminary rule first holds."""
+    from edge_agent.decision import preliminary_met
+
+    for n in range(1, len(sent.order) + 1):
+        if preliminary_met(t.probs[sent.order[:n]], rule):
+            return n - 1
+    return None
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def row(name: str, values_s: list[float]) -> str:
+    ms = [1000 * v for v in values_s]
+    if not ms:
+        return f"  {name:<46} {'n=0':>5}"
+    return (f"  {name:<46} {len(ms):>5} {pct(ms, 50):>8.0f} {pct(ms, 90):>8.0f} {pct(ms, 99):>8.0f} "
+            f"{max(ms):>8.0f}")
+
+
+def log_problems(log: Path) -> list[str]:
+    """The agent's ERROR lines and quarantines (there should be none)."""
+    return [line for line in log.read_text(errors="replace").splitlines()
+            if " ERROR " in line or "quarantined" in line or "Traceback" in line]
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def latency_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Template], rule, style: str,
+                stable: float, work: Path, replay_base: int) -> dict:
+    root = work / f"latency-{style}-stable{stable:g}"
+    agent = AgentProcess(root, broker.url, args.settle, {"EDGE_AGENT_INGEST_STABLE_SECONDS": str(stable)},
+                         args.engines)
+    baseline = Baseline(args.settle, sub, args.engines)
+    load0 = os.getloadavg()
+    ich = [i for i, t in enumerate(templates) if t.kind == "ich"]
+    normal = [i for i, t in enumerate(templates) if t.kind == "normal"]
+    plan = [normal[(n // 5) % len(normal)] if normal and n % 5 == 4 else ich[n % len(ich)]
+            for n in range(args.series)]
+    stop = threading.Event()
+    sent: list[Sent] = []
+    try:
+        for n, ti in enumerate(plan):
+            sent.append(replay(templates[ti], ti, replay_base + n, agent.watch, args.rate, style, stop,
+                               root / "staging", on_file=baseline.on_file))
+        uids = {s.series_uid for s in sent}
+        wait_until(lambda: uids <= {p["result"]["series_instance_uid"] for _, p in sub.of("results")}
+                   and uids <= set(baseline.decided), args.settle + 60)
+        time.sleep(0.5)
+    finally:
+        baseline.close()
+        agent.stop()
+    load1 = os.getloadavg()
+    m: dict[str, list[float]] = {k: [] for k in (
+        "stream_alert", "base_alert", "stream_final", "base_final", "payload_ingest", "payload_pipeline",
+        "payload_publish", "base_analyse")}
+    counts = {"series": len(sent), "ich": 0, "decisive": 0, "stream_alerts": 0, "base_positive": 0,
+              "false_stream": 0, "false_base": 0, "missed_stream": 0, "states": {}}
+    base_arrivals: dict[str, float] = {}
+    with sub.lock:
+        for at, topic, p in sub.messages:
+            if topic == BASELINE_TOPIC:
+                base_arrivals.setdefault(p.get("series_instance_uid"), at)
+    for s in sent:
+        t = templates[s.template]
+        last = max(s.done_at)
+        res = sub.first("results", s.series_uid)
+        if res:
+            m["stream_final"].append(res[0] - last)
+        b = baseline.decided.get(s.series_uid)
+        arrival_b = base_arrivals.get(s.series_uid)
+        if arrival_b is not None:
+            m["base_final"].append(arrival_b - last)
+        if b:
+            m["base_analyse"].append(b[2])
+        alert = sub.first("alerts", s.series_uid)
+        if t.kind == "normal":
+            counts["false_stream"] += alert is not None
+            counts["false_base"] += bool(b and b[1])
+            continue
+        counts["ich"] += 1
+        counts["stream_alerts"] += alert is not None
+        counts["base_positive"] += bool(b and b[1])
+        d = decisive_index(t, s, rule)
+        if d is None:
+            continue
+        counts["decisive"] += 1
+        t_dec = s.done_at[d]
+        if alert is None:
+            counts["missed_stream"] += 1
+        else:
+            at, payload = alert
+            counts["states"][payload["state"]] = counts["states"].get(payload["state"], 0) + 1
+            m["stream_alert"].append(at - t_dec)
+            stamps = payload.get("timestamps", {})
+            if "decisive_slice_received" in stamps and "raised" in stamps:
+                handed = parse_utc(stamps["decisive_slice_received"])
+                raised = parse_utc(stamps["raised"])
+                m["payload_ingest"].append(handed - t_dec)
+                m["payload_pipeline"].append(raised - handed)
+                m["payload_publish"].append(at - raised)
+        if b and b[1] and arrival_b is not None:
+            m["base_alert"].append(arrival_b - t_dec)
+    peak = max(x[1] for x in agent.samples)
+    return {"stable": stable, "style": style, "metrics": m, "counts": counts, "load": (load0, load1),
+            "rss_peak_mb": peak, "log_problems": log_problems(agent.log)}
+
+
+def print_latency(r: dict, settle: float) -> None:
+    m, c = r["metrics"], r["counts"]
+    print(f"\nLatency — ingest.stable_seconds={r['stable']:g}, {r['style']} writes, settle={settle:g} s "
+          f"(load avg before {r['load'][0][0]:.2f}, after {r['load'][1][0]:.2f}; agent RSS peak "
+          f"{r['rss_peak_mb']:.0f} MB)")
+    print(f"  series {c['series']} ({c['ich']} ICH phantoms, {c['decisive']} reach the preliminary rule offline); "
+          f"streaming alerts on ICH {c['stream_alerts']} {c['states']}, missed {c['missed_stream']}, "
+          f"false {c['false_stream']}; baseline positive {c['base_positive']}, false {c['false_base']}")
+    print(f"  {'ms':<46} {'n':>5} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
+    print(row("decisive slice → alert, streaming agent", m["stream_alert"]))
+    print(row("decisive slice → decision, baseline", m["base_alert"]))
+    print(row("last slice → final result, streaming agent", m["stream_final"]))
+    print(row("last slice → decision, baseline", m["base_final"]))
+    print(row("  of which baseline read+analyse", m["base_analyse"]))
+    print(row("  streaming: file complete → handed to pipeline", m["payload_ingest"]))
+    print(row("  streaming: handed → alert raised (outbox)", m["payload_pipeline"]))
+    print(row("  streaming: raised → at subscriber", m["payload_publish"]))
+    for line in r["log_problems"][:5]:
+        print(f"  agent log: {line[:160]}")
+
+
+# --- soak ---------------------------------------------------------------------------------------------
+def soak_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Template], work: Path,
+             replay_base: int) -> dict:
+    root = work / "soak"
+    agent = AgentProcess(root, broker.url, args.settle, {}, args.engines)
+    time.sleep(2.0)
+    agent.sample()
+    rss_start = agent.samples[-1]
+    load0 = os.getloadavg()
+    stop = threading.Event()
+    sent: list[Sent] = []
+    lock = threading.Lock()
+    queue_samples: list[tuple[float, int, int, int, int]] = []  # t, pipeline queue, pending, decoding, open
+
+    def record(s: Sent) -> None:
+        with lock:
+            sent.append(s)
+
+    def scanner(k: int) -> None:
+        n = 0
+        while not stop.is_set():
+            ti = (k + n) % len(templates)
+            s = replay(templates[ti], ti, replay_base + 1000 * k + n, agent.watch / f"scanner{k}", args.soak_rate,
+                       args.soak_style, stop, root / f"staging{k}", on_start=record)
+            n += 1
+
+    def watch_queues() -> None:
+        cleaned: set[str] = set()
+        while not stop_watch.wait(1.0):
+            st = sub.status.get("counters", {})
+            files = st.get("files", {})
+            queue_samples.append((time.time(), st.get("pipeline_queue", 0), files.get("pending", 0),
+                                  files.get("decoding", 0), st.get("open_series", 0)))
+            done = {p["result"]["series_instance_uid"] for _, p in sub.of("results")}
+            with lock:
+                finished = [s for s in sent if s.series_uid in done and s.series_uid not in cleaned]
+            for s in finished:  # keep the disk bounded: a finished series' files go (as a PACS forwarder would)
+                shutil.rmtree(s.folder, ignore_errors=True)
+                cleaned.add(s.series_uid)
+
+    stop_watch = threading.Event()
+    watcher = threading.Thread(target=watch_queues, name="queue-watch", daemon=True)
+    watcher.start()
+    threads = [threading.Thread(target=scanner, args=(k,), name=f"scanner-{k}") for k in range(args.soak_scanners)]
+    t0 = time.time()
+    for th in threads:
+        th.start()
+    time.sleep(args.soak_seconds)
+    stop.set()
+    for th in threads:
+        th.join()
+    t_end = time.time()
+    uids = {s.series_uid for s in sent if s.done_at}
+    results_uids = lambda: {p["result"]["series_instance_uid"] for _, p in sub.of("results")}  # noqa: E731
+    drained = wait_until(lambda: uids <= results_uids(), args.settle + 120)
+    t_drain = time.time() - t_end
+    time.sleep(1.5)
+    stop_watch.set()
+    watcher.join()
+    agent.sample()
+    status = dict(sub.status.get("counters", {}))
+    agent.stop()
+    load1 = os.getloadavg()
+    lags = []
+    for s in sent:
+        res = sub.first("results", s.series_uid)
+        if res and s.done_at:
+            lags.append((max(s.done_at), res[0] - max(s.done_at)))
+    files = sum(len(s.done_at) for s in sent)
+    alerted = {p["study"]["series_instance_uid"] for _, p in sub.of("alerts")}
+    whole = [s for s in sent if len(s.done_at) == len(templates[s.template].paths)]
+    alerts = {"ich_complete": sum(1 for s in whole if s.kind == "ich"),
+              "ich_alerted": sum(1 for s in whole if s.kind == "ich" and s.series_uid in alerted),
+              "normal_complete": sum(1 for s in whole if s.kind == "normal"),
+              "normal_alerted": sum(1 for s in whole if s.kind == "normal" and s.series_uid in alerted)}
+    in_window = [q for q in queue_samples if t0 <= q[0] <= t_end]
+    return {"seconds": t_end - t0, "files": files, "series": len(uids), "finalised": len(uids & results_uids()),
+            "alerts": alerts, "drained": drained, "drain_s": t_drain, "rss_start": rss_start,
+            "samples": agent.samples, "queues": in_window, "lags": lags, "status": status, "load": (load0, load1),
+            "t0": t0, "t_end": t_end, "ich": sum(1 for s in sent if s.kind == "ich"),
+            "log_problems": log_problems(agent.log)}
+
+
+def print_soak(r: dict, args) -> None:
+    samples = [x for x in r["samples"] if x[0] >= r["t0"] - 5]
+    rss = [x[1] for x in samples]
+    main = [x[2] for x in samples]
+    cpu = (samples[-1][3] - samples[0][3]) / max(1e-9, samples[-1][0] - samples[0][0])
+    q = r["queues"] or [(0, 0, 0, 0, 0)]
+    third = max(1, len(q) // 3)
+    lags = r["lags"]
+    early = [lag for t, lag in lags if t < r["t0"] + 60]
+    late = [lag for t, lag in lags if t > r["t_end"] - 60]
+    print(f"\nSoak — {args.soak_scanners} scanners × {args.soak_rate:g} slices/s for {r['seconds']:.0f} s, "
+          f"{args.soak_style} writes, settle={args.settle:g} s (load avg before {r['load'][0][0]:.2f}, "
+          f"after {r['load'][1][0]:.2f})")
+    accepted = r["status"].get("files", {}).get("accepted", 0)
+    print(f"  files written {r['files']} ({r['files'] / r['seconds']:.1f}/s); agent accepted {accepted} "
+          f"({accepted / (r['seconds'] + r['drain_s']):.1f}/s incl. drain); series {r['series']} ({r['ich']} ICH), "
+          f"finalised {r['finalised']}; complete ICH series alerted {r['alerts']['ich_alerted']}/"
+          f"{r['alerts']['ich_complete']}, complete normal series alerted {r['alerts']['normal_alerted']}/"
+          f"{r['alerts']['normal_complete']}; "
+          f"drained {'yes' if r['drained'] else 'NO'} {r['drain_s']:.1f} s after the scanners stopped")
+    print(f"  agent RSS (process tree) start {r['rss_start'][1]:.0f} MB, max {max(rss):.0f} MB, end {rss[-1]:.0f} MB;"
+          f" main process start {r['rss_start'][2]:.0f}, max {max(main):.0f}, end {main[-1]:.0f} MB; "
+          f"agent CPU {cpu:.2f} cores")
+    late_rss = [(x[0], x[1]) for x in samples if x[0] >= r["t0"] + 60]
+    if len(late_rss) > 10:
+        slope = np.polyfit([t for t, _ in late_rss], [v for _, v in late_rss], 1)[0] * 60
+        at60 = late_rss[0][1]
+        print(f"  RSS after the first minute: {at60:.0f} MB at +60 s, trend {slope:+.2f} MB/min "
+              f"(least squares over the rest of the run)")
+    print(f"  pipeline queue max {max(x[1] for x in q)} (mean first third {np.mean([x[1] for x in q[:third]]):.1f}, "
+          f"last third {np.mean([x[1] for x in q[-third:]]):.1f}); ingest waiting max {max(x[2] for x in q)}, "
+          f"decoding max {max(x[3] for x in q)}; open series max {max(x[4] for x in q)}")
+    print(f"  {'ms':<46} {'n':>5} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
+    print(row("last slice → final result, first 60 s", early))
+    print(row("last slice → final result, last 60 s", late))
+    print(row("last slice → final result, all", [lag for _, lag in lags]))
+    for line in r["log_problems"][:5]:
+        print(f"  agent log: {line[:160]}")
+
+
+# --- main --------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", type=int, default=20, help="series per latency run (1 in 5 without a bleed)")
+    ap.add_argument("--rate", type=float, default=4.0, help="slices/s in the latency runs")
+    ap.add_argument("--settle", type=float, default=2.0, help="series.settle of the agent and the baseline")
+    ap.add_argument("--slices", type=int, default=24, help="slices per phantom series")
+    ap.add_argument("--configs", default="inplace:0.5,movein:0.5,movein:0.1",
+                    help="latency runs, each STYLE:STABLE: how files are written (inplace | rename | movein) and the "
+                         "agent's ingest.stable_seconds")
+    ap.add_argument("--soak-style", choices=("inplace", "rename", "movein"), default="inplace")
+    ap.add_argument("--soak-seconds", type=float, default=300.0)
+    ap.add_argument("--soak-scanners", type=int, default=4)
+    ap.add_argument("--soak-rate", type=float, default=10.0)
+    ap.add_argument("--skip-soak", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--engines", type=Path, help="model folder for the agent and the baseline (default: shipped)")
+    ap.add_argument("--work", type=Path, help="working folder (default: a temp folder, removed at the end)")
+    ap.add_argument("--json", type=Path, help="write the raw figures here")
+    args = ap.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "?")
+    print(f"bench_latency: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs ({cpu}), "
+          f"load avg {os.getloadavg()[0]:.2f}; synthetic phantoms, demo models (not medical devices)")
+    print(f"  {model_line(args.engines)}")
+    t_start = time.monotonic()
+    kinds = [("ich", 101 + i) for i in range(8)] + [("normal", 201 + i) for i in range(2)]
+    templates = make_templates(work / "templates", kinds, args.slices)
+    rule = score_templates(templates, args.engines)
+    for t in templates:
+        print(f"  template {t.kind}-{t.seed}: {len(t.paths)} slices, {sum(t.labels)} labelled positive, "
+              f"max p={t.probs.max():.3f}, slices ≥ preliminary threshold: "
+              f"{int((t.probs >= rule.preliminary.threshold).sum())}")
+    print(f"  rendered and scored in {time.monotonic() - t_start:.0f} s; ICH rule {rule}")
+    broker = MosquittoBroker(work / "mqtt", persistence=False).start()
+    sub = Subscriber(broker.url)
+    out: dict = {"latency": [], "soak": None}
+    try:
+        if not args.skip_latency:
+            for n, config in enumerate(args.configs.split(",")):
+                style, stable = config.split(":")
+                r = latency_run(args, broker, sub, templates, rule, style, float(stable), work, 10000 * (n + 1))
+                print_latency(r, args.settle)
+                out["latency"].append(r)
+        if not args.skip_soak:
+            r = soak_run(args, broker, sub, templates, work, 90000)
+            print_soak(r, args)
+            out["soak"] = {k: v for k, v in r.items() if k != "samples"} | {"rss": [x[:3] for x in r["samples"]]}
+    finally:
+        sub.close()
+        broker.stop()
+        if args.json:
+            args.json.write_text(json.dumps(out, default=str, indent=1))
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{model_line(args.engines)}\ntotal {time.monotonic() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
