@@ -1,0 +1,342 @@
+"""Shared code of the training scripts (a dev tool: PyTorch CPU, run with /work/torchvenv/bin/python).
+
+Data: phantom slices → :func:`edge_agent.preprocess.prepare_slices` with the
+manifest's spec (the very function inference uses) → uint8 tensors cached in
+``$EDGE_TRAIN_CACHE`` (default /tmp/edge-agent-train). Model: a small per-slice
+CNN (global max + mean pooling so a few pixels of finding can decide).
+Export: ONNX opset 17, input ``input`` (N, C, H, W), output ``probability``
+(N, 1) after a sigmoid inside the graph; manifest per docs/MANIFEST.md.
+
+Seed ranges (never mixed): training 1_000_000+, validation 2_000_000+,
+evaluation (scripts/evaluate_models.py) 3_000_000+.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from edge_agent.preprocess import PreprocessSpec, prepare_slices  # noqa: E402
+
+TRAIN_SEED0, VAL_SEED0, EVAL_SEED0 = 1_000_000, 2_000_000, 3_000_000
+CACHE = Path(os.environ.get("EDGE_TRAIN_CACHE", "/tmp/edge-agent-train"))
+
+
+@dataclass
+class Task:
+    """One model to train: its name, finding, preprocessing and phantom sampler."""
+
+    name: str
+    finding: str
+    label: str
+    severity: str
+    spec: PreprocessSpec
+    sample: Callable[[int], list[tuple[np.ndarray, tuple[float, float], bool, dict]]]  # seed → slices
+    series: Callable[[int, bool], object]      # (seed, positive) → Phantom for validation
+    manifest_extra: dict
+    data_version: int = 1          # bump when the sampler changes (cache key)
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _case(args) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    task, seed = args
+    xs, ys, metas = [], [], []
+    for hu, spacing, label, meta in task.sample(seed):
+        x = prepare_slices(hu, spacing, task.spec)[0]
+        xs.append(np.round(x * 255.0).astype(np.uint8))
+        ys.append(label)
+        metas.append(meta)
+    return np.stack(xs), np.asarray(ys, np.float32), metas
+
+
+def build_dataset(task: Task, n_cases: int, seed0: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Render ``n_cases`` phantoms' training slices (cached on disk by task, count and seed range)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{task.name}_v{task.data_version}_{n_cases}_{seed0}.npz"
+    if path.exists():
+        d = np.load(path, allow_pickle=True)
+        return d["x"], d["y"], list(d["meta"])
+    t0 = time.time()
+    args = [(task, seed0 + i) for i in range(n_cases)]
+    xs, ys, metas = [], [], []
+    with mp.get_context("fork").Pool(workers) as pool:
+        for i, (x, y, m) in enumerate(pool.imap(_case, args, chunksize=8)):
+            xs.append(x)
+            ys.append(y)
+            metas.extend(m)
+            if (i + 1) % 200 == 0:
+                log(f"  rendered {i + 1}/{n_cases} cases ({time.time() - t0:.0f} s)")
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    np.savez(path, x=x, y=y, meta=np.asarray(metas, dtype=object))
+    log(f"dataset {task.name}: {len(y)} slices, {int(y.sum())} positive, {time.time() - t0:.0f} s")
+    return x, y, metas
+
+
+def _series_case(args):
+    task, seed, positive = args
+    ph = task.series(seed, positive)
+    x = prepare_slices(ph.volume_hu, ph.spacing[1:], task.spec)
+    return np.round(x * 255.0).astype(np.uint8), ph.slice_labels.copy(), dict(ph.details, finding=ph.finding)
+
+
+def build_series(task: Task, n_each: int, seed0: int, workers: int = 2) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    """Whole validation series (positives and negatives alternate), cached like :func:`build_dataset`."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{task.name}_series_{n_each}_{seed0}.npz"
+    if path.exists():
+        d = np.load(path, allow_pickle=True)
+        return list(d["series"])
+    args = [(task, seed0 + i, i % 2 == 0) for i in range(2 * n_each)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        out = list(pool.imap(_series_case, args, chunksize=2))
+    arr = np.empty(len(out), dtype=object)
+    arr[:] = out
+    np.savez(path, series=arr)
+    return out
+
+
+# --------------------------------------------------------------------------- model
+
+
+def make_model(in_channels: int, width: int = 16):
+    """A small per-slice CNN: 4 stride-2 stages, global max+mean pooling, one logit."""
+    import torch
+    from torch import nn
+
+    def block(cin, cout, stride):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    w = width
+
+    class SliceNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                block(in_channels, w, 1),
+                block(w, w * 3 // 2, 2), block(w * 3 // 2, w * 3 // 2, 1),
+                block(w * 3 // 2, w * 2, 2), block(w * 2, w * 2, 1),
+                block(w * 2, w * 4, 2), block(w * 4, w * 4, 1),
+                block(w * 4, w * 6, 2), block(w * 6, w * 6, 1),
+            )
+            self.head = nn.Linear(w * 12, 1)
+
+        def forward(self, x):
+            f = self.features(x)
+            pooled = torch.cat([torch.amax(f, dim=(2, 3)), torch.mean(f, dim=(2, 3))], dim=1)
+            return self.head(pooled)
+
+    return SliceNet()
+
+
+class WithSigmoid:
+    """Wraps a logit model so the exported graph outputs probabilities."""
+
+    def __new__(cls, model):
+        import torch
+
+        class _M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                return torch.sigmoid(self.model(x))
+
+        return _M()
+
+
+def augment(x, rng: np.random.Generator):
+    """Cheap, label-preserving augmentations on a uint8 batch: flips, shifts, contrast jitter, noise."""
+    import torch
+
+    x = x.float() / 255.0
+    n = x.shape[0]
+    flip = torch.from_numpy(rng.random(n) < 0.5)
+    x[flip] = x[flip].flip(-1)
+    dy, dx = (int(v) for v in rng.integers(-10, 11, 2))
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    gain = torch.from_numpy(rng.uniform(0.93, 1.07, (n, 1, 1, 1)).astype(np.float32))
+    bias = torch.from_numpy(rng.uniform(-0.04, 0.04, (n, 1, 1, 1)).astype(np.float32))
+    x = torch.where(x > 0, (x * gain + bias).clamp(0, 1), x)
+    return x
+
+
+def _lr_at(frac: float, lr: float) -> float:
+    """Warm-up for the first 10 %, then cosine decay to 2 % of ``lr`` (``frac`` = share of the run done)."""
+    import math
+
+    if frac < 0.1:
+        return lr * (0.1 + 0.9 * frac / 0.1)
+    return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - 0.1) / 0.9))))
+
+
+def train(task: Task, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int = 64, lr: float = 3e-3,
+          width: int = 16, seed: int = 0, budget_s: float = 900.0, min_positive: float = 0.0):
+    """Train with AdamW; the LR schedule follows the share of steps or of ``budget_s`` spent, whichever is
+    larger, so a run on a busy machine still anneals and ends within its wall-time budget.
+    ``min_positive`` oversamples positive slices up to that share of each epoch."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(seed)
+    model = make_model(x.shape[1], width)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    pool = np.arange(len(y))
+    pos = np.flatnonzero(y > 0.5)
+    extra = int(max(0.0, (min_positive * len(y) - len(pos)) / max(1e-9, 1 - min_positive)))
+    if extra and len(pos):
+        pool = np.concatenate([pool, np.random.default_rng(seed + 1).choice(pos, extra)])
+    batch = min(batch, len(pool))
+    per_epoch = max(1, len(pool) // batch)
+    steps = epochs * per_epoch
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    t0 = time.time()
+    step = 0
+    done = False
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(pool)
+        total = 0.0
+        for i in range(per_epoch):
+            frac = max(step / steps, (time.time() - t0) / budget_s)
+            if frac >= 1.0:
+                done = True
+                break
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(frac, lr)
+            idx = torch.from_numpy(order[i * batch:(i + 1) * batch])
+            xb = augment(xt[idx], rng)
+            logits = model(xb)[:, 0]
+            loss = loss_fn(logits, yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            total += float(loss.detach())
+        log(f"epoch {epoch + 1}/{epochs} loss {total / max(1, i):.4f} step {step}/{steps} ({time.time() - t0:.0f} s)")
+        if done:
+            log("time budget spent; stopped")
+            break
+    model.eval()
+    return model
+
+
+def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(x[i:i + batch]).float() / 255.0
+            out.append(torch.sigmoid(model(xb)[:, 0]).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+# --------------------------------------------------------------------------- metrics and decision
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney U, ties counted half)."""
+    scores = np.asarray(scores, float)
+    labels = np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    ranks[order] = np.arange(1, len(order) + 1)
+    # average ranks of ties
+    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks[order])
+    ranks[order] = (sums / counts)[inv]
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def top_k_mean(p: np.ndarray, k: int) -> float:
+    p = np.sort(np.asarray(p, float))[::-1]
+    return float(p[:k].mean()) if len(p) else 0.0
+
+
+def choose_decision(series_probs: list[np.ndarray], positive: np.ndarray, target_specificity: float = 0.97) -> dict:
+    """Pick k and thresholds on validation series: specificity ≥ the target first, then sensitivity."""
+    best = None
+    negatives = ~positive
+    for k in (1, 2, 3):
+        s = np.array([top_k_mean(p, k) for p in series_probs])
+        neg_sorted = np.sort(s[negatives])
+        # the lowest threshold that keeps ≥ 97 % of validation negatives below it, with a margin
+        q = neg_sorted[int(np.ceil(target_specificity * len(neg_sorted))) - 1] if len(neg_sorted) else 0.5
+        thr = float(np.clip(max(q + 0.02, 0.3), 0.3, 0.9))
+        sens = float((s[positive] >= thr).mean())
+        spec = float((s[negatives] < thr).mean())
+        a = auc(s, positive)
+        cand = (sens + spec, a, -k, k, thr, sens, spec)
+        if best is None or cand > best:
+            best = cand
+    _, a, _, k, thr, sens, spec = best
+    # preliminary warning: 2 slices above a stricter threshold, no validation negative may trigger it
+    maxima = [np.sort(p)[::-1][1] if len(p) > 1 else 0.0 for p, neg in zip(series_probs, negatives) if neg]
+    pre = float(np.clip(max(max(maxima, default=0.0) + 0.03, thr + 0.1), 0.6, 0.98))
+    return {"rule": "top_k_mean", "k": int(k), "threshold": round(thr, 3),
+            "preliminary": {"min_slices": 2, "threshold": round(pre, 3)},
+            "_validation": {"auc": round(a, 4), "sensitivity": round(sens, 4), "specificity": round(spec, 4)}}
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export(task: Task, model, out_dir: Path, decision: dict, version: str, extra_card: str) -> dict:
+    """Write model.onnx, manifest.json and README.md into ``out_dir``; returns the manifest."""
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    wrapped = WithSigmoid(model).eval()
+    c = len(task.spec.windows)
+    h, w = task.spec.size
+    dummy = torch.zeros(2, c, h, w)
+    torch.onnx.export(wrapped, dummy, str(onnx_path), opset_version=17, input_names=["input"],
+                      output_names=["probability"], dynamic_axes={"input": {0: "N"}, "probability": {0: "N"}},
+                      dynamo=False)
+    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    validation = decision.pop("_validation", {})
+    manifest = {
+        "schema": 1,
+        "name": task.name,
+        "version": version,
+        "description": f"{task.label} (trained on synthetic phantoms; not a medical device)",
+        "synthetic_training": True,
+        "findings": [{"code": task.finding, "label": task.label, "severity": task.severity}],
+        **task.manifest_extra,
+        "preprocessing": task.spec.to_dict(),
+        "inputs": [{"name": "input", "shape": [-1, c, h, w], "dtype": "float32"}],
+        "outputs": [{"name": "probability", "shape": [-1, 1], "dtype": "float32"}],
+        "decision": decision,
+        "artefacts": {"onnx": {"path": "model.onnx", "sha256": sha}},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out_dir / "README.md").write_text(extra_card.format(validation=validation, decision=decision,
+                                                         size_kb=onnx_path.stat().st_size // 1024))
+    return manifest
