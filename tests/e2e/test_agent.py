@@ -15,6 +15,7 @@ import time
 import pytest
 
 from agent_helpers import PHI
+from support.dcmtk import dcmtk
 from edge_agent.service.simulator import Scanner, render
 
 pytestmark = pytest.mark.timeout(240)
@@ -149,14 +150,14 @@ def test_two_scanners_at_once(broker, collector, agent_factory):
     assert agent.stop() == 0
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu is installed by .ci/run")
+@pytest.mark.skipif(dcmtk("storescu") is None, reason="DCMTK storescu is installed by .ci/run")
 def test_c_store_from_a_real_dicom_client(broker, collector, agent_factory, tmp_path):
     from support.mosquitto import free_port
 
     port = free_port()
     agent = agent_factory(broker.url, "--dicom-port", str(port), "--ae-title", "EDGE_TEST").start()
     phantom, paths = render("ich", 61, tmp_path / "send")
-    proc = subprocess.run(["storescu", "-aec", "EDGE_TEST", "-aet", "SCANNER", "127.0.0.1", str(port),
+    proc = subprocess.run([dcmtk("storescu"), "-aec", "EDGE_TEST", "-aet", "SCANNER", "127.0.0.1", str(port),
                            *map(str, paths)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     uid = phantom.headers.series_instance_uid

@@ -4,7 +4,6 @@ pynetdicom's SCU, each a separate process, over loopback."""
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,9 +19,10 @@ from pydicom.data import get_testdata_file
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.service.receiver import StorageReceiver
+from support.dcmtk import dcmtk
 
-STORESCU = shutil.which("storescu")
-ECHOSCU = shutil.which("echoscu")
+STORESCU = dcmtk("storescu")
+ECHOSCU = dcmtk("echoscu")
 pytestmark = pytest.mark.skipif(STORESCU is None, reason="DCMTK storescu is not installed (apt install dcmtk)")
 
 # short transfer-syntax name -> storescu flag that proposes it (storescu --help)
