@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support.mosquitto import MosquittoBroker  # noqa: E402
 
 from edge_agent.service.demo import parse_utc  # noqa: E402
+from edge_agent.service.simulator import write_bytes  # noqa: E402
 
 SITE, DEVICE = "bench", "ct1"
 BASELINE_TOPIC = "bench-baseline/results"
@@ -138,35 +139,12 @@ def patch(uid: str, replay: int, k: int) -> str:
 
 
 def write_like_scanner(data: bytes, dst: Path, style: str, pause: float, staging: Path) -> float:
-    """``simulator.deliver`` with the bytes given: in place in two chunks, or dot-temp + rename.
+    """``simulator.write_bytes``: in place in two chunks, dot-temp + rename, or moved in from ``staging``.
 
     ``movein``: written (fsynced) into a folder beside the watch folder, then renamed into it — inotify
     reports only ``created`` for it (no ``closed``), the case the stable-file wait exists for.
     """
-    if style == "movein":
-        tmp = staging / dst.name
-        staging.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    elif style == "rename":
-        tmp = dst.parent / f".{dst.name}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    else:
-        half = len(data) // 2
-        with open(dst, "wb") as fh:
-            fh.write(data[:half])
-            fh.flush()
-            if pause > 0:
-                time.sleep(pause)
-            fh.write(data[half:])
-    return time.time()
+    return write_bytes(data, dst, style, pause, staging)
 
 
 def replay(t: Template, index: int, replay_id: int, target: Path, rate: float, style: str,

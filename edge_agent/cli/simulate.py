@@ -16,8 +16,9 @@ SYNTAXES = ("explicit", "implicit", "deflated", "rle", "jpegls", "j2k-lossless",
                    "without, chest / nodule = chest CT without / with a nodule.")
 @click.option("--count", type=int, default=1, show_default=True, help="Repeat the list of kinds this many times.")
 @click.option("--rate", type=float, default=4.0, show_default=True, help="Slices per second (0: as fast as possible).")
-@click.option("--style", type=click.Choice(["inplace", "rename"]), default="inplace", show_default=True,
-              help="Write under the final name in chunks, or write a dot-temp file and rename it.")
+@click.option("--style", type=click.Choice(["inplace", "rename", "movein"]), default="inplace", show_default=True,
+              help="Write under the final name in chunks, write a dot-temp file and rename it, or write "
+                   "outside the folder and move the file in.")
 @click.option("--shuffle/--in-order", default=True, show_default=True, help="Deliver slices in shuffled order.")
 @click.option("--seed", type=int, default=1000, show_default=True, help="Phantom seed of the first series.")
 @click.option("--transfer-syntax", type=click.Choice(SYNTAXES), default="explicit", show_default=True)

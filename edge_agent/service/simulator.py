@@ -54,12 +54,22 @@ def render(kind: str, seed: int, staging: Path, *, transfer_syntax: str = "expli
     return phantom, paths
 
 
-def deliver(src: Path, dst: Path, style: str, pause: float) -> float:
-    """Copy one file into the watched folder like a scanner; returns when it was complete."""
+def write_bytes(data: bytes, dst: Path, style: str, pause: float, staging: Path | None = None) -> float:
+    """Write one file into the watched folder like a scanner; returns when it was complete.
+
+    ``inplace``: under the final name, in two chunks ``pause`` apart. ``rename``: a dot-temp name in
+    the same folder, fsync, rename. ``movein``: written in ``staging`` (outside the watched tree), then
+    moved in — inotify then reports only ``created``, as for a copy from another folder.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    data = src.read_bytes()
-    if style == "rename":
-        tmp = dst.parent / f".{dst.name}.tmp"
+    if style in ("rename", "movein"):
+        if style == "movein":
+            if staging is None:
+                raise ValueError("the movein style needs a staging folder outside the watch folder")
+            staging.mkdir(parents=True, exist_ok=True)
+            tmp = staging / dst.name
+        else:
+            tmp = dst.parent / f".{dst.name}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -74,6 +84,11 @@ def deliver(src: Path, dst: Path, style: str, pause: float) -> float:
                 time.sleep(pause)
             fh.write(data[half:])
     return time.time()
+
+
+def deliver(src: Path, dst: Path, style: str, pause: float) -> float:
+    """Copy one rendered file into the watched folder like a scanner (see :func:`write_bytes`)."""
+    return write_bytes(src.read_bytes(), dst, style, pause, staging=src.parent)
 
 
 class Scanner:

@@ -7,7 +7,7 @@ from edge_agent.dicom import read_series
 
 
 def test_simulate_writes_readable_series_in_both_styles(tmp_path):
-    for style in ("inplace", "rename"):
+    for style in ("inplace", "rename", "movein"):
         out = tmp_path / style
         proc = subprocess.run([sys.executable, "-m", "edge_agent", "simulate", "--to", str(out), "--kind", "normal",
                                "--kind", "chest", "--rate", "0", "--slices", "12", "--style", style,
