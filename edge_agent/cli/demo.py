@@ -14,9 +14,14 @@ from edge_agent.errors import EdgeAgentError
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the demo's files in this folder.")
 def demo(rate, settle, seed, keep):
     """Embedded broker + agent + simulated scanner + listener: shows an alert and its timing."""
+    import logging
     from pathlib import Path
 
     from edge_agent.service.demo import run_demo
+
+    if not click.get_current_context().find_root().params.get("verbose"):
+        # The timeline below shows every alert; the daemon's own ALERT log lines would repeat it.
+        logging.getLogger("edge_agent.service.pipeline").setLevel(logging.ERROR)
 
     timeline = run_demo(rate=rate, settle=settle, seed=seed, keep=Path(keep) if keep else None, echo=click.echo)
     if not any(p.get("finding", {}).get("positive") for _, p in timeline.alerts):
