@@ -219,14 +219,18 @@ class SeriesPipeline:
                 continue
             good.append((f, s))
         series.slices += len(good)
-        for model, reason in series.routes:
-            if reason is None and good:
-                self._score(series, model, good)
+        try:
+            for model, reason in series.routes:
+                if reason is None and good:
+                    self._score(series, model, good)
+        finally:
+            for _, s in slices:
+                s.hu = None  # every model has scored it: the pixels go, memory stays flat
 
     def _score(self, series: OpenSeries, model, good: list) -> None:
         name = model.manifest.name
-        todo = [(f, s) for f, s in good if s.hu is not None
-                and not self.store.has_score(series.series_instance_uid, s.sop_instance_uid, name)]
+        scored = self.store.scored(series.series_instance_uid, name)
+        todo = [(f, s) for f, s in good if s.hu is not None and s.sop_instance_uid not in scored]
         if not todo:
             return
         timings: dict[str, float] = {}
@@ -237,8 +241,6 @@ class SeriesPipeline:
             probabilities = probabilities[:, None]
         for stage in ("preprocess", "inference"):
             self.outputs.observe(stage, timings.get(stage, 0.0) / 1000.0)
-        for _, s in todo:
-            s.hu = None  # pixels are not needed any more: memory stays flat
         scores = [SliceScore(s.sop_instance_uid, float(np.dot(np.asarray(s.position, float), series.normal)),
                              [float(p) for p in probabilities[i]], f.received_at,
                              getattr(f, "written_at", 0.0) or f.complete_at)

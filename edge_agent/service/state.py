@@ -105,10 +105,11 @@ class SeriesStore:
                          (time.time(), series_instance_uid))
 
     # -- slices ----------------------------------------------------------------
-    def has_score(self, series_instance_uid: str, sop_instance_uid: str, model: str) -> bool:
-        return self._db.execute(
-            "SELECT 1 FROM slices WHERE series_instance_uid=? AND sop_instance_uid=? AND model=?",
-            (series_instance_uid, sop_instance_uid, model)).fetchone() is not None
+    def scored(self, series_instance_uid: str, model: str) -> set[str]:
+        """SOP Instance UIDs of the series already scored by ``model``."""
+        return {r[0] for r in self._db.execute(
+            "SELECT sop_instance_uid FROM slices WHERE series_instance_uid=? AND model=?",
+            (series_instance_uid, model))}
 
     def add_scores(self, series_instance_uid: str, model: str, scores: list[SliceScore]) -> None:
         self._db.execute("BEGIN")

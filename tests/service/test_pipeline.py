@@ -200,3 +200,22 @@ def test_a_slice_of_another_size_is_left_out_with_a_warning(engines, tmp_path):
         assert out.alerts == []
     finally:
         pipeline.stop()
+
+
+def test_two_models_on_one_series_both_score_every_slice(tmp_path):
+    root = tmp_path / "engines"
+    for name in ("tiny_a", "tiny_b"):
+        write_model_folder(root / name, name=name)
+    out = RecordingOutputs()
+    pipeline = make_pipeline(root, tmp_path, out)
+    try:
+        _, paths = series_files(tmp_path, [30, 70, 70, 30, 30])
+        for p in paths:
+            pipeline.submit(ingested(p))
+        wait(lambda: out.results)
+        result = out.results[0]
+        assert sorted(f["model"] for f in result["findings"]) == ["tiny_a", "tiny_b"]
+        assert all(f["positive"] for f in result["findings"])
+        assert {a["model"]["name"] for a in out.alerts} == {"tiny_a", "tiny_b"}
+    finally:
+        pipeline.stop()
