@@ -210,7 +210,11 @@ class SeriesPipeline:
             series = self._open_series(uid, slices[0][1], min(f.received_at for f in files))
         else:
             self.store.touch_series(uid, series.info, max(f.received_at for f in files))
-        series.last_arrival = time.monotonic()
+        # The quiet period counts from the scanner's last write, not from when the file got here
+        # (a stable-file wait before it would otherwise add to every final result).
+        last_written = max((getattr(f, "written_at", 0.0) or f.complete_at) for f in files)
+        arrival = time.monotonic() - min(max(0.0, time.time() - last_written), self.settle / 2)
+        series.last_arrival = max(series.last_arrival, arrival)
         good = []
         for f, s in slices:
             if (s.rows, s.columns) != series.shape:
