@@ -11,25 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
 
-from edge_agent.cli import main  # noqa: E402
-from trt_helpers import manifest_for, tiny_cnn  # noqa: E402
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-@pytest.fixture
-def model_dir(tmp_path) -> Path:
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    tiny_cnn(folder / "model.onnx")
-    manifest_for(folder)
-    return folder
-
+from cli_helpers import run_cli  # noqa: E402
 
 def test_bench_json_measures_ort_cpu_and_preprocessing(capsys, model_dir):
     code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--slices", "4", "--repeat", "3",
@@ -51,7 +33,6 @@ def test_bench_json_measures_ort_cpu_and_preprocessing(capsys, model_dir):
         assert "pycuda" in next(r for r in rows if r.get("path") == "gpu kernel")["unavailable"]
         assert "pycuda" in next(r for r in rows if r["stage"] == "transfer")["unavailable"]
 
-
 def test_bench_table(capsys, model_dir):
     code, out, _ = run_cli(capsys, "bench", "--model", str(model_dir), "--backend", "onnxrt", "--slices", "2",
                            "--repeat", "2", "--warmup", "0")
@@ -59,7 +40,6 @@ def test_bench_table(capsys, model_dir):
     assert "synthetic phantoms" in out and "slices/s" in out
     row = next(line for line in out.splitlines() if "onnxruntime cpu" in line)
     assert row.startswith("tiny@0.0.1") and " ms" in row
-
 
 def test_bench_unknown_model_is_a_sentence(capsys, tmp_path):
     code, _, err = run_cli(capsys, "bench", "--model", str(tmp_path / "none"))

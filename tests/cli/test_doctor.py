@@ -9,17 +9,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
 
-from edge_agent.cli import main  # noqa: E402
+from cli_helpers import run_cli  # noqa: E402
 from edge_agent.cli.doctor import broker_check, inotify_check  # noqa: E402
 from support.mosquitto import MosquittoBroker, free_port  # noqa: E402
 from trt_helpers import manifest_for, tiny_cnn  # noqa: E402
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
 
 @pytest.fixture

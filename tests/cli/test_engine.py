@@ -13,27 +13,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
 
 import fake_trt  # noqa: E402
-from edge_agent.cli import main  # noqa: E402
+from cli_helpers import run_cli  # noqa: E402
 from edge_agent.inference.manifest import load_manifest  # noqa: E402
-from trt_helpers import manifest_for, phantom_series, tiny_cnn  # noqa: E402
+from trt_helpers import phantom_series, tiny_cnn  # noqa: E402
 
 NO_TRT = importlib.util.find_spec("tensorrt") is None
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-@pytest.fixture
-def model_dir(tmp_path) -> Path:
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    tiny_cnn(folder / "model.onnx")
-    manifest_for(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
