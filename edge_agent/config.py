@@ -67,6 +67,9 @@ class InferenceSection:
     engines: str = _f("", "Folder of model folders (each with manifest.json); empty: the shipped models.")
     backend: str = _f("auto", "auto | onnxrt | tensorrt.", choices=("auto", "onnxrt", "tensorrt"))
     threads: int = _f(0, "Inference threads for ONNX Runtime (0: its default).")
+    gpu_preprocess: str = _f("auto", "auto: models on TensorRT turn stored pixels into their input on the GPU "
+                             "(falls back to the CPU if the kernel cannot be built); off: always on the CPU.",
+                             choices=("auto", "off"))
 
 
 @dataclass

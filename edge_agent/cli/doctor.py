@@ -187,7 +187,7 @@ def run_checks(watch: Path | None, broker: str | None, engines: Path | None, sta
 
     checks: list[Check] = []
     for subject, fn in (("GPU", health.gpu_driver), ("TensorRT", health.tensorrt_check),
-                        ("pycuda", health.pycuda_check)):
+                        ("pycuda", health.pycuda_check), ("nvcc", health.nvcc_check)):
         level, message = _guarded(fn)
         checks.append((level, subject, message))
     checks.append(ort_check())

@@ -105,9 +105,24 @@ class Slice:
     mtime: float = 0.0
     instance_number: int | None = None
     # Stored values and (slope, intercept, padding) kept when read with
-    # ``defer_hu=True``: assemble() converts them straight into the volume.
+    # ``defer_hu=True`` (assemble() converts them straight into the volume) or
+    # ``stored_only=True`` (the agent's pipeline).
     stored: np.ndarray | None = field(default=None, repr=False)
     rescale: tuple | None = field(default=None, repr=False)
+
+    def hu_pixels(self) -> np.ndarray | None:
+        """HU of this slice: ``hu``, else converted from ``stored`` (None when neither is kept)."""
+        if self.hu is not None:
+            return self.hu
+        if self.stored is None or self.rescale is None:
+            return None
+        from edge_agent.dicom.reader import to_hu  # noqa: PLC0415 - reader imports this module
+
+        return to_hu(self.stored, *self.rescale)
+
+    def drop_pixels(self) -> None:
+        """Forget the pixels (HU and stored values); the header fields stay."""
+        self.hu = self.stored = None
 
 
 @dataclass

@@ -48,7 +48,8 @@ MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = False) -> list[Slice]:
+def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = False,
+              stored_only: bool = False) -> list[Slice]:
     """Read one file into its CT slices (one per frame), in HU when ``decode``.
 
     Raises :class:`BadFile` (not DICOM, truncated, no pixel data, undecodable
@@ -61,6 +62,10 @@ def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = 
     straight into the volume (one pass, half the memory while scanning);
     for uncompressed files ``content_hash`` is then left empty and computed
     from ``stored`` only if a duplicate SOP Instance UID needs it.
+    ``stored_only=True`` keeps the stored values and ``rescale`` (and the
+    content hash) and computes no HU: what the agent's ingest hands to the
+    pipeline, which uploads them to the GPU as they are (half the bytes of
+    HU) or turns them into HU only when a model scores them on the CPU.
     """
     path = os.fspath(path)
     if os.path.basename(path).upper() in ("DICOMDIR", "DIRFILE"):
@@ -80,7 +85,9 @@ def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = 
     geometry = frame_geometry(ds, path, frames)
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise NotAnImage(path, "is a colour image, not a greyscale CT slice", series_uid)
-    stored, content_hash = _stored_pixels(ds, path, rows, cols, frames, decode, series_uid, not defer_hu)
+    keep = defer_hu or stored_only
+    stored, content_hash = _stored_pixels(ds, path, rows, cols, frames, decode, series_uid,
+                                          stored_only or not defer_hu)
     try:
         mtime = os.stat(path).st_mtime
     except OSError:
@@ -94,7 +101,7 @@ def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = 
     slices = []
     for k, (position, orientation, spacing, thickness, slope, intercept) in enumerate(geometry):
         hu = None
-        if stored is not None and not defer_hu:
+        if stored is not None and not keep:
             hu = to_hu(stored[k], slope, intercept, padding)
         slices.append(Slice(
             path=path, frame=k,
@@ -102,7 +109,7 @@ def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = 
             series_instance_uid=series_uid, rows=rows, columns=cols,
             position=position, orientation=orientation, pixel_spacing=spacing,
             slice_thickness=thickness, hu=hu, content_hash=content_hash, mtime=mtime,
-            stored=stored[k] if stored is not None and defer_hu else None,
+            stored=stored[k] if stored is not None and keep else None,
             rescale=(slope, intercept, padding), **common))
     return slices
 

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -64,29 +64,72 @@ class Model:
         """HU slices ``(N, H, W)`` → the model input ``(N, C, rows, cols)`` (manifest preprocessing)."""
         return prepare_slices(hu, pixel_spacing, self.manifest.preprocessing)
 
+    def _batch(self) -> tuple[int, int | None]:
+        """(slices per runner call, the runner's fixed batch limit or None)."""
+        limit = self.runner.max_batch_size()
+        return max(1, min(self.batch_size, limit) if limit else self.batch_size), limit
+
+    def _probabilities(self, outputs: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """The first ``n`` rows of the manifest's output as ``(n, F)`` float32, checked against the findings."""
+        n_findings = len(self.manifest.findings)
+        out = np.asarray(outputs[self.manifest.outputs[0].name], dtype=np.float32)[:n].reshape(n, -1)
+        if out.shape[1] != n_findings:
+            raise RunnerError(f"Model {self.name} returned {out.shape[1]} scores per slice but its manifest "
+                              f"lists {n_findings} findings; fix the manifest or the model.")
+        return out
+
     def infer_batched(self, x: np.ndarray) -> np.ndarray:
         """Model input ``(N, C, rows, cols)`` → per-slice probabilities ``(N, F)`` float32, in batches."""
         self.ensure_active()
-        limit = self.runner.max_batch_size()
-        batch = max(1, min(self.batch_size, limit) if limit else self.batch_size)
+        batch, limit = self._batch()
         input_name = self.manifest.inputs[0].name
-        output_name = self.manifest.outputs[0].name
-        n_findings = len(self.manifest.findings)
-        parts = []
+        parts = [np.zeros((0, len(self.manifest.findings)), dtype=np.float32)]
         for start in range(0, x.shape[0], batch):
             chunk = np.ascontiguousarray(x[start:start + batch])
             if limit and chunk.shape[0] < limit and self.runner.input_specs()[0].shape[0] == limit:
                 pad = np.zeros((limit - chunk.shape[0], *chunk.shape[1:]), dtype=chunk.dtype)
-                out = self.runner.infer({input_name: np.concatenate([chunk, pad])})[output_name][: chunk.shape[0]]
+                chunk = np.concatenate([chunk, pad])
+            parts.append(self._probabilities(self.runner.infer({input_name: chunk}), min(batch, x.shape[0] - start)))
+        return np.concatenate(parts)
+
+    def score_images(self, slices: Sequence[Any], timings: dict[str, float] | None = None) -> np.ndarray:
+        """Slices (``edge_agent.dicom.Slice``: HU, or stored values + rescale) → probabilities ``(N, F)``.
+
+        Stored int16/uint16 pixels go to the runner's own device preprocessing
+        when it has one (TensorRT: the CUDA kernel; one launch per image size,
+        pixel spacing and rescale), counted under ``inference`` in
+        ``timings``; everything else becomes HU and is prepared on the CPU
+        (the reference), one group per image size and pixel spacing. Rows
+        come back in the order of ``slices``.
+        """
+        self.ensure_active()
+        out = np.zeros((len(slices), len(self.manifest.findings)), dtype=np.float32)
+        on_device = self.runner.stored_input_dtypes()
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(slices):
+            stored = getattr(s, "stored", None)
+            device = (stored is not None and s.rescale is not None and stored.dtype in on_device
+                      and getattr(s, "hu", None) is None)
+            key = (device, (s.rows, s.columns), tuple(float(v) for v in s.pixel_spacing),
+                   tuple(s.rescale) if device else None)
+            groups.setdefault(key, []).append(i)
+        for (device, _shape, spacing, rescale), index in groups.items():
+            if device:
+                t0 = time.perf_counter()
+                out[index] = self._score_stored(np.stack([slices[i].stored for i in index]), spacing, rescale)
+                if timings is not None:
+                    timings["inference"] = timings.get("inference", 0.0) + (time.perf_counter() - t0) * 1000.0
             else:
-                out = self.runner.infer({input_name: chunk})[output_name]
-            out = np.asarray(out, dtype=np.float32).reshape(chunk.shape[0], -1)
-            if out.shape[1] != n_findings:
-                raise RunnerError(f"Model {self.name} returned {out.shape[1]} scores per slice but its manifest "
-                                  f"lists {n_findings} findings; fix the manifest or the model.")
-            parts.append(out)
-        if not parts:
-            return np.zeros((0, n_findings), dtype=np.float32)
+                hu = np.stack([_hu(slices[i]) for i in index])
+                out[index] = self.score_slices(hu, spacing, timings=timings)
+        return out
+
+    def _score_stored(self, stored: np.ndarray, spacing: tuple[float, float], rescale: tuple) -> np.ndarray:
+        batch, _limit = self._batch()
+        parts = [np.zeros((0, len(self.manifest.findings)), dtype=np.float32)]
+        for start in range(0, stored.shape[0], batch):
+            chunk = stored[start:start + batch]
+            parts.append(self._probabilities(self.runner.infer_stored(chunk, spacing, rescale), chunk.shape[0]))
         return np.concatenate(parts)
 
     def score_slices(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
@@ -116,6 +159,13 @@ class Model:
         if not parts:
             return np.zeros((0, len(self.manifest.findings)), dtype=np.float32)
         return np.concatenate(parts)
+
+
+def _hu(s: Any) -> np.ndarray:
+    hu = s.hu_pixels() if hasattr(s, "hu_pixels") else s.hu
+    if hu is None:
+        raise RunnerError(f"Slice {getattr(s, 'sop_instance_uid', '?')} has no pixels left to score.")
+    return hu
 
 
 def applies(manifest: Manifest, info: Any) -> bool:
@@ -189,11 +239,12 @@ class ModelSet:
     @classmethod
     def load(cls, engines_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None, *,
              device: int = 0, names: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
-             verify: bool = True) -> "ModelSet":
+             verify: bool = True, gpu_preprocess: bool = True) -> "ModelSet":
         """Load every model folder (``<name>/manifest.json``) under ``engines_dir``.
 
         ``engines_dir`` may also be one model folder. None = the shipped
         models (``edge_agent.engines``). ``names`` keeps only those models.
+        ``gpu_preprocess``: TensorRT runners prepare stored pixels on the GPU.
         Runners are created but not activated.
         """
         if engines_dir is None:
@@ -223,7 +274,7 @@ class ModelSet:
             seen.add(m.name)
         models = []
         for m in manifests:
-            runner = make_runner(m, backend, threads=threads, device=device)
+            runner = make_runner(m, backend, threads=threads, device=device, gpu_preprocess=gpu_preprocess)
             fallback = None
             if backend == "auto" and runner.backend != "onnxrt":
                 def fallback(m=m):

@@ -164,6 +164,28 @@ class Runner:
                                   f"takes {list(spec.shape)} (-1 = any).")
         return self.infer_impl(feed)
 
+    def stored_input_dtypes(self) -> tuple[np.dtype, ...]:
+        """Stored-pixel dtypes this runner turns into model input itself, on its device (empty: none)."""
+        return ()
+
+    def infer_stored(self, stored: np.ndarray, pixel_spacing: tuple[float, float],
+                     rescale: tuple) -> dict[str, np.ndarray]:
+        """Run the model on stored pixels ``(N, H, W)`` as they came out of the DICOM files.
+
+        ``rescale`` is ``(slope, intercept, padding)`` with ``padding`` a
+        ``(lo, hi)`` stored-value range or None (``Slice.rescale``). Only for
+        runners whose :meth:`stored_input_dtypes` lists ``stored.dtype``; the
+        runner applies the manifest's preprocessing on its device.
+        """
+        self._require_active("infer_stored()")
+        self._check_thread("infer")
+        if np.dtype(stored.dtype) not in self.stored_input_dtypes():
+            raise RunnerError(f"Runner {self.name} cannot preprocess {stored.dtype} stored pixels itself; "
+                              "convert them to HU and call infer().")
+        if stored.ndim != 3:
+            raise RunnerError(f"Stored pixels for {self.name} must be (N, H, W), not {list(stored.shape)}.")
+        return self.infer_stored_impl(stored, pixel_spacing, rescale)
+
     # -- backend hooks -------------------------------------------------------------
     def activate_impl(self) -> None:
         raise NotImplementedError
@@ -172,6 +194,10 @@ class Runner:
         raise NotImplementedError
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def infer_stored_impl(self, stored: np.ndarray, pixel_spacing: tuple[float, float],
+                          rescale: tuple) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def input_specs_impl(self) -> list[TensorSpec]:
@@ -200,7 +226,7 @@ def _trt_module():
 
 
 def make_runner(manifest: "Manifest", backend: str = "auto", *, threads: int | None = None, device: int = 0,
-                providers: list[str] | None = None) -> Runner:
+                providers: list[str] | None = None, gpu_preprocess: bool = True) -> Runner:
     """The runner for a model, not yet active.
 
     ``backend``: ``"onnxrt"`` (ONNX Runtime; CPU, or CUDA/TensorRT execution
@@ -208,6 +234,8 @@ def make_runner(manifest: "Manifest", backend: str = "auto", *, threads: int | N
     ``engine`` artefact through TensorRT + pycuda) or ``"auto"`` (TensorRT when
     the manifest lists an engine and TensorRT is usable here, else ONNX Runtime).
     ``threads``: ONNX Runtime intra-op threads (None = its default).
+    ``gpu_preprocess``: a TensorRT runner turns stored pixels into the model
+    input with the CUDA kernel (``inference/trt/preprocess_kernel.py``).
     """
     if backend not in BACKENDS:
         raise RunnerError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
@@ -223,7 +251,8 @@ def make_runner(manifest: "Manifest", backend: str = "auto", *, threads: int | N
                 return trt.TrtRunner(engine.path, name=name, expected_inputs=manifest.inputs,
                                      expected_outputs=manifest.outputs, device=device,
                                      fingerprint=engine.fingerprint,
-                                     onnx_sha256=manifest.artefacts["onnx"].sha256)
+                                     onnx_sha256=manifest.artefacts["onnx"].sha256,
+                                     preprocessing=manifest.preprocessing if gpu_preprocess else None)
             if backend == "auto":
                 log.info("model %s has a TensorRT engine but TensorRT is unusable here (%s); using ONNX Runtime",
                          manifest.name, why)

@@ -63,7 +63,8 @@ class Ingest:
         self._counters = Counters()
         self._verdicts: Verdicts | None = None
         self._workers = settings.workers or os.cpu_count() or 1
-        self._decoder = Decoder(self._workers if settings.decode_processes and self._workers > 1 else 0)
+        self._decoder = Decoder(self._workers if settings.decode_processes and self._workers > 1 else 0,
+                                stored_only=settings.keep_stored)
         self._tick = max(0.01, min(0.05, settings.stable_seconds / 4))
         self._ledger: L.Ledger | None = None
         self._pool: ThreadPoolExecutor | None = None

@@ -18,6 +18,7 @@ a script that starts an :class:`~edge_agent.ingest.Ingest` must do so under
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -62,8 +63,9 @@ def _worker_init() -> None:
 class Decoder:
     """``read(path)`` → slices, in worker processes (``processes`` > 0) or in the caller's thread."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, *, stored_only: bool = False) -> None:
         self._processes = processes
+        self._read = functools.partial(read_file, stored_only=True) if stored_only else read_file
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
@@ -83,13 +85,13 @@ class Decoder:
         first (cheap) to tell them apart, and to reject bad files early.
         """
         if self._processes <= 0:
-            return read_file(path)
+            return self._read(path)
         header = read_file(path, decode=False)
         if not header or header[0].transfer_syntax in NATIVE_SYNTAXES:
-            return read_file(path)
+            return self._read(path)
         pool = self._get_pool()
         try:
-            return pool.submit(read_file, path).result()
+            return pool.submit(self._read, path).result()
         except BrokenProcessPool as err:
             with self._lock:
                 if self._pool is pool:

@@ -24,6 +24,7 @@ class IngestSettings:
     delete_after_processing: bool = False  # delete inputs once their series is done / quarantined
     workers: int | None = None  # files decoded at once (None = all cores)
     decode_processes: bool = True  # decode in worker processes (decoders hold the GIL); False: threads only
+    keep_stored: bool = False  # hand over stored values + rescale instead of HU (Slice.stored; half the bytes)
 
     def __post_init__(self) -> None:
         self.watch_dir = Path(self.watch_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -48,9 +49,24 @@ def test_doctor_all_reachable_exits_zero(tmp_path, capsys, engines):
     assert watches in rows["inotify max_user_watches"]
     assert rows["watch folder"].startswith("OK") and "GiB free" in rows["disk"]
     assert rows["model tiny"].startswith("OK") and "ONNX only" in rows["model tiny"]
-    for subject in ("GPU", "TensorRT", "pycuda", "onnxruntime", "clock"):
+    for subject in ("GPU", "TensorRT", "pycuda", "nvcc", "onnxruntime", "clock"):
         assert subject in rows
     assert "CPUExecutionProvider" in rows["onnxruntime"]
+
+
+def test_doctor_nvcc_line_names_the_compiler_or_says_what_is_off(monkeypatch):
+    import shutil
+
+    from edge_agent.inference.trt import health, preprocess_kernel
+
+    level, message = health.nvcc_check()
+    if shutil.which("nvcc"):
+        assert level == "OK" and f"at {shutil.which('nvcc')}" in message
+        assert re.search(r"nvcc \d+\.\d+", message)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(preprocess_kernel, "NVCC_FALLBACKS", ())
+    level, message = health.nvcc_check()
+    assert level == "WARN" and "nvcc is not on PATH" in message and "prepare their input on the CPU" in message
 
 
 def test_doctor_broker_down_and_missing_folder_fail(tmp_path, capsys, engines):

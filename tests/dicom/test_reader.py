@@ -259,3 +259,18 @@ def test_real_jpeg_lossless_process14_bitstream(tmp_path):
     reference = pydicom.dcmread(original).pixel_array.astype(np.float64) * 2 - 100
     np.testing.assert_array_equal(s.hu, np.maximum(reference, AIR_HU))
     assert s.hu.shape == (1024, 256) and s.hu.max() > 400 and s.hu.min() == -100
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "693_J2KR.dcm"], ids=["native", "j2k"])
+def test_stored_only_keeps_stored_values_rescale_and_hash(name):
+    path = data_file(name)
+    (full,) = read_file(path)
+    (kept,) = read_file(path, stored_only=True)
+    assert kept.hu is None and kept.stored.dtype == np.int16
+    np.testing.assert_array_equal(kept.stored, pydicom.dcmread(path).pixel_array)
+    assert kept.content_hash and kept.content_hash == full.content_hash   # dedup of resends still works
+    slope, intercept, padding = kept.rescale
+    assert slope == 1.0 and intercept == -1024.0 and padding == (-2000, -2000)
+    np.testing.assert_array_equal(kept.hu_pixels(), full.hu)
+    kept.drop_pixels()
+    assert kept.hu is None and kept.stored is None and kept.hu_pixels() is None

@@ -102,6 +102,30 @@ def test_score_slices_batches_and_matches_reference(engines_dir):
     assert not model.runner.is_active
 
 
+def test_score_images_takes_stored_or_hu_slices_of_mixed_geometry(engines_dir, tmp_path):
+    """ONNX Runtime has no device preprocessing: stored slices become HU on the CPU; rows keep their order."""
+    from edge_agent.dicom import read_file
+    from edge_agent.dicom.synth import SeriesHeaders, write_series
+
+    vol = np.full((4, 24, 24), 30.0, np.float32)
+    vol[1] = 70.0
+    paths = write_series(vol, tmp_path / "s", spacing=(5.0, 0.5, 0.5), headers=SeriesHeaders(signed=True))
+    stored = [read_file(p, stored_only=True)[0] for p in paths]
+    hu = [read_file(p)[0] for p in paths]
+    stored[3].pixel_spacing = (2.0, 2.0)                        # another field of view: its own group
+    hu[3].pixel_spacing = (2.0, 2.0)
+    with ModelSet.load(engines_dir, backend="onnxrt", threads=1) as models:
+        model = models["tiny_ich"]
+        assert model.runner.stored_input_dtypes() == ()
+        timings = {}
+        from_stored = model.score_images(stored, timings)
+        from_hu = model.score_images(hu)
+        one_by_one = np.concatenate([model.score_slices(s.hu, s.pixel_spacing) for s in hu])
+    np.testing.assert_allclose(from_stored, from_hu, atol=1e-6)
+    np.testing.assert_allclose(from_hu, one_by_one, atol=1e-6)
+    assert from_stored[1, 0] > 0.95 and from_stored[0, 0] < 0.05 and timings["preprocess"] > 0
+
+
 def test_static_batch_model_is_padded(tmp_path):
     """A model exported with a fixed batch of 4 still scores 6 slices (padded last batch)."""
     folder = write_model_folder(tmp_path / "fixed", model_batch=4, batch=4)

@@ -33,6 +33,22 @@ def test_decoder_processes_match_in_thread_and_leave_nothing_behind(tmp_path):
     assert not alive
 
 
+def test_decoder_can_hand_over_stored_values(tmp_path):
+    """The agent's mode: stored values (half the bytes of HU) come back from the worker processes."""
+    headers = SeriesHeaders(signed=True)
+    paths = write_series(phantom(2), tmp_path / "j2k", transfer_syntax="j2k-lossless", headers=headers)
+    decoder = Decoder(2, stored_only=True)
+    try:
+        compressed = decoder.read(paths[0])
+    finally:
+        decoder.close()
+    native = Decoder(0, stored_only=True).read(write_series(phantom(1), tmp_path / "raw", headers=headers)[0])
+    reference = read_file(paths[0])
+    for s in (compressed[0], native[0]):
+        assert s.hu is None and s.stored.dtype == np.int16 and s.rescale is not None
+    np.testing.assert_array_equal(compressed[0].hu_pixels(), reference[0].hu)
+
+
 @pytest.mark.parametrize("syntax", ["rle", "jpegls", "j2k-lossless"])
 def test_compressed_series_are_ingested(make_ingest, dirs, syntax):
     watch, _ = dirs

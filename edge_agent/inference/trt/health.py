@@ -7,6 +7,7 @@ A machine without a GPU is a WARN, not a FAIL: the ONNX Runtime CPU path works.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,24 @@ __global__ void twice(float *x, int n) { int i = blockIdx.x * blockDim.x + threa
 """
 
 
+def nvcc_check() -> tuple[str, str]:
+    """The CUDA compiler that builds the GPU preprocessing kernel (PATH, then /usr/local/cuda/bin)."""
+    from edge_agent.inference.trt.preprocess_kernel import find_nvcc
+
+    try:
+        nvcc = find_nvcc()
+    except Exception as exc:  # noqa: BLE001 - MissingDependency
+        return "WARN", f"{str(exc).rstrip('.')}; until then TensorRT models prepare their input on the CPU"
+    try:
+        proc = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return "WARN", f"{nvcc} does not run ({exc}); GPU preprocessing will be off"
+    match = re.search(r"release ([\d.]+)", proc.stdout)
+    if proc.returncode != 0 or not match:
+        return "WARN", f"{nvcc} --version failed; GPU preprocessing will be off"
+    return "OK", f"nvcc {match.group(1)} at {nvcc} (builds the GPU preprocessing kernel)"
+
+
 def pycuda_check() -> tuple[str, str]:
     """Import pycuda.driver, retain the primary context, compile and run a tiny kernel, free, pop."""
     cuda, err = _try_import("pycuda.driver")
@@ -67,7 +86,9 @@ def pycuda_check() -> tuple[str, str]:
     try:
         from pycuda.compiler import SourceModule
 
-        module = SourceModule(_SMOKE)
+        from edge_agent.inference.trt.preprocess_kernel import find_nvcc
+
+        module = SourceModule(_SMOKE, nvcc=find_nvcc())
         fn = module.get_function("twice")
         host = np.arange(256, dtype=np.float32)
         dev = cuda.mem_alloc(host.nbytes)

@@ -23,10 +23,13 @@ a GPU (tests/gpu). Agreement: |kernel − reference| ≤ 1e-4 for float32 output
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 
+from edge_agent.errors import MissingDependency
 from edge_agent.preprocess import AIR_HU, PreprocessSpec
 
 #: Stated tolerances (absolute, on the [0, 1] window outputs), see module docstring.
@@ -176,49 +179,73 @@ def raw_to_input(raw: np.ndarray, pixel_spacing: tuple[float, float], spec: Prep
     return np.stack(channels, axis=1).astype(spec.dtype, copy=False)
 
 
-def compile_kernel(raw_dtype: np.dtype, out_dtype: str):
-    """Compile the kernel for one (stored dtype, output dtype); returns pycuda's SourceModule (context current)."""
-    from pycuda.compiler import SourceModule  # pycuda only under inference/trt
-
+def kernel_source(raw_dtype, out_dtype: str) -> str:
+    """The CUDA C source for one (stored dtype, output dtype): :data:`KERNEL_SOURCE` behind its defines."""
     raw_c = _RAW_CTYPES[np.dtype(raw_dtype)]
     out_c, store = _OUT_CTYPES[out_dtype]
-    source = (f"#define RAW_T {raw_c}\n#define OUT_T {out_c}\n#define STORE(v) {store}\n"
-              f"#define OUTSIDE ({OUTSIDE})\n" + KERNEL_SOURCE)
-    return SourceModule(source, no_extern_c=True)
+    return (f"#define RAW_T {raw_c}\n#define OUT_T {out_c}\n#define STORE(v) {store}\n"
+            f"#define OUTSIDE ({OUTSIDE})\n" + KERNEL_SOURCE)
+
+
+def compile_kernel(raw_dtype, out_dtype: str):
+    """Compile the kernel for one (stored dtype, output dtype); returns pycuda's SourceModule (context current).
+
+    pycuda caches the cubin on disk (keyed by source and device), so only the
+    first start on a machine pays nvcc's seconds.
+    """
+    from pycuda.compiler import SourceModule  # pycuda only under inference/trt
+
+    return SourceModule(kernel_source(raw_dtype, out_dtype), nvcc=find_nvcc(), no_extern_c=True)
+
+
+#: Where JetPack and the CUDA toolkit put nvcc; a systemd service's PATH does not include it.
+NVCC_FALLBACKS = ("/usr/local/cuda/bin/nvcc",)
+
+
+def find_nvcc() -> str:
+    """The CUDA compiler pycuda builds the kernel with (PATH, then the toolkit's default place)."""
+    found = shutil.which("nvcc") or next((p for p in NVCC_FALLBACKS if os.access(p, os.X_OK)), None)
+    if found is None:
+        raise MissingDependency("nvcc is not on PATH or in /usr/local/cuda/bin; install the CUDA toolkit "
+                                "(JetPack's cuda-nvcc) to build the GPU preprocessing kernel.")
+    return found
 
 
 class GpuPreprocessor:
-    """Host wrapper: pinned staging, device buffers and the kernel for one model input.
+    """Host wrapper: pinned staging, device buffers and the kernels for one model input.
 
     Create, use and :meth:`free` it in the one thread that owns the CUDA
-    context (the inference thread, context pushed). Buffers are allocated for
-    ``max_slices`` slices of ``max_pixels`` pixels and reused.
+    context (the inference thread, context pushed). The staging buffers hold
+    ``max_slices`` slices of ``max_pixels`` stored pixels and grow (once, in
+    that thread) when a larger image arrives; the output buffer is only
+    allocated when results are downloaded (``out_ptr`` writes straight into
+    another device buffer, e.g. the TensorRT input tensor). One kernel per
+    stored dtype, compiled on first use or up front with :meth:`prepare`.
     """
 
     BLOCK = (32, 8, 1)
+    RAW_DTYPES = tuple(_RAW_CTYPES)
 
-    def __init__(self, spec: PreprocessSpec, *, max_slices: int, max_pixels: int,
-                 raw_dtype: np.dtype = np.int16, stream=None) -> None:
+    def __init__(self, spec: PreprocessSpec, *, max_slices: int, max_pixels: int = 512 * 512,
+                 raw_dtype: np.dtype | None = np.int16, stream=None) -> None:
         from edge_agent.inference.trt import import_cuda
 
         cuda = self._cuda = import_cuda()
         if spec.dtype not in _OUT_CTYPES:
             raise ValueError(f"GPU preprocessing writes float32 or float16, not {spec.dtype}")
         self.spec = spec
-        self.raw_dtype = np.dtype(raw_dtype)
         self.max_slices, self.max_pixels = int(max_slices), int(max_pixels)
         self.channels = len(spec.windows)
-        self._module = compile_kernel(self.raw_dtype, spec.dtype)
-        self._kernel = self._module.get_function("raw_to_input")
+        self._kernels: dict[np.dtype, object] = {}
+        self._modules: list = []
         self._own_stream = stream is None
         self.stream = stream if stream is not None else cuda.Stream()
         self._allocs = []
-        self.host_raw = self._pinned(self.max_slices * self.max_pixels, self.raw_dtype)
-        self.d_raw = self._alloc(self.host_raw.nbytes)
+        self.host_raw = self.d_raw = None
+        self._raw_allocs: list = []
+        self._raw_capacity = 0
+        self.host_out = self.d_out = None
         rows, cols = spec.size
-        out_count = self.max_slices * self.channels * rows * cols
-        self.host_out = self._pinned(out_count, np.dtype(spec.dtype))
-        self.d_out = self._alloc(self.host_out.nbytes)
         self.d_r0, self.d_rf = self._alloc(4 * rows), self._alloc(4 * rows)
         self.d_c0, self.d_cf = self._alloc(4 * cols), self._alloc(4 * cols)
         lo, inv = window_constants(spec)
@@ -226,16 +253,45 @@ class GpuPreprocessor:
         cuda.memcpy_htod(self.d_lo, lo)
         cuda.memcpy_htod(self.d_inv, inv)
         self._geometry_key = None
+        self._ensure_raw(self.max_slices * self.max_pixels * 2)
+        if raw_dtype is not None:
+            self.kernel(raw_dtype)
 
-    def _pinned(self, count: int, dtype: np.dtype) -> np.ndarray:
+    def prepare(self, raw_dtypes=RAW_DTYPES) -> None:
+        """Compile the kernels now (nvcc takes seconds the first time; pycuda caches the result)."""
+        for dtype in raw_dtypes:
+            self.kernel(dtype)
+
+    def kernel(self, raw_dtype):
+        """The compiled kernel for stored pixels of ``raw_dtype`` (int16 or uint16)."""
+        dtype = np.dtype(raw_dtype)
+        if dtype not in _RAW_CTYPES:
+            raise ValueError(f"GPU preprocessing reads int16 or uint16 stored pixels, not {dtype}")
+        if dtype not in self._kernels:
+            module = compile_kernel(dtype, self.spec.dtype)
+            self._modules.append(module)
+            self._kernels[dtype] = module.get_function("raw_to_input")
+        return self._kernels[dtype]
+
+    def _pinned(self, count: int, dtype: np.dtype, owner: list) -> np.ndarray:
         arr = self._cuda.pagelocked_empty(count, dtype)
-        self._allocs.append(arr.base)
+        owner.append(arr.base)
         return arr
 
-    def _alloc(self, nbytes: int):
+    def _alloc(self, nbytes: int, owner: list | None = None):
         dev = self._cuda.mem_alloc(max(int(nbytes), 1))
-        self._allocs.append(dev)
+        (self._allocs if owner is None else owner).append(dev)
         return dev
+
+    def _ensure_raw(self, nbytes: int) -> None:
+        """Staging (pinned) and device buffers of at least ``nbytes`` for stored pixels."""
+        if nbytes <= self._raw_capacity:
+            return
+        while self._raw_allocs:
+            self._raw_allocs.pop().free()
+        self.host_raw = self._pinned(nbytes, np.dtype(np.uint8), self._raw_allocs)
+        self.d_raw = self._alloc(nbytes, self._raw_allocs)
+        self._raw_capacity = int(nbytes)
 
     def _set_geometry(self, shape: tuple[int, int], pixel_spacing: tuple[float, float]) -> None:
         key = (shape, tuple(float(v) for v in pixel_spacing))
@@ -252,27 +308,32 @@ class GpuPreprocessor:
         """Upload stored pixels, run the kernel, and return ``(N, C, rows, cols)`` on the host.
 
         ``out_ptr`` writes into another device buffer instead (e.g. the
-        TensorRT input tensor) — then nothing is downloaded and None returned.
+        TensorRT input tensor, on the same stream) — then nothing is
+        downloaded and None returned.
         """
         raw = _check_raw(raw)
-        if raw.dtype != self.raw_dtype:
-            raise ValueError(f"this preprocessor was compiled for {self.raw_dtype}, got {raw.dtype}")
+        kernel = self.kernel(raw.dtype)
         n, h, w = raw.shape
-        if n > self.max_slices or h * w > self.max_pixels:
-            raise ValueError(f"{n} slices of {h}x{w} exceed the buffers ({self.max_slices} x {self.max_pixels} px)")
+        if n > self.max_slices:
+            raise ValueError(f"{n} slices exceed the {self.max_slices} this preprocessor was made for")
+        self._ensure_raw(raw.nbytes)
         self._set_geometry((h, w), pixel_spacing)
-        staged = self.host_raw[: raw.size]
+        staged = self.host_raw[: raw.nbytes].view(raw.dtype)
         staged[:] = raw.reshape(-1)
         cuda = self._cuda
         cuda.memcpy_htod_async(self.d_raw, staged, self.stream)
         has_pad, pad_lo, pad_hi = padding_range(padding_value, padding_limit)
         rows, cols = self.spec.size
         grid = ((cols + self.BLOCK[0] - 1) // self.BLOCK[0], (rows + self.BLOCK[1] - 1) // self.BLOCK[1], n)
+        if out_ptr is None and self.d_out is None:
+            count = self.max_slices * self.channels * rows * cols
+            self.host_out = self._pinned(count, np.dtype(self.spec.dtype), self._allocs)
+            self.d_out = self._alloc(self.host_out.nbytes)
         dest = np.uintp(out_ptr) if out_ptr is not None else self.d_out
-        self._kernel(self.d_raw, np.int32(h), np.int32(w), self.d_r0, self.d_rf, self.d_c0, self.d_cf,
-                     np.int32(rows), np.int32(cols), np.float32(slope), np.float32(intercept),
-                     np.int32(has_pad), np.int32(pad_lo), np.int32(pad_hi), self.d_lo, self.d_inv,
-                     np.int32(self.channels), dest, block=self.BLOCK, grid=grid, stream=self.stream)
+        kernel(self.d_raw, np.int32(h), np.int32(w), self.d_r0, self.d_rf, self.d_c0, self.d_cf,
+               np.int32(rows), np.int32(cols), np.float32(slope), np.float32(intercept),
+               np.int32(has_pad), np.int32(pad_lo), np.int32(pad_hi), self.d_lo, self.d_inv,
+               np.int32(self.channels), dest, block=self.BLOCK, grid=grid, stream=self.stream)
         if out_ptr is not None or not download:
             return None
         count = n * self.channels * rows * cols
@@ -282,9 +343,13 @@ class GpuPreprocessor:
         return host.reshape(n, self.channels, rows, cols).copy()
 
     def free(self) -> None:
-        """Free buffers, the compiled module and its own stream now (owning thread, context current)."""
-        while self._allocs:
-            self._allocs.pop().free()
-        self._kernel = self._module = None
+        """Free buffers, the compiled modules and its own stream now (owning thread, context current)."""
+        for owner in (self._raw_allocs, self._allocs):
+            while owner:
+                owner.pop().free()
+        self._raw_capacity = 0
+        self.host_raw = self.d_raw = self.host_out = self.d_out = None
+        self._kernels.clear()
+        self._modules.clear()
         if self._own_stream:
             self.stream = None

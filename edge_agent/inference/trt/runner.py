@@ -14,6 +14,13 @@ profile 0), async H2D copies from pinned memory, ``execute_async_v3`` on the
 runner's own non-default stream, async D2H copies, one ``synchronize``.
 With ``mapped=True`` the host buffers are mapped pinned memory whose device
 pointers TensorRT reads directly (Jetson's shared DRAM: no copies).
+
+GPU preprocessing: given the manifest's ``preprocessing``, the runner also
+compiles the preprocessing kernel at activation and :meth:`infer_stored`
+uploads stored pixels (2 bytes each) and lets the kernel write the model
+input straight into the engine's input buffer, on the runner's stream. If the
+kernel cannot be built (no nvcc, say), the runner says so once and the
+model's input is prepared on the CPU instead.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from edge_agent.inference.runner import Runner, RunnerError
 from edge_agent.inference.trt import import_cuda, import_tensorrt
 from edge_agent.inference.trt.buffers import IOBuffers
 from edge_agent.inference.trt.loader import IOTensor, deserialize, io_tensors, last_errors
+from edge_agent.preprocess import PreprocessSpec
 
 log = logging.getLogger("edge_agent.trt")
 
@@ -40,13 +48,16 @@ class TrtRunner(Runner):
     refused with a sentence that says to run ``convert``. ``onnx_sha256``:
     when given, the engine must have been built from that ONNX file.
     ``device``: CUDA device ordinal. ``mapped``: zero-copy host buffers.
+    ``preprocessing``: the manifest's preprocessing, to run on the GPU
+    (None: the caller feeds prepared input only).
     """
 
     thread_bound = True
 
     def __init__(self, engine_path: str | Path, *, name: str | None = None, expected_inputs=None,
                  expected_outputs=None, device: int = 0, fingerprint: str | Path | None = None,
-                 onnx_sha256: str | None = None, mapped: bool = False) -> None:
+                 onnx_sha256: str | None = None, mapped: bool = False,
+                 preprocessing: PreprocessSpec | None = None) -> None:
         self.engine_path = Path(engine_path)
         super().__init__(name or self.engine_path.stem, expected_inputs=expected_inputs,
                          expected_outputs=expected_outputs)
@@ -54,6 +65,9 @@ class TrtRunner(Runner):
         self.fingerprint_file = fingerprint
         self.onnx_sha256 = onnx_sha256
         self.mapped = bool(mapped)
+        self.preprocessing = preprocessing
+        self.preprocess_problem: str | None = None  # why GPU preprocessing is off (None: on, or not asked for)
+        self._pre = None
         self.fingerprint = None
         self._cuda = self._cuda_ctx = None
         self._runtime = self._engine = self._context = self._stream = None
@@ -87,6 +101,7 @@ class TrtRunner(Runner):
                                   f"({last_errors()}); free GPU memory or rebuild with a smaller workspace.")
             self._stream = cuda.Stream()
             self._allocate(trt)
+            self._start_preprocessing()
         except BaseException:
             self._release()
             self._pop()
@@ -115,6 +130,41 @@ class TrtRunner(Runner):
             if not ctx.set_tensor_address(t.name, buf.device_ptr):
                 raise RunnerError(f"TensorRT refused the buffer address for {t.name!r} ({last_errors()}).")
 
+    def _start_preprocessing(self) -> None:
+        """Compile the preprocessing kernel for the one image input (context pushed); off with a reason if not."""
+        spec = self.preprocessing
+        if spec is None:
+            return
+        inputs = [t for t in self._tensors if t.is_input]
+        t = inputs[0]
+        expected = (len(spec.windows), *spec.size)
+        if len(inputs) != 1 or len(t.max_shape) != 4 or tuple(t.max_shape[1:]) != expected:
+            self.preprocess_problem = (f"the engine's inputs do not take one (N, {', '.join(map(str, expected))}) "
+                                       "image tensor as the manifest's preprocessing makes")
+        elif t.dtype not in ("float32", "float16"):
+            self.preprocess_problem = f"the engine's input is {t.dtype}; the kernel writes float32 or float16"
+        else:
+            from edge_agent.inference.trt.preprocess_kernel import GpuPreprocessor  # noqa: PLC0415
+
+            pre = None
+            try:
+                pre = GpuPreprocessor(PreprocessSpec(spec.windows, spec.size, spec.pixel_spacing_mm, t.dtype),
+                                      max_slices=int(t.max_shape[0]), raw_dtype=None, stream=self._stream)
+                pre.prepare()
+                self._pre = pre
+            except Exception as exc:  # noqa: BLE001 - nvcc missing or failing, out of memory: CPU path instead
+                if pre is not None:
+                    pre.free()
+                self.preprocess_problem = f"the preprocessing kernel could not be built ({_short(exc)})"
+        if self.preprocess_problem:
+            log.warning("model %s: GPU preprocessing is off because %s; its input is prepared on the CPU",
+                        self.name, self.preprocess_problem)
+
+    def stored_input_dtypes(self) -> tuple[np.dtype, ...]:
+        if self._pre is None:
+            return ()
+        return tuple(np.dtype(d) for d in self._pre.RAW_DTYPES)
+
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ctx, buffers, stream = self._context, self._buffers, self._stream
         self._push()
@@ -123,20 +173,44 @@ class TrtRunner(Runner):
                 if not t.is_input:
                     continue
                 array = np.ascontiguousarray(feed[t.name])
-                self._check_profile(t, array.shape)
-                if not ctx.set_input_shape(t.name, array.shape):
-                    raise RunnerError(f"TensorRT refused shape {list(array.shape)} for input {t.name!r} "
-                                      f"({last_errors()}).")
+                self._set_shape(t, array.shape)
                 buffers.upload(t.name, array, stream)
-            if not ctx.execute_async_v3(stream.handle):
-                raise RunnerError(f"TensorRT inference failed for {self.name} ({last_errors()}).")
-            views = {t.name: buffers.start_download(t.name, tuple(int(d) for d in ctx.get_tensor_shape(t.name)),
-                                                    stream)
-                     for t in self._tensors if not t.is_input}
-            stream.synchronize()
-            return {name: view.copy() for name, view in views.items()}
+            return self._execute()
         finally:
             self._pop()
+
+    def infer_stored_impl(self, stored: np.ndarray, pixel_spacing: tuple[float, float],
+                          rescale: tuple) -> dict[str, np.ndarray]:
+        """Stored pixels → kernel → engine input buffer → engine → outputs, all on the runner's stream."""
+        t = next(t for t in self._tensors if t.is_input)
+        n = int(stored.shape[0])
+        batch = max(n, int(t.min_shape[0]))  # a fixed-batch engine runs full; the caller keeps the first n rows
+        slope, intercept, padding = rescale
+        lo, hi = padding if padding is not None else (None, None)
+        self._push()
+        try:
+            self._set_shape(t, (batch, *t.max_shape[1:]))
+            self._pre.run(np.ascontiguousarray(stored), pixel_spacing, slope=float(slope),
+                          intercept=float(intercept), padding_value=lo, padding_limit=hi,
+                          out_ptr=self._buffers.tensors[t.name].device_ptr)
+            return self._execute()
+        finally:
+            self._pop()
+
+    def _set_shape(self, t: IOTensor, shape: tuple[int, ...]) -> None:
+        self._check_profile(t, shape)
+        if not self._context.set_input_shape(t.name, shape):
+            raise RunnerError(f"TensorRT refused shape {list(shape)} for input {t.name!r} ({last_errors()}).")
+
+    def _execute(self) -> dict[str, np.ndarray]:
+        """Enqueue the engine and the output downloads on the stream, wait, return copies (context pushed)."""
+        ctx, buffers, stream = self._context, self._buffers, self._stream
+        if not ctx.execute_async_v3(stream.handle):
+            raise RunnerError(f"TensorRT inference failed for {self.name} ({last_errors()}).")
+        views = {t.name: buffers.start_download(t.name, tuple(int(d) for d in ctx.get_tensor_shape(t.name)), stream)
+                 for t in self._tensors if not t.is_input}
+        stream.synchronize()
+        return {name: view.copy() for name, view in views.items()}
 
     def _check_profile(self, t: IOTensor, shape: tuple[int, ...]) -> None:
         lo, hi = t.min_shape, t.max_shape
@@ -155,6 +229,9 @@ class TrtRunner(Runner):
 
     def _release(self) -> None:
         """Free buffers, then TensorRT objects in reverse order of creation (context current)."""
+        if self._pre is not None:
+            self._pre.free()
+        self._pre = None
         if self._buffers is not None:
             self._buffers.free()
         self._buffers = None
@@ -179,3 +256,8 @@ class TrtRunner(Runner):
         self._require_active("asking for its batch size")
         first = next(t for t in self._tensors if t.is_input)
         return int(first.max_shape[0])
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,154 @@
+"""GPU preprocessing wired into TrtRunner and Model.score_images — FakeTensorRT/FakeCuda + the emulated kernel.
+
+The kernel is the real CUDA source run on the CPU (tests/support/cuda_host.py);
+TensorRT and pycuda are the named fakes of fake_trt.py (the fake engine
+outputs the mean of each input sample, so what the kernel wrote into the
+engine's input buffer is visible in the output). What this proves: stored
+pixels from real DICOM files go through the runner's own stream into the
+engine input and give the same scores as the CPU reference path; the kernel
+is compiled once per stored dtype at activation; a kernel that cannot be
+built turns GPU preprocessing off with a reason, and the model still scores
+on the CPU. Not proved here: that it runs on a real GPU (tests/gpu).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+from edge_agent.dicom import read_file
+from edge_agent.errors import MissingDependency
+from edge_agent.inference import load_manifest
+from edge_agent.inference.manifest import add_artefact
+from edge_agent.inference.models import ModelSet
+from edge_agent.inference.runner import RunnerError
+from edge_agent.inference.trt import preprocess_kernel
+from edge_agent.inference.trt.builder import BuildOptions, build_engine
+from edge_agent.inference.trt.fingerprint import fingerprint_path
+from edge_agent.inference.trt.preprocess_kernel import TOLERANCE
+from edge_agent.inference.trt.runner import TrtRunner
+from edge_agent.preprocess import prepare_slices
+from support.cuda_host import compiler
+from trt_helpers import manifest_for, phantom_series, tiny_cnn
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="g++ is needed to run the kernel source on the CPU")
+
+
+@pytest.fixture
+def model_dir(tmp_path, fakes):
+    """A model folder with ONNX, manifest and a (fake) TensorRT engine recorded in the manifest."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    tiny_cnn(folder / "model.onnx")
+    manifest_for(folder)
+    engine = folder / "model.engine"
+    build_engine(folder / "model.onnx", engine, BuildOptions(static_dims={"input": (3, 32, 32)}, opt_batch=4,
+                                                             max_batch=8))
+    add_artefact(folder, "engine", engine, fingerprint_path(engine))
+    return folder
+
+
+def _slices(folder, *, stored_only: bool, signed: bool = False):
+    paths = phantom_series(folder, seed=4, bright=True, signed=signed, slices=6)
+    return [s for p in sorted(paths) for s in read_file(p, stored_only=stored_only)]
+
+
+def _runner(model_dir, **kw):
+    manifest = load_manifest(model_dir)
+    engine = manifest.artefacts["engine"]
+    return manifest, TrtRunner(engine.path, fingerprint=engine.fingerprint, preprocessing=manifest.preprocessing, **kw)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["uint16", "int16"])
+def test_infer_stored_matches_the_cpu_reference(model_dir, host_kernels, tmp_path, signed):
+    cuda = host_kernels
+    manifest, runner = _runner(model_dir)
+    stored = _slices(tmp_path / "s", stored_only=True, signed=signed)
+    hu = _slices(tmp_path / "h", stored_only=False, signed=signed)
+    assert all(s.hu is None and s.stored is not None for s in stored)
+    raw = np.stack([s.stored for s in stored])
+    cuda.log.clear()
+    with runner:
+        assert set(runner.stored_input_dtypes()) == {np.dtype(np.int16), np.dtype(np.uint16)}
+        out = runner.infer_stored(raw, stored[0].pixel_spacing, stored[0].rescale)["probability"]
+        small = runner.infer_stored(raw[:2], stored[0].pixel_spacing, stored[0].rescale)["probability"]
+    assert sorted(str(d) for d, _ in cuda.compiled) == ["int16", "uint16"], "both kernels built at activation"
+    x = prepare_slices(np.stack([s.hu for s in hu]), hu[0].pixel_spacing, manifest.preprocessing)
+    expected = x.reshape(len(hu), -1).mean(axis=1)
+    np.testing.assert_allclose(out.reshape(-1), expected, rtol=0, atol=TOLERANCE["float32"])
+    np.testing.assert_allclose(small.reshape(-1), expected[:2], rtol=0, atol=TOLERANCE["float32"])
+    assert np.ptp(expected) > 0.01, "the phantom's slices differ, so a mix-up would show"
+    ops = [op for op, _ in cuda.log]
+    assert ops.count("memcpy_htod_async") >= 2                     # stored pixels uploaded per call ...
+    htod = [op for op in ops[ops.index("execute_async_v3") - 3:ops.index("execute_async_v3")]]
+    assert "memcpy_htod_async" in htod                               # ... just before the engine runs
+    assert {t for _, t in cuda.log} == {threading.current_thread().name}
+    assert not cuda.live, "kernel buffers and engine buffers all freed at deactivate"
+    assert cuda.retained == 0
+
+
+def test_model_scores_stored_slices_on_the_device_and_hu_slices_on_the_cpu(model_dir, host_kernels, tmp_path,
+                                                                          monkeypatch):
+    models = ModelSet.load(model_dir, backend="tensorrt")
+    model = models["tiny"]
+    calls = []
+    original = TrtRunner.infer_stored
+
+    def spy(self, stored, spacing, rescale):
+        calls.append((stored.shape, tuple(spacing)))
+        return original(self, stored, spacing, rescale)
+
+    monkeypatch.setattr(TrtRunner, "infer_stored", spy)
+    stored = _slices(tmp_path / "s", stored_only=True)
+    hu = _slices(tmp_path / "h", stored_only=False)
+    with models:
+        timings = {}
+        on_device = model.score_images(stored, timings=timings)
+        assert calls == [((6, 48, 48), tuple(stored[0].pixel_spacing))] and timings["inference"] > 0
+        on_cpu = model.score_images(hu)
+        assert len(calls) == 1, "HU slices are prepared on the CPU"
+    np.testing.assert_allclose(on_device, on_cpu, rtol=0, atol=TOLERANCE["float32"])
+
+
+def test_mixed_geometry_is_grouped_and_order_kept(model_dir, host_kernels, tmp_path):
+    models = ModelSet.load(model_dir, backend="tensorrt")
+    stored = _slices(tmp_path / "s", stored_only=True)
+    for s in stored[::2]:
+        s.pixel_spacing = (2.0, 2.0)                                  # every other slice: another field of view
+    with models:
+        mixed = models["tiny"].score_images(stored)
+        alone = [models["tiny"].score_images([s])[0] for s in stored]
+    np.testing.assert_allclose(mixed, np.array(alone), rtol=0, atol=1e-6)
+    assert abs(mixed[0, 0] - mixed[1, 0]) > 1e-3
+
+
+def test_kernel_that_cannot_be_built_falls_back_to_the_cpu(model_dir, fakes, tmp_path, monkeypatch, caplog):
+    _, cuda = fakes
+
+    def no_nvcc(raw_dtype, out_dtype):
+        raise MissingDependency("nvcc is not on PATH or in /usr/local/cuda/bin; install the CUDA toolkit.")
+
+    monkeypatch.setattr(preprocess_kernel, "compile_kernel", no_nvcc)
+    models = ModelSet.load(model_dir, backend="tensorrt")
+    stored = _slices(tmp_path / "s", stored_only=True)
+    caplog.set_level(logging.WARNING, "edge_agent.trt")
+    with models:
+        runner = models["tiny"].runner
+        out = models["tiny"].score_images(stored)
+        assert runner.stored_input_dtypes() == ()
+        assert "nvcc is not on PATH" in runner.preprocess_problem
+        with pytest.raises(RunnerError, match="convert them to HU"):
+            runner.infer_stored(np.stack([s.stored for s in stored]), (4.0, 4.0), stored[0].rescale)
+    assert any("GPU preprocessing is off" in r.getMessage() for r in caplog.records)
+    assert out.shape == (6, 1) and np.ptp(out) > 0.01                 # still scored, on the CPU
+    assert not cuda.live
+
+
+def test_gpu_preprocessing_can_be_switched_off(model_dir, host_kernels):
+    models = ModelSet.load(model_dir, backend="tensorrt", gpu_preprocess=False)
+    with models:
+        assert models["tiny"].runner.stored_input_dtypes() == ()
+    assert host_kernels.compiled == []
