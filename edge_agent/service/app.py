@@ -144,7 +144,7 @@ class Agent:
             stable_seconds=cfg.ingest.stable_seconds, retry_timeout=cfg.ingest.retry_timeout,
             rescan_interval=cfg.ingest.rescan_interval,
             delete_after_processing=cfg.ingest.delete_after_processing,
-            workers=cfg.ingest.workers or None)
+            workers=cfg.ingest.workers or None, keep_stored=True)
         self.ingest = Ingest(ingest_settings, on_file=self._on_file, on_rejected=self._on_rejected)
         self.ingest.start()
         self._started.append(("ingest", self.ingest))
@@ -199,7 +199,7 @@ class Agent:
 
         cfg = self.config.inference
         return ModelSet.load(Path(cfg.engines) if cfg.engines else None, backend=cfg.backend,
-                             threads=cfg.threads or None)
+                             threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off")
 
     def _on_file(self, item) -> None:
         self.metrics.files_seen.inc()

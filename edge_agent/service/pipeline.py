@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -229,18 +230,18 @@ class SeriesPipeline:
                     self._score(series, model, good)
         finally:
             for _, s in slices:
-                s.hu = None  # every model has scored it: the pixels go, memory stays flat
+                s.hu = s.stored = None  # every model has scored it: the pixels go, memory stays flat
 
     def _score(self, series: OpenSeries, model, good: list) -> None:
         name = model.manifest.name
         scored = self.store.scored(series.series_instance_uid, name)
-        todo = [(f, s) for f, s in good if s.hu is not None and s.sop_instance_uid not in scored]
+        todo = [(f, s) for f, s in good if (s.hu is not None or s.stored is not None)
+                and s.sop_instance_uid not in scored]
         if not todo:
             return
         timings: dict[str, float] = {}
-        hu = np.stack([s.hu for _, s in todo])
-        probabilities = np.asarray(model.score_slices(hu, todo[0][1].pixel_spacing, timings=timings),
-                                   dtype=np.float64)
+        # HU or stored values: a model on TensorRT prepares stored pixels on the GPU (Model.score_images)
+        probabilities = np.asarray(model.score_images([s for _, s in todo], timings=timings), dtype=np.float64)
         if probabilities.ndim == 1:
             probabilities = probabilities[:, None]
         for stage in ("preprocess", "inference"):
@@ -335,7 +336,7 @@ class SeriesPipeline:
             scores = self.store.scores(series.series_instance_uid, manifest.name)
             # A reopened series counts the slices scored before it reopened too.
             series.slices = max(series.slices, len(scores))
-            reason = reason or self._coverage_problem(manifest, series, scores)
+            reason = reason or self._coverage_problem(model, series, scores)
             if reason:
                 reasons.append(f"{manifest.name}: {reason}")
                 continue
@@ -378,19 +379,14 @@ class SeriesPipeline:
             self._emit_alert(series, manifest, finding, aid, "retracted", float(decision.probability), key,
                              index, existing)
 
-    @staticmethod
-    def _coverage_problem(manifest, series: OpenSeries, scores: list[SliceScore]) -> str | None:
-        rules = manifest.applies_to
-        min_slices = getattr(rules, "min_slices", 1) or 1
-        if len(scores) < min_slices:
-            return f"only {len(scores)} slice(s) scored, the model needs at least {min_slices}"
-        min_cov = getattr(rules, "min_coverage_mm", 0) or 0
-        if scores:
-            positions = [s.position_mm for s in scores]
-            coverage = max(positions) - min(positions) + float(series.info.get("slice_thickness") or 0)
-            if coverage < min_cov:
-                return f"the series covers {coverage:.0f} mm, the model needs at least {min_cov:.0f} mm"
-        return None
+    def _coverage_problem(self, model, series: OpenSeries, scores: list[SliceScore]) -> str | None:
+        """Why the model cannot decide on the slices scored: the same rule and words as ``edge-agent infer``."""
+        info = series.info
+        view = SimpleNamespace(sop_instance_uids=[s.sop_instance_uid for s in scores],
+                               positions=np.array([s.position_mm for s in scores], dtype=np.float64),
+                               spacing=None, slice_thickness=info.get("slice_thickness"),
+                               gantry_tilt=info.get("gantry_tilt", 0.0), tilt_corrected=False)
+        return self.models.check_series(model, view)
 
     def _result(self, series: OpenSeries, status: str, findings: list, reason: str | None) -> dict:
         info = series.info

@@ -57,8 +57,8 @@ def series_files(tmp_path, values_hu, *, description="HEAD 5mm", body_part="HEAD
     return headers, paths
 
 
-def ingested(path):
-    slices = read_file(path)
+def ingested(path, stored_only=False):
+    slices = read_file(path, stored_only=stored_only)
     now = time.time()
     return IngestedFile(path=path, slices=slices, sop_instance_uids=[s.sop_instance_uid for s in slices],
                         series_instance_uid=slices[0].series_instance_uid, received_at=now, complete_at=now)
@@ -88,19 +88,24 @@ def wait(predicate, timeout=20.0):
     raise AssertionError("condition not met in time")
 
 
-def test_preliminary_before_the_series_ends_then_final(engines, tmp_path):
+@pytest.mark.parametrize("stored_only", [False, True], ids=["hu", "stored"])
+def test_preliminary_before_the_series_ends_then_final(engines, tmp_path, stored_only):
+    """Both hand-overs: HU, and stored values + rescale (the agent's ingest; HU made on the pipeline thread)."""
     out = RecordingOutputs()
     pipeline = make_pipeline(engines, tmp_path, out, settle=1.0)
     try:
         headers, paths = series_files(tmp_path, [30, 30, 70, 70, 30, 30, 30, 30])
-        for p in paths[:4]:
-            pipeline.submit(ingested(p))
+        items = [ingested(p, stored_only) for p in paths]
+        assert all((s.hu is None) == stored_only for f in items for s in f.slices)
+        for item in items[:4]:
+            pipeline.submit(item)
         wait(lambda: out.alerts)                      # raised while the series is still open
         assert out.alerts[0]["state"] == "preliminary" and out.alerts[0]["revision"] == 1
         assert out.results == []
-        for p in paths[4:]:
-            pipeline.submit(ingested(p))
+        for item in items[4:]:
+            pipeline.submit(item)
         wait(lambda: out.results)
+        assert all(s.hu is None and s.stored is None for f in items for s in f.slices), "pixels dropped"
         final = out.alerts[-1]
         assert final["state"] == "final" and final["revision"] == 2
         assert final["alert_id"] == out.alerts[0]["alert_id"]
@@ -178,8 +183,25 @@ def test_too_few_slices_rejected_and_chest_skipped(engines, tmp_path):
             pipeline.submit(ingested(p))
         wait(lambda: len(out.results) == 2)
         by_status = {r["status"]: r for r in out.results}
-        assert "at least 4" in by_status["rejected"]["reason"]
+        # the same rule and words as `edge-agent infer` (ModelSet.check_series)
+        assert by_status["rejected"]["reason"] == "tiny_ich: 2 slices is fewer than the 4 model tiny_ich needs"
         assert "no model applies" in by_status["skipped"]["reason"]
+    finally:
+        pipeline.stop()
+
+
+def test_too_little_coverage_rejected_like_infer(engines, tmp_path):
+    """Four 1 mm slices span 3 mm + one spacing = 4 mm, under the model's 10 mm."""
+    out = RecordingOutputs()
+    pipeline = make_pipeline(engines, tmp_path, out)
+    try:
+        volume = np.full((4, 16, 16), 30.0, np.float32)
+        headers = SeriesHeaders(series_description="HEAD 1mm", body_part="HEAD", study_description="CT HEAD")
+        for p in write_series(volume, tmp_path / "thin", spacing=(1.0, 1.0, 1.0), headers=headers):
+            pipeline.submit(ingested(p))
+        wait(lambda: out.results)
+        assert out.results[0]["status"] == "rejected"
+        assert out.results[0]["reason"] == "tiny_ich: the series covers 4 mm, less than the 10 mm model tiny_ich needs"
     finally:
         pipeline.stop()
 
