@@ -147,7 +147,26 @@ def make_fake_cuda(device_name: str = "Fake Orin", capability=(8, 7)) -> types.M
         def synchronize(self):
             need_context("synchronize")
 
+    class Event:
+        """Records the wall clock (the fake runs everything synchronously)."""
+
+        def __init__(self):
+            self.t = None
+
+        def record(self, stream=None):
+            need_context("event_record")
+            import time
+
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            need_context("event_synchronize")
+
+        def time_since(self, start):
+            return (self.t - start.t) * 1000.0
+
     cuda.Context, cuda.Device, cuda.DeviceAllocation, cuda.Stream = Context, Device, DeviceAllocation, Stream
+    cuda.Event = Event
     cuda.mem_alloc = DeviceAllocation
     cuda.pagelocked_empty = pagelocked_empty
     cuda.memcpy_htod_async = memcpy_htod_async

@@ -152,3 +152,24 @@ def test_gpu_preprocessing_can_be_switched_off(model_dir, host_kernels):
     with models:
         assert models["tiny"].runner.stored_input_dtypes() == ()
     assert host_kernels.compiled == []
+
+
+def test_bench_measures_the_agents_tensorrt_path(model_dir, host_kernels, capsys, monkeypatch):
+    """`edge-agent bench --backend tensorrt`: pinned, zero-copy and stored→kernel→engine rows (fakes + emulation)."""
+    import json
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "cli"))
+    from cli_helpers import run_cli
+
+    monkeypatch.setattr("edge_agent.inference.trt.is_available", lambda: True)
+    monkeypatch.setattr("edge_agent.inference.trt.why_unavailable", lambda: None)
+    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--backend", "tensorrt", "--slices", "3",
+                             "--repeat", "2", "--warmup", "1", "--json")
+    assert code == 0, err
+    rows = {r["backend"]: r for r in json.loads(out)["rows"] if r["stage"] == "inference"}
+    assert set(rows) == {"tensorrt pinned copy", "tensorrt zero-copy", "tensorrt + gpu preprocess"}
+    stored = rows["tensorrt + gpu preprocess"]
+    assert stored["batch"] == 3 and stored["end_to_end_ms"] == stored["series_p50_ms"] > 0
+    assert [op for op, _ in host_kernels.log].count("execute_async_v3") >= 3 * 3
+    assert not host_kernels.live
