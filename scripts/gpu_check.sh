@@ -84,7 +84,7 @@ log "gpu tests (pytest -m gpu tests/gpu)"
 tests_rc=${PIPESTATUS[0]}
 
 log "doctor (GPU lines)"
-"$PY" -c "from edge_agent.inference.trt import health; [print(*f()) for f in (health.gpu_driver, health.tensorrt_check, health.pycuda_check)]"
+"$PY" -c "from edge_agent.inference.trt import health; [print(*f()) for f in (health.gpu_driver, health.tensorrt_check, health.pycuda_check, health.nvcc_check)]"
 
 log "measurements (H2D pinned vs pageable; raw→input kernel vs PyTorch on this GPU)"
 "$PY" -m edge_agent.inference.trt.measure | tee "$RESULTS/measurements.json"

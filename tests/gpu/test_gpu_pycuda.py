@@ -87,6 +87,23 @@ def test_kernel_writes_into_an_external_device_buffer(cuda):
     assert np.abs(host - mirror).max() <= TOLERANCE["float32"]
 
 
+def test_preprocessor_grows_its_staging_and_builds_both_kernels(cuda):
+    """As the runner uses it: no dtype at construction, both kernels up front, a bigger image later."""
+    spec = SPECS["head-1.8mm"]
+    pre = GpuPreprocessor(spec, max_slices=4, max_pixels=64 * 64, raw_dtype=None)
+    try:
+        pre.prepare()
+        small_raw, *small = _series(np.uint16, n=2, h=60, w=50)
+        big_raw, slope, intercept, pad = _series(np.int16, n=4, h=256, w=240)
+        small_out = pre.run(small_raw, (0.7, 0.6), slope=small[0], intercept=small[1], padding_value=small[2])
+        big_out = pre.run(big_raw, (0.7, 0.6), slope=slope, intercept=intercept, padding_value=pad)
+    finally:
+        pre.free()
+    for raw, out, (sl, ic, pd) in ((small_raw, small_out, small), (big_raw, big_out, (slope, intercept, pad))):
+        ref = prepare_slices(_reference_hu(raw, sl, ic, pd), (0.7, 0.6), spec)
+        assert np.abs(out - ref).max() <= TOLERANCE["float32"]
+
+
 @pytest.mark.parametrize("mapped", [False, True], ids=["pinned-copy", "zero-copy"])
 def test_io_buffers_roundtrip_on_a_stream(cuda, mapped):
     from pycuda.compiler import SourceModule
