@@ -70,6 +70,9 @@ class InferenceSection:
     gpu_preprocess: str = _f("auto", "auto: models on TensorRT turn stored pixels into their input on the GPU "
                              "(falls back to the CPU if the kernel cannot be built); off: always on the CPU.",
                              choices=("auto", "off"))
+    zero_copy: str = _f("auto", "TensorRT I/O and stored pixels in mapped pinned memory the GPU reads in place: "
+                        "auto (on for integrated GPUs such as the Jetson's shared DRAM) | on | off.",
+                        choices=("auto", "on", "off"))
 
 
 @dataclass
@@ -285,5 +288,6 @@ def reference_markdown() -> str:
         lines.append("|---|---|---|---|")
         for f in fields(cls):
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            lines.append(f"| `{f.name}` | `{default!r}` | `EDGE_AGENT_{section.upper()}_{f.name.upper()}` | {f.metadata['doc']} |")
+            doc = f.metadata["doc"].replace("|", "\\|")  # a bare | would split the table cell
+            lines.append(f"| `{f.name}` | `{default!r}` | `EDGE_AGENT_{section.upper()}_{f.name.upper()}` | {doc} |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,15 @@ def test_readme_config_reference_matches_code():
         assert line in readme, f"README configuration reference is stale: {line!r}"
 
 
+def test_config_reference_rows_have_four_cells():
+    import re
+
+    for line in reference_markdown().splitlines():
+        if line.startswith("| `"):
+            cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+            assert len(cells) == 4, f"a bare | splits this row: {line!r}"
+
+
 def test_readme_shows_install_demo_and_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "pip install ." in readme and "edge-agent demo" in readme

@@ -239,12 +239,13 @@ class ModelSet:
     @classmethod
     def load(cls, engines_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None, *,
              device: int = 0, names: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
-             verify: bool = True, gpu_preprocess: bool = True) -> "ModelSet":
+             verify: bool = True, gpu_preprocess: bool = True, zero_copy: str = "auto") -> "ModelSet":
         """Load every model folder (``<name>/manifest.json``) under ``engines_dir``.
 
         ``engines_dir`` may also be one model folder. None = the shipped
         models (``edge_agent.engines``). ``names`` keeps only those models.
         ``gpu_preprocess``: TensorRT runners prepare stored pixels on the GPU.
+        ``zero_copy``: auto | on | off, mapped pinned memory for TensorRT runners.
         Runners are created but not activated.
         """
         if engines_dir is None:
@@ -274,7 +275,8 @@ class ModelSet:
             seen.add(m.name)
         models = []
         for m in manifests:
-            runner = make_runner(m, backend, threads=threads, device=device, gpu_preprocess=gpu_preprocess)
+            runner = make_runner(m, backend, threads=threads, device=device, gpu_preprocess=gpu_preprocess,
+                                 zero_copy=zero_copy)
             fallback = None
             if backend == "auto" and runner.backend != "onnxrt":
                 def fallback(m=m):

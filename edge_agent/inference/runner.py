@@ -226,7 +226,8 @@ def _trt_module():
 
 
 def make_runner(manifest: "Manifest", backend: str = "auto", *, threads: int | None = None, device: int = 0,
-                providers: list[str] | None = None, gpu_preprocess: bool = True) -> Runner:
+                providers: list[str] | None = None, gpu_preprocess: bool = True,
+                zero_copy: str = "auto") -> Runner:
     """The runner for a model, not yet active.
 
     ``backend``: ``"onnxrt"`` (ONNX Runtime; CPU, or CUDA/TensorRT execution
@@ -236,6 +237,8 @@ def make_runner(manifest: "Manifest", backend: str = "auto", *, threads: int | N
     ``threads``: ONNX Runtime intra-op threads (None = its default).
     ``gpu_preprocess``: a TensorRT runner turns stored pixels into the model
     input with the CUDA kernel (``inference/trt/preprocess_kernel.py``).
+    ``zero_copy``: ``"auto"`` (mapped pinned memory on integrated GPUs),
+    ``"on"`` or ``"off"`` for a TensorRT runner's buffers.
     """
     if backend not in BACKENDS:
         raise RunnerError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
@@ -252,7 +255,8 @@ def make_runner(manifest: "Manifest", backend: str = "auto", *, threads: int | N
                                      expected_outputs=manifest.outputs, device=device,
                                      fingerprint=engine.fingerprint,
                                      onnx_sha256=manifest.artefacts["onnx"].sha256,
-                                     preprocessing=manifest.preprocessing if gpu_preprocess else None)
+                                     preprocessing=manifest.preprocessing if gpu_preprocess else None,
+                                     mapped={"on": True, "off": False}.get(zero_copy, "auto"))
             if backend == "auto":
                 log.info("model %s has a TensorRT engine but TensorRT is unusable here (%s); using ONNX Runtime",
                          manifest.name, why)

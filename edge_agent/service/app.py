@@ -199,7 +199,8 @@ class Agent:
 
         cfg = self.config.inference
         return ModelSet.load(Path(cfg.engines) if cfg.engines else None, backend=cfg.backend,
-                             threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off")
+                             threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off",
+                             zero_copy=cfg.zero_copy)
 
     def _on_file(self, item) -> None:
         self.metrics.files_seen.inc()

@@ -27,7 +27,7 @@ class FakeCudaError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- pycuda.driver
-def make_fake_cuda(device_name: str = "Fake Orin", capability=(8, 7)) -> types.ModuleType:
+def make_fake_cuda(device_name: str = "Fake Orin", capability=(8, 7), integrated: bool = True) -> types.ModuleType:
     cuda = types.ModuleType("pycuda.driver")
     cuda.log = []                       # (operation, thread name)
     cuda.memory = {}                    # address -> uint8 array
@@ -83,6 +83,9 @@ def make_fake_cuda(device_name: str = "Fake Orin", capability=(8, 7)) -> types.M
         def compute_capability(self):
             return capability
 
+        def get_attribute(self, attr):
+            return {"INTEGRATED": int(integrated), "CAN_MAP_HOST_MEMORY": 1}[attr]
+
         def retain_primary_context(self):
             cuda.retained += 1
             return Context()
@@ -129,8 +132,8 @@ def make_fake_cuda(device_name: str = "Fake Orin", capability=(8, 7)) -> types.M
     def _addr(ptr):
         return ptr.address if isinstance(ptr, DeviceAllocation) else int(ptr)
 
-    def memcpy_htod_async(dest, src, stream=None):
-        need_context("memcpy_htod_async")
+    def memcpy_htod_async(dest, src, stream=None, _op="memcpy_htod_async"):
+        need_context(_op)
         src = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
         cuda.memory[_addr(dest)][: src.size] = src
 
@@ -170,9 +173,10 @@ def make_fake_cuda(device_name: str = "Fake Orin", capability=(8, 7)) -> types.M
     cuda.mem_alloc = DeviceAllocation
     cuda.pagelocked_empty = pagelocked_empty
     cuda.memcpy_htod_async = memcpy_htod_async
-    cuda.memcpy_htod = memcpy_htod_async
+    cuda.memcpy_htod = lambda dest, src: memcpy_htod_async(dest, src, _op="memcpy_htod")
     cuda.memcpy_dtoh_async = memcpy_dtoh_async
     cuda.host_alloc_flags = types.SimpleNamespace(DEVICEMAP=2, PORTABLE=1)
+    cuda.device_attribute = types.SimpleNamespace(INTEGRATED="INTEGRATED", CAN_MAP_HOST_MEMORY="CAN_MAP_HOST_MEMORY")
     cuda.device_view = lambda address, dtype, count: cuda.memory[address].view(dtype)[:count]
     return cuda
 
@@ -343,13 +347,13 @@ def make_fake_tensorrt(cuda: types.ModuleType, version: str = "10.3.0", *, dla_c
     return trt
 
 
-def install(monkeypatch, **kwargs):
+def install(monkeypatch, *, integrated: bool = True, **kwargs):
     """Put FakeCuda and FakeTensorRT into sys.modules for one test; returns (trt, cuda)."""
     import sys
 
     import edge_agent.inference.trt.loader as loader
 
-    cuda = make_fake_cuda()
+    cuda = make_fake_cuda(integrated=integrated)
     trt = make_fake_tensorrt(cuda, **kwargs)
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = cuda

@@ -173,3 +173,26 @@ def test_bench_measures_the_agents_tensorrt_path(model_dir, host_kernels, capsys
     assert stored["batch"] == 3 and stored["end_to_end_ms"] == stored["series_p50_ms"] > 0
     assert [op for op, _ in host_kernels.log].count("execute_async_v3") >= 3 * 3
     assert not host_kernels.live
+
+
+@pytest.mark.parametrize("integrated,zero_copy,mapped", [(True, "auto", True), (False, "auto", False),
+                                                         (True, "off", False), (False, "on", True)])
+def test_zero_copy_follows_the_device_and_the_setting(model_dir, host_kernels, tmp_path, monkeypatch,
+                                                      integrated, zero_copy, mapped):
+    """auto: mapped pinned memory on an integrated GPU (Jetson) — stored pixels and engine I/O are never copied."""
+    cuda = host_kernels
+    monkeypatch.setattr(cuda.Device, "get_attribute",
+                        lambda self, attr: int(integrated) if attr == "INTEGRATED" else 1)
+    models = ModelSet.load(model_dir, backend="tensorrt", zero_copy=zero_copy)
+    stored = _slices(tmp_path / "s", stored_only=True)
+    hu = _slices(tmp_path / "h", stored_only=False)
+    with models:
+        models["tiny"].score_images(stored)          # first call: the geometry table goes up once
+        cuda.log.clear()
+        out = models["tiny"].score_images(stored)
+        assert models["tiny"].runner.mapped is mapped
+    copies = {op for op, _ in cuda.log} & {"memcpy_htod", "memcpy_htod_async", "memcpy_dtoh_async"}
+    assert (copies == set()) is mapped, copies
+    x = prepare_slices(np.stack([s.hu for s in hu]), hu[0].pixel_spacing, models["tiny"].manifest.preprocessing)
+    np.testing.assert_allclose(out.reshape(-1), x.reshape(len(hu), -1).mean(axis=1), atol=TOLERANCE["float32"])
+    assert not cuda.live

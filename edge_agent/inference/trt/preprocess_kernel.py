@@ -221,13 +221,15 @@ class GpuPreprocessor:
     allocated when results are downloaded (``out_ptr`` writes straight into
     another device buffer, e.g. the TensorRT input tensor). One kernel per
     stored dtype, compiled on first use or up front with :meth:`prepare`.
+    ``mapped=True`` stages stored pixels in mapped pinned memory that the
+    kernel reads in place (no upload copy: the Jetson's shared DRAM).
     """
 
     BLOCK = (32, 8, 1)
     RAW_DTYPES = tuple(_RAW_CTYPES)
 
     def __init__(self, spec: PreprocessSpec, *, max_slices: int, max_pixels: int = 512 * 512,
-                 raw_dtype: np.dtype | None = np.int16, stream=None) -> None:
+                 raw_dtype: np.dtype | None = np.int16, stream=None, mapped: bool = False) -> None:
         from edge_agent.inference.trt import import_cuda
 
         cuda = self._cuda = import_cuda()
@@ -235,6 +237,8 @@ class GpuPreprocessor:
             raise ValueError(f"GPU preprocessing writes float32 or float16, not {spec.dtype}")
         self.spec = spec
         self.max_slices, self.max_pixels = int(max_slices), int(max_pixels)
+        self.mapped = bool(mapped)
+        self._pending = False  # work queued on the stream that may still read the staging buffer
         self.channels = len(spec.windows)
         self._kernels: dict[np.dtype, object] = {}
         self._modules: list = []
@@ -287,11 +291,24 @@ class GpuPreprocessor:
         """Staging (pinned) and device buffers of at least ``nbytes`` for stored pixels."""
         if nbytes <= self._raw_capacity:
             return
+        self._wait()
         while self._raw_allocs:
             self._raw_allocs.pop().free()
-        self.host_raw = self._pinned(nbytes, np.dtype(np.uint8), self._raw_allocs)
-        self.d_raw = self._alloc(nbytes, self._raw_allocs)
+        if self.mapped:
+            cuda = self._cuda
+            self.host_raw = cuda.pagelocked_empty(nbytes, np.uint8, mem_flags=cuda.host_alloc_flags.DEVICEMAP)
+            self._raw_allocs.append(self.host_raw.base)
+            self.d_raw = np.uintp(self.host_raw.base.get_device_pointer())
+        else:
+            self.host_raw = self._pinned(nbytes, np.dtype(np.uint8), self._raw_allocs)
+            self.d_raw = self._alloc(nbytes, self._raw_allocs)
         self._raw_capacity = int(nbytes)
+
+    def _wait(self) -> None:
+        """Let queued work that reads the staging buffer finish before it is rewritten or freed."""
+        if self._pending and self.stream is not None:
+            self.stream.synchronize()
+        self._pending = False
 
     def _set_geometry(self, shape: tuple[int, int], pixel_spacing: tuple[float, float]) -> None:
         key = (shape, tuple(float(v) for v in pixel_spacing))
@@ -317,11 +334,13 @@ class GpuPreprocessor:
         if n > self.max_slices:
             raise ValueError(f"{n} slices exceed the {self.max_slices} this preprocessor was made for")
         self._ensure_raw(raw.nbytes)
+        self._wait()
         self._set_geometry((h, w), pixel_spacing)
         staged = self.host_raw[: raw.nbytes].view(raw.dtype)
         staged[:] = raw.reshape(-1)
         cuda = self._cuda
-        cuda.memcpy_htod_async(self.d_raw, staged, self.stream)
+        if not self.mapped:
+            cuda.memcpy_htod_async(self.d_raw, staged, self.stream)
         has_pad, pad_lo, pad_hi = padding_range(padding_value, padding_limit)
         rows, cols = self.spec.size
         grid = ((cols + self.BLOCK[0] - 1) // self.BLOCK[0], (rows + self.BLOCK[1] - 1) // self.BLOCK[1], n)
@@ -335,6 +354,7 @@ class GpuPreprocessor:
                np.int32(has_pad), np.int32(pad_lo), np.int32(pad_hi), self.d_lo, self.d_inv,
                np.int32(self.channels), dest, block=self.BLOCK, grid=grid, stream=self.stream)
         if out_ptr is not None or not download:
+            self._pending = True  # the caller synchronizes (the runner does); the next run waits if not
             return None
         count = n * self.channels * rows * cols
         host = self.host_out[:count]
@@ -344,6 +364,7 @@ class GpuPreprocessor:
 
     def free(self) -> None:
         """Free buffers, the compiled modules and its own stream now (owning thread, context current)."""
+        self._wait()
         for owner in (self._raw_allocs, self._allocs):
             while owner:
                 owner.pop().free()

@@ -47,7 +47,9 @@ class TrtRunner(Runner):
     default ``<engine>.json``) must match this machine, else activation is
     refused with a sentence that says to run ``convert``. ``onnx_sha256``:
     when given, the engine must have been built from that ONNX file.
-    ``device``: CUDA device ordinal. ``mapped``: zero-copy host buffers.
+    ``device``: CUDA device ordinal. ``mapped``: zero-copy host buffers —
+    True, False, or ``"auto"`` (on when the device is integrated with the
+    CPU's memory and can map host memory: a Jetson).
     ``preprocessing``: the manifest's preprocessing, to run on the GPU
     (None: the caller feeds prepared input only).
     """
@@ -56,7 +58,7 @@ class TrtRunner(Runner):
 
     def __init__(self, engine_path: str | Path, *, name: str | None = None, expected_inputs=None,
                  expected_outputs=None, device: int = 0, fingerprint: str | Path | None = None,
-                 onnx_sha256: str | None = None, mapped: bool = False,
+                 onnx_sha256: str | None = None, mapped: bool | str = False,
                  preprocessing: PreprocessSpec | None = None) -> None:
         self.engine_path = Path(engine_path)
         super().__init__(name or self.engine_path.stem, expected_inputs=expected_inputs,
@@ -64,7 +66,10 @@ class TrtRunner(Runner):
         self.device = int(device)
         self.fingerprint_file = fingerprint
         self.onnx_sha256 = onnx_sha256
-        self.mapped = bool(mapped)
+        if mapped not in (True, False, "auto"):
+            raise RunnerError(f"mapped must be True, False or 'auto', not {mapped!r}.")
+        self.mapped_setting = mapped
+        self.mapped = mapped is True  # "auto" is decided at activation, from the device
         self.preprocessing = preprocessing
         self.preprocess_problem: str | None = None  # why GPU preprocessing is off (None: on, or not asked for)
         self._pre = None
@@ -89,7 +94,10 @@ class TrtRunner(Runner):
         if self.device >= cuda.Device.count():
             raise RunnerError(f"CUDA device {self.device} does not exist ({cuda.Device.count()} found); "
                               "pick another --device.")
-        self._cuda_ctx = cuda.Device(self.device).retain_primary_context()
+        device = cuda.Device(self.device)
+        if self.mapped_setting == "auto":
+            self.mapped = _integrated(cuda, device)
+        self._cuda_ctx = device.retain_primary_context()
         self._push()
         try:
             self._runtime, self._engine, self.fingerprint = deserialize(
@@ -149,7 +157,8 @@ class TrtRunner(Runner):
             pre = None
             try:
                 pre = GpuPreprocessor(PreprocessSpec(spec.windows, spec.size, spec.pixel_spacing_mm, t.dtype),
-                                      max_slices=int(t.max_shape[0]), raw_dtype=None, stream=self._stream)
+                                      max_slices=int(t.max_shape[0]), raw_dtype=None, stream=self._stream,
+                                      mapped=self.mapped)
                 pre.prepare()
                 self._pre = pre
             except Exception as exc:  # noqa: BLE001 - nvcc missing or failing, out of memory: CPU path instead
@@ -256,6 +265,15 @@ class TrtRunner(Runner):
         self._require_active("asking for its batch size")
         first = next(t for t in self._tensors if t.is_input)
         return int(first.max_shape[0])
+
+
+def _integrated(cuda, device) -> bool:
+    """Whether the GPU shares the CPU's memory and can map host memory (Jetson), so zero-copy pays."""
+    attrs = getattr(cuda, "device_attribute", None)
+    try:
+        return bool(device.get_attribute(attrs.INTEGRATED)) and bool(device.get_attribute(attrs.CAN_MAP_HOST_MEMORY))
+    except Exception:  # noqa: BLE001 - an older pycuda or driver without the attribute: copy
+        return False
 
 
 def _short(exc: BaseException) -> str:
