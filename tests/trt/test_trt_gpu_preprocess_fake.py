@@ -107,6 +107,7 @@ def test_model_scores_stored_slices_on_the_device_and_hu_slices_on_the_cpu(model
     with models:
         timings = {}
         on_device = model.score_images(stored, timings=timings)
+        assert model.runner.backend == "tensorrt"
         assert calls == [((6, 48, 48), tuple(stored[0].pixel_spacing))] and timings["inference"] > 0
         on_cpu = model.score_images(hu)
         assert len(calls) == 1, "HU slices are prepared on the CPU"
@@ -134,7 +135,7 @@ def test_kernel_that_cannot_be_built_falls_back_to_the_cpu(model_dir, fakes, tmp
     monkeypatch.setattr(preprocess_kernel, "compile_kernel", no_nvcc)
     models = ModelSet.load(model_dir, backend="tensorrt")
     stored = _slices(tmp_path / "s", stored_only=True)
-    caplog.set_level(logging.WARNING, "edge_agent.trt")
+    caplog.set_level(logging.INFO, "edge_agent.trt")
     with models:
         runner = models["tiny"].runner
         out = models["tiny"].score_images(stored)
@@ -143,6 +144,7 @@ def test_kernel_that_cannot_be_built_falls_back_to_the_cpu(model_dir, fakes, tmp
         with pytest.raises(RunnerError, match="convert them to HU"):
             runner.infer_stored(np.stack([s.stored for s in stored]), (4.0, 4.0), stored[0].rescale)
     assert any("GPU preprocessing is off" in r.getMessage() for r in caplog.records)
+    assert any("preprocessing on the CPU" in r.getMessage() for r in caplog.records)
     assert out.shape == (6, 1) and np.ptp(out) > 0.01                 # still scored, on the CPU
     assert not cuda.live
 

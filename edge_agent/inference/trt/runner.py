@@ -55,6 +55,7 @@ class TrtRunner(Runner):
     """
 
     thread_bound = True
+    backend = "tensorrt"
 
     def __init__(self, engine_path: str | Path, *, name: str | None = None, expected_inputs=None,
                  expected_outputs=None, device: int = 0, fingerprint: str | Path | None = None,
@@ -116,9 +117,10 @@ class TrtRunner(Runner):
             self._detach()
             raise
         self._pop()
-        log.info("TensorRT engine %s active on %s (%s I/O buffers, %.1f MiB)", self.engine_path.name,
-                 cuda.Device(self.device).name(), "mapped" if self.mapped else "pinned+device",
-                 self._buffers.bytes_allocated / 2**20)
+        log.info("TensorRT engine %s active on %s (%s I/O buffers, %.1f MiB; preprocessing on the %s)",
+                 self.engine_path.name, cuda.Device(self.device).name(),
+                 "mapped zero-copy" if self.mapped else "pinned+device", self._buffers.bytes_allocated / 2**20,
+                 "GPU" if self._pre is not None else "CPU")
 
     def _allocate(self, trt) -> None:
         """One buffer per I/O tensor, sized for profile 0's maximum shapes."""
