@@ -16,6 +16,7 @@ in that series' result; the pipeline goes on with the next.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
@@ -60,6 +61,9 @@ class OpenSeries:
     slices: int = 0
     warnings: list[str] = field(default_factory=list)
     decisive: dict[str, float] = field(default_factory=dict)  # alert_id -> complete_at of the decisive slice
+    # model name -> {SOP Instance UID: score}: what the state DB holds, kept here so that each
+    # batch costs O(batch), not a re-read of the whole series (loaded from the DB on first use).
+    scores: dict[str, dict[str, SliceScore]] = field(default_factory=dict)
 
 
 def series_info(first) -> dict:
@@ -232,9 +236,16 @@ class SeriesPipeline:
             for _, s in slices:
                 s.hu = s.stored = None  # every model has scored it: the pixels go, memory stays flat
 
+    def _known_scores(self, series: OpenSeries, name: str) -> dict[str, SliceScore]:
+        known = series.scores.get(name)
+        if known is None:  # first batch since the series opened (or reopened after a restart)
+            known = series.scores[name] = {s.sop_instance_uid: s for s in
+                                           self.store.scores(series.series_instance_uid, name)}
+        return known
+
     def _score(self, series: OpenSeries, model, good: list) -> None:
         name = model.manifest.name
-        scored = self.store.scored(series.series_instance_uid, name)
+        scored = self._known_scores(series, name)
         todo = [(f, s) for f, s in good if (s.hu is not None or s.stored is not None)
                 and s.sop_instance_uid not in scored]
         if not todo:
@@ -251,13 +262,14 @@ class SeriesPipeline:
                              getattr(f, "written_at", 0.0) or f.complete_at)
                   for i, (f, s) in enumerate(todo)]
         self.store.add_scores(series.series_instance_uid, name, scores)
+        scored.update((s.sop_instance_uid, s) for s in scores)
         self._check_preliminary(series, model, scores)
 
     def _check_preliminary(self, series: OpenSeries, model, new_scores: list[SliceScore]) -> None:
         from edge_agent.decision import preliminary_met
 
         manifest = model.manifest
-        all_scores = self.store.scores(series.series_instance_uid, manifest.name)
+        all_scores = list(self._known_scores(series, manifest.name).values())
         for index, finding in enumerate(manifest.findings):
             aid = self._alert_id(series, manifest, finding.code)
             existing = self.store.alert(aid)
@@ -269,7 +281,8 @@ class SeriesPipeline:
             decisive = max(new_scores, key=lambda s: s.probabilities[index])
             series.decisive[aid] = decisive.complete_at
             probability = float(np.sort(probs)[::-1][: max(1, getattr(manifest.decision, "k", 1))].mean())
-            key = sorted(all_scores, key=lambda s: -s.probabilities[index])[:3]
+            along = sorted(all_scores, key=lambda s: (s.position_mm, s.sop_instance_uid))  # ties: as the DB orders
+            key = heapq.nlargest(3, along, key=lambda s: s.probabilities[index])
             self._emit_alert(series, manifest, finding, aid, "preliminary", probability, key, index, existing)
 
     # -- decisions ----------------------------------------------------------------------
