@@ -93,14 +93,55 @@ def read_files(files: list[str], *, workers: int = 1, mode: str = "thread",
         yield from pool.map(read, files)
 
 
+VOLUME_PREFIX = "edge-agent-volume-"
+
+
+def remove_orphan_volumes(folder: str) -> list[str]:
+    """Unlink shared volumes whose creating process no longer exists; returns what was removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(VOLUME_PREFIX):
+            continue
+        pid = name[len(VOLUME_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    if removed:
+        log.warning("removed %d shared volume(s) left in %s by a process that was killed mid-scan",
+                    len(removed), folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: not ours to judge
+    return True
+
+
 def shared_volume(shape: tuple[int, int, int]) -> tuple[str, np.ndarray]:
     """A float32 volume in a shared file mapping (``/dev/shm`` when there is one): (path, array).
 
     The caller unlinks ``path`` when the workers are done; the array stays
-    valid (the mapping outlives the name) and is freed with it.
+    valid (the mapping outlives the name) and is freed with it. The name
+    carries our PID: volumes left by a process that was killed mid-scan are
+    removed here, the next time any scan starts (RAM in ``/dev/shm`` is not
+    returned until they are).
     """
     folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    fd, path = tempfile.mkstemp(prefix="edge-agent-volume-", dir=folder)
+    remove_orphan_volumes(folder)
+    fd, path = tempfile.mkstemp(prefix=f"{VOLUME_PREFIX}{os.getpid()}-", dir=folder)
     try:
         nbytes = int(np.prod(shape)) * 4
         os.ftruncate(fd, nbytes)

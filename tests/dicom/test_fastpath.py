@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pydicom
 import pytest
@@ -133,3 +135,26 @@ def test_file_that_fails_only_when_decoded_in_a_worker(make_series):
     np.testing.assert_array_equal(only.hu, np.maximum(np.delete(volume, 2, axis=0), -1024))
     assert [r.path for r in rejected] == [str(paths[2])] and rejected[0].kind == "bad"
     assert rejected[0] in only.rejected
+
+
+def test_volumes_left_by_a_killed_scan_are_removed_by_the_next(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    orphan = tmp_path / f"{parallel.VOLUME_PREFIX}{dead_pid}-abc123"
+    orphan.write_bytes(b"\0" * 1024)
+    mine = tmp_path / f"{parallel.VOLUME_PREFIX}{os.getpid()}-def456"      # a scan of a live process
+    mine.write_bytes(b"\0")
+    other = tmp_path / "edge-agent-volume-notapid"
+    other.write_bytes(b"\0")
+    assert parallel.remove_orphan_volumes(str(tmp_path)) == [orphan.name]
+    assert not orphan.exists() and mine.exists() and other.exists()
+    assert "killed mid-scan" in caplog.text
+    path, volume = parallel.shared_volume((2, 4, 4))
+    try:
+        assert os.path.basename(path).startswith(f"{parallel.VOLUME_PREFIX}{os.getpid()}-")
+        assert volume.shape == (2, 4, 4)
+    finally:
+        os.unlink(path)
