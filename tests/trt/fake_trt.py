@@ -191,7 +191,8 @@ def make_fake_tensorrt(cuda: types.ModuleType, version: str = "10.3.0", *, dla_c
     trt.TensorIOMode = Enum("TensorIOMode", "NONE INPUT OUTPUT")
     trt.DataType = Enum("DataType", "FLOAT HALF INT8 INT32 BOOL")
     trt.MemoryPoolType = Enum("MemoryPoolType", "WORKSPACE")
-    trt.BuilderFlag = Enum("BuilderFlag", "FP16 INT8 GPU_FALLBACK")
+    major = int(version.split(".")[0])
+    trt.BuilderFlag = Enum("BuilderFlag", "FP16 INT8 GPU_FALLBACK" if major < 11 else "GPU_FALLBACK")
     trt.DeviceType = Enum("DeviceType", "GPU DLA")
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
     trt.built = []

@@ -89,6 +89,16 @@ def test_build_refusals(tiny_onnx, engine, fakes, tmp_path):
     assert not (tmp_path / "bad.engine").exists() and not (tmp_path / "bad.engine.json").exists()
 
 
+def test_build_tensorrt11_refuses_fp16_it_cannot_apply(monkeypatch, tiny_onnx, tmp_path):
+    """TensorRT 11 has no FP16/INT8 builder flags (checked against the 11.4 bindings): fp16 is refused, fp32 builds."""
+    trt, _ = fake_trt.install(monkeypatch, version="11.4.0")
+    with pytest.raises(BuildError, match="strongly typed.*--precision fp32"):
+        _build(tiny_onnx, tmp_path / "m.engine")                 # default precision fp16
+    assert not (tmp_path / "m.engine").exists()
+    fp = _build(tiny_onnx, tmp_path / "m.engine", precision="fp32")
+    assert fp.precision == "fp32" and trt.built[-1][0].flags == 0 and not trt.built[-1][1].flags
+
+
 def test_build_dla_with_gpu_fallback(monkeypatch, tiny_onnx, tmp_path):
     trt, _ = fake_trt.install(monkeypatch, dla_cores=2)
     with pytest.raises(BuildError, match="FP16 or INT8"):

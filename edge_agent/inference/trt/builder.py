@@ -117,6 +117,10 @@ def _configure_precision(trt, builder, config, options: BuildOptions, has_qdq: b
     if options.precision == "int8" and not has_qdq:
         raise BuildError("INT8 needs a Q/DQ model; run 'edge-agent calibrate MODEL.onnx --data DIR --output "
                          "MODEL.int8.onnx' first and convert that file.")
+    if options.precision == "fp16" and not hasattr(flags, "FP16"):
+        raise BuildError(f"TensorRT {trt.__version__} builds strongly typed networks: the precision comes from the "
+                         "ONNX model, so --precision fp16 cannot be applied here; export the model in FP16, or "
+                         "convert with --precision fp32 (or int8 from a Q/DQ model).")
     if options.precision in ("fp16", "int8") and hasattr(flags, "FP16"):
         if not getattr(builder, "platform_has_fast_fp16", True):
             raise BuildError("This GPU has no fast FP16; convert with --precision fp32.")
