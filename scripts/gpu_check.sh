@@ -35,7 +35,15 @@ log() { printf '\n== %s\n' "$*"; }
 
 log "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | tee "$RESULTS/gpu.txt"
-command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+# The CUDA root is where cuda.h is: an `nvcc` on PATH may be a wrapper script (/usr/local/bin/nvcc), from
+# which pycuda would guess /usr/local.
+CUDA_ROOT=""
+for d in /usr/local/cuda /usr/local/cuda-* "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /x/x)")")")"; do
+    [ -f "$d/include/cuda.h" ] && { CUDA_ROOT=$d; break; }
+done
+[ -n "$CUDA_ROOT" ] || { echo "no CUDA toolkit (include/cuda.h) found"; exit 2; }
+export PATH="$CUDA_ROOT/bin:$PATH"
+echo "CUDA root: $CUDA_ROOT"
 nvcc --version | tail -n 2
 "$PY" --version
 ls wheels/pycuda-*.tar.gz >/dev/null 2>&1 || { echo "wheels/ is empty: run 'bash scripts/gpu_check.sh --download' where pip works, and carry wheels/"; exit 2; }
@@ -50,6 +58,19 @@ BUILD=/tmp/gpu_check_build
 rm -rf "$BUILD" && mkdir -p "$BUILD"
 tar xzf wheels/pycuda-"$PYCUDA_VERSION".tar.gz -C "$BUILD"
 SRC="$BUILD/pycuda-$PYCUDA_VERSION"
+# pycuda links against libcuda.so (the driver); toolkits without lib64/stubs and driver mounts with only
+# libcuda.so.1 need a link-time name. curand is left out where its header is missing (we do not use it).
+LIBCUDA=$(for f in "$CUDA_ROOT"/lib64/stubs/libcuda.so /usr/local/nvidia/lib64/libcuda.so* \
+                 /usr/lib/x86_64-linux-gnu/libcuda.so* /usr/lib64/libcuda.so* \
+                 $(ldconfig -p 2>/dev/null | awk '/libcuda\.so/ {print $NF}'); do [ -e "$f" ] && echo "$f"; done | head -n 1)
+CONF=(--cuda-root="$CUDA_ROOT")
+if [ -n "$LIBCUDA" ]; then
+    mkdir -p "$BUILD/libcuda" && ln -sf "$LIBCUDA" "$BUILD/libcuda/libcuda.so"
+    CONF+=(--cudadrv-lib-dir="$BUILD/libcuda")
+fi
+[ -f "$CUDA_ROOT/include/curand.h" ] || CONF+=(--no-cuda-enable-curand)
+echo "libcuda for linking: ${LIBCUDA:-none found}; configure ${CONF[*]}"
+( cd "$SRC" && "$PY" configure.py "${CONF[@]}" ) >"$RESULTS/pycuda_configure.log" 2>&1 || { cat "$RESULTS/pycuda_configure.log"; exit 2; }
 start=$(date +%s)
 ( cd "$SRC" && "$PY" - <<'PYEOF' ) >"$RESULTS/pycuda_build.log" 2>&1
 # setuptools compiles one extension's sources one by one; compile them in parallel instead.

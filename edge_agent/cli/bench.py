@@ -97,11 +97,9 @@ def _runner_rows(label: str, make: Callable[[], object], spec, slices: int, repe
 
     _, hu = synthetic_series(slices, matrix=spec.size[0] * 2)
     x = prepare_slices(hu, (0.5, 0.5), spec)
-    try:
-        runner = make()
-        runner.activate()
-    except EdgeAgentError as exc:
-        return [{"stage": "inference", "backend": label, "unavailable": str(exc).rstrip(".")}]
+    runner, unavailable = _activated(label, make)
+    if runner is None:
+        return [unavailable]
     try:
         name, dtype = runner.input_specs()[0].name, runner.input_specs()[0].dtype
         x = x.astype(dtype, copy=False)
@@ -112,22 +110,36 @@ def _runner_rows(label: str, make: Callable[[], object], spec, slices: int, repe
         one_ms = _timings(lambda: runner.infer({name: x[:1]}), repeat, warmup)
     finally:
         runner.deactivate()
-    s = _stats(series_ms)
-    return [{"stage": "inference", "backend": label, "batch": batch, "series_p50_ms": s["p50_ms"],
-             "series_p99_ms": s["p99_ms"], "slice_p50_ms": _stats(one_ms)["p50_ms"],
-             "slice_p99_ms": _stats(one_ms)["p99_ms"], "slices_per_s": round(slices / (s["p50_ms"] / 1000.0), 1),
-             "end_to_end_ms": round(pre_ms + s["p50_ms"], 3)}]
+    return [_inference_row(label, batch, slices, series_ms, one_ms, pre_ms)]
 
 
-def _stored_rows(runner, spec, slices: int, repeat: int, warmup: int) -> list[dict]:
+def _inference_row(label: str, batch: int, slices: int, series_ms: list[float], one_ms: list[float],
+                   pre_ms: float) -> dict:
+    """One table row: series and single-slice percentiles, slices/s, end to end = ``pre_ms`` + series p50."""
+    s, one = _stats(series_ms), _stats(one_ms)
+    return {"stage": "inference", "backend": label, "batch": batch, "series_p50_ms": s["p50_ms"],
+            "series_p99_ms": s["p99_ms"], "slice_p50_ms": one["p50_ms"], "slice_p99_ms": one["p99_ms"],
+            "slices_per_s": round(slices / (s["p50_ms"] / 1000.0), 1), "end_to_end_ms": round(pre_ms + s["p50_ms"], 3)}
+
+
+def _activated(label: str, make: Callable[[], object]):
+    """(active runner, None), or (None, a row saying why it cannot run here)."""
+    try:
+        runner = make()
+        runner.activate()
+    except EdgeAgentError as exc:
+        return None, {"stage": "inference", "backend": label, "unavailable": str(exc).rstrip(".")}
+    return runner, None
+
+
+def _stored_rows(trt_runner, spec, slices: int, repeat: int, warmup: int) -> list[dict]:
     """The agent's TensorRT path: stored uint16 pixels → GPU kernel → engine input → engine, per series and slice."""
     label = "tensorrt + gpu preprocess"
     raw, _ = synthetic_series(slices)
     rescale = (1.0, -1024.0, (0, 0))
-    try:
-        runner.activate()
-    except EdgeAgentError as exc:
-        return [{"stage": "inference", "backend": label, "unavailable": str(exc).rstrip(".")}]
+    runner, unavailable = _activated(label, lambda: trt_runner)
+    if runner is None:
+        return [unavailable]
     try:
         if not runner.stored_input_dtypes():
             return [{"stage": "inference", "backend": label, "unavailable": runner.preprocess_problem}]
@@ -137,11 +149,7 @@ def _stored_rows(runner, spec, slices: int, repeat: int, warmup: int) -> list[di
         one_ms = _timings(lambda: runner.infer_stored(raw[:1], (0.5, 0.5), rescale), repeat, warmup)
     finally:
         runner.deactivate()
-    s = _stats(series_ms)
-    return [{"stage": "inference", "backend": label, "batch": batch, "series_p50_ms": s["p50_ms"],
-             "series_p99_ms": s["p99_ms"], "slice_p50_ms": _stats(one_ms)["p50_ms"],
-             "slice_p99_ms": _stats(one_ms)["p99_ms"], "slices_per_s": round(slices / (s["p50_ms"] / 1000.0), 1),
-             "end_to_end_ms": s["p50_ms"]}]
+    return [_inference_row(label, batch, slices, series_ms, one_ms, 0.0)]  # preprocessing is inside
 
 
 def model_rows(manifest, backends: tuple[str, ...], slices: int, repeat: int, warmup: int,

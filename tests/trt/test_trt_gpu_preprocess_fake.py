@@ -22,17 +22,14 @@ import pytest
 from edge_agent.dicom import read_file
 from edge_agent.errors import MissingDependency
 from edge_agent.inference import load_manifest
-from edge_agent.inference.manifest import add_artefact
 from edge_agent.inference.models import ModelSet
 from edge_agent.inference.runner import RunnerError
 from edge_agent.inference.trt import preprocess_kernel
-from edge_agent.inference.trt.builder import BuildOptions, build_engine
-from edge_agent.inference.trt.fingerprint import fingerprint_path
 from edge_agent.inference.trt.preprocess_kernel import TOLERANCE
 from edge_agent.inference.trt.runner import TrtRunner
 from edge_agent.preprocess import prepare_slices
 from support.cuda_host import compiler
-from trt_helpers import manifest_for, phantom_series, tiny_cnn
+from trt_helpers import converted_model, phantom_series
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="g++ is needed to run the kernel source on the CPU")
 
@@ -40,15 +37,7 @@ pytestmark = pytest.mark.skipif(compiler() is None, reason="g++ is needed to run
 @pytest.fixture
 def model_dir(tmp_path, fakes):
     """A model folder with ONNX, manifest and a (fake) TensorRT engine recorded in the manifest."""
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    tiny_cnn(folder / "model.onnx")
-    manifest_for(folder)
-    engine = folder / "model.engine"
-    build_engine(folder / "model.onnx", engine, BuildOptions(static_dims={"input": (3, 32, 32)}, opt_batch=4,
-                                                             max_batch=8))
-    add_artefact(folder, "engine", engine, fingerprint_path(engine))
-    return folder
+    return converted_model(tmp_path / "tiny")
 
 
 def _slices(folder, *, stored_only: bool, signed: bool = False):

@@ -205,16 +205,9 @@ def test_manifest_mismatch_refused_after_activation_frees(tiny_onnx, engine, fak
 def test_make_runner_picks_trt_runner_for_a_converted_model(tmp_path, fakes):
     """The manifest path end to end: convert records the engine; make_runner('tensorrt') runs it (fakes)."""
     from edge_agent.inference import load_manifest, make_runner
-    from edge_agent.inference.manifest import add_artefact
-    from trt_helpers import manifest_for, tiny_cnn
+    from trt_helpers import converted_model
 
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    tiny_cnn(folder / "model.onnx")
-    manifest_for(folder)
-    engine = folder / "model.engine"
-    _build(folder / "model.onnx", engine)
-    add_artefact(folder, "engine", engine, fingerprint_path(engine))
+    folder = converted_model(tmp_path / "tiny")
     manifest = load_manifest(folder)
     runner = make_runner(manifest, backend="tensorrt")
     assert isinstance(runner, TrtRunner)

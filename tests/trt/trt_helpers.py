@@ -89,3 +89,23 @@ def manifest_for(folder: Path, onnx_name: str = "model.onnx", *, size: int = 32,
     path = folder / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2))
     return path
+
+
+def converted_model(folder: Path) -> Path:
+    """A model folder (tiny CNN, manifest) whose engine was built by ``build_engine`` and recorded in the manifest.
+
+    Needs TensorRT importable — in tests, the fakes of fake_trt.py installed first.
+    """
+    from edge_agent.inference.manifest import add_artefact
+    from edge_agent.inference.trt.builder import BuildOptions, build_engine
+    from edge_agent.inference.trt.fingerprint import fingerprint_path
+
+    folder.mkdir(parents=True)
+    tiny_cnn(folder / "model.onnx")
+    manifest_for(folder)
+    engine = folder / "model.engine"
+    build_engine(folder / "model.onnx", engine, BuildOptions(timing_cache=folder / "timing.cache",
+                                                             static_dims={"input": (3, 32, 32)}, opt_batch=4,
+                                                             max_batch=8))
+    add_artefact(folder, "engine", engine, fingerprint_path(engine))
+    return folder
