@@ -31,6 +31,7 @@ import click
 import numpy as np
 
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.inference.trt.measure import synthetic_series
 
 
 def _timings(fn: Callable[[], object], repeat: int, warmup: int) -> list[float]:
@@ -47,21 +48,6 @@ def _timings(fn: Callable[[], object], repeat: int, warmup: int) -> list[float]:
 def _stats(ms: list[float]) -> dict:
     a = np.asarray(ms)
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}
-
-
-def synthetic_series(slices: int, matrix: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(stored uint16 pixels, HU float32) of a water cylinder in air, slope 1 / intercept -1024, padding 0."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:matrix, :matrix]
-    c = (matrix - 1) / 2
-    body = ((yy - c) ** 2 + (xx - c) ** 2) <= (0.4 * matrix) ** 2
-    hu = np.where(body, 40.0, -1000.0).astype(np.float32)[None] + rng.normal(0, 5, (slices, matrix, matrix))
-    raw = np.clip(np.round(hu + 1024), 1, 4095).astype(np.uint16)
-    field_ = ((yy - c) ** 2 + (xx - c) ** 2) > (0.5 * matrix) ** 2
-    raw[:, field_] = 0
-    hu = raw.astype(np.float32) - 1024.0
-    hu[:, field_] = -1024.0
-    return raw, hu
 
 
 def preprocess_rows(spec, slices: int, repeat: int, warmup: int) -> list[dict]:

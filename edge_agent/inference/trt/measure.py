@@ -160,10 +160,23 @@ def torch_preprocess_ms(raw: np.ndarray, pixel_spacing, spec: PreprocessSpec, *,
     return out
 
 
+def synthetic_series(slices: int, matrix: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(stored uint16 pixels, HU float32) of a water cylinder in air, slope 1 / intercept -1024, padding 0."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:matrix, :matrix]
+    c = (matrix - 1) / 2
+    body = ((yy - c) ** 2 + (xx - c) ** 2) <= (0.4 * matrix) ** 2
+    hu = np.where(body, 40.0, -1000.0).astype(np.float32)[None] + rng.normal(0, 5, (slices, matrix, matrix))
+    raw = np.clip(np.round(hu + 1024), 1, 4095).astype(np.uint16)
+    field_ = ((yy - c) ** 2 + (xx - c) ** 2) > (0.5 * matrix) ** 2
+    raw[:, field_] = 0
+    hu = raw.astype(np.float32) - 1024.0
+    hu[:, field_] = -1024.0
+    return raw, hu
+
+
 def main() -> None:
     """Print every measurement as JSON (used by scripts/gpu_check.sh)."""
-    from edge_agent.cli.bench import synthetic_series
-
     spec = PreprocessSpec(pixel_spacing_mm=1.8)
     raw, _ = synthetic_series(32)
     report = {"pycuda": _try_import("pycuda.driver")[0] is not None, "tensorrt": why_unavailable() is None,
