@@ -187,3 +187,64 @@ def test_zero_copy_follows_the_device_and_the_setting(model_dir, host_kernels, t
     x = prepare_slices(np.stack([s.hu for s in hu]), hu[0].pixel_spacing, models["tiny"].manifest.preprocessing)
     np.testing.assert_allclose(out.reshape(-1), x.reshape(len(hu), -1).mean(axis=1), atol=TOLERANCE["float32"])
     assert not cuda.live
+
+
+class _Outputs:
+    def __init__(self):
+        self.alerts, self.results = [], []
+
+    def raise_alert(self, payload):
+        self.alerts.append(payload)
+
+    def publish_result(self, payload):
+        self.results.append(payload)
+
+    def series_done(self, uid):
+        pass
+
+    def observe(self, stage, seconds):
+        pass
+
+    def count(self, name, state=None):
+        pass
+
+
+def test_the_pipeline_thread_owns_the_engine_and_prepares_stored_pixels_on_the_device(model_dir, host_kernels,
+                                                                                      tmp_path):
+    """The daemon's path: ingest-style stored slices → SeriesPipeline → TensorRT runner with the kernel."""
+    import time
+
+    from edge_agent.ingest.settings import IngestedFile
+    from edge_agent.service.pipeline import SeriesPipeline
+
+    cuda = host_kernels
+    paths = phantom_series(tmp_path / "s", seed=4, bright=True, slices=6)
+    items = []
+    for p in sorted(paths):
+        slices = read_file(p, stored_only=True)
+        now = time.time()
+        items.append(IngestedFile(path=p, slices=slices, sop_instance_uids=[s.sop_instance_uid for s in slices],
+                                  series_instance_uid=slices[0].series_instance_uid, received_at=now,
+                                  complete_at=now, written_at=now))
+    out = _Outputs()
+    pipeline = SeriesPipeline(lambda: ModelSet.load(model_dir, backend="tensorrt"), tmp_path / "series.sqlite3", out,
+                              site="s", device="d", settle=0.3, batch=4)
+    pipeline.start()
+    try:
+        for item in items:
+            pipeline.submit(item)
+        deadline = time.monotonic() + 20
+        while not out.results and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        pipeline.stop()
+    (result,) = out.results
+    assert result["status"] == "analysed" and result["slices"] == 6
+    hu = _slices(tmp_path / "h", stored_only=False)
+    manifest = load_manifest(model_dir)
+    per_slice = prepare_slices(np.stack([s.hu for s in hu]), hu[0].pixel_spacing, manifest.preprocessing)
+    top2 = np.sort(per_slice.reshape(6, -1).mean(axis=1))[-2:].mean()          # the manifest's top_k_mean, k=2
+    assert result["findings"][0]["probability"] == pytest.approx(top2, abs=2e-4)
+    assert {thread for op, thread in cuda.log} == {"pipeline"}, "only the pipeline thread touches CUDA"
+    assert [op for op, _ in cuda.log].count("execute_async_v3") >= 2          # scored as files arrived
+    assert not cuda.live and cuda.retained == 0, "the pipeline freed everything when it stopped"
