@@ -10,7 +10,9 @@ What the events mean on Linux (watchdog 4–7 API docs, inotify(7)):
 * a file written in place gives ``created`` and, when the writer closes it,
   ``closed`` (inotify ``IN_CLOSE_WRITE``; only the inotify observer has it);
 * a rename inside the folder gives only ``moved`` (we take the destination);
-* a file moved in from another folder gives only ``created``;
+* a file moved in from another folder gives ``moved`` with no source — we ask
+  inotify's observer for full events; watchdog's default makes it a bare
+  ``created`` — so it counts as finished, like a rename inside the folder;
 * files in a just-created (or moved-in) subfolder may give nothing at all if
   they were there before the new watch was added, so a directory event makes
   us walk that directory;
@@ -152,6 +154,8 @@ class _Handler(FileSystemEventHandler):
         if type(event) not in self._kinds:  # also filtered by watchdog ≥ 4; our own reads are not news
             return
         raw = event.dest_path if isinstance(event, (FileMovedEvent, DirMovedEvent)) else event.src_path
+        if not raw:
+            return  # moved out of the watched tree (full events: no destination)
         path = Path(os.fsdecode(raw))
         if event.is_directory:
             if isinstance(event, (DirCreatedEvent, DirMovedEvent)) and self._filter.accepts_dir(path):
@@ -200,7 +204,13 @@ def make_observer(poll: bool, poll_interval: float) -> BaseObserver:
     """The native observer (inotify on Linux) or a polling one for network shares."""
     if poll:
         return PollingObserver(timeout=poll_interval)
-    return Observer()
+    try:
+        # Full events: a file renamed into the folder from outside it (inotify IN_MOVED_TO without its
+        # IN_MOVED_FROM) is a "moved" event with no source, i.e. finished, instead of a bare "created"
+        # that would wait out stable_seconds.
+        return Observer(generate_full_events=True)
+    except TypeError:  # an observer without that option (not inotify)
+        return Observer()
 
 
 def start_observer(

@@ -122,6 +122,25 @@ def test_file_and_folder_moved_in_from_outside(make_ingest, dirs, tmp_path, obse
     assert sorted(f.path.name for f in c.files) == ["a.dcm", "b.dcm", "single.dcm"]
 
 
+def test_file_moved_in_from_outside_is_read_without_the_quiet_period(make_ingest, dirs, tmp_path):
+    """inotify: a rename into the folder is a finished file (full events), like a rename inside it."""
+    watch, _ = dirs
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    data = dicom_bytes(2, tmp=tmp_path)
+    (outside / "a.dcm").write_bytes(data[0])
+    c = Collector()
+    ing = make_ingest(c, stable_seconds=60.0)           # a bare "created" would wait a minute
+    os.rename(outside / "a.dcm", watch / "a.dcm")
+    assert c.wait(files=1, timeout=10), "a moved-in file must not wait out stable_seconds"
+    (watch / "b.dcm").write_bytes(data[1])              # written in place: closed by its writer, also at once
+    assert c.wait(files=2, timeout=10)
+    os.rename(watch / "a.dcm", outside / "a-again.dcm")  # moved out: no destination, nothing happens
+    time.sleep(0.3)
+    settle(ing)
+    assert sorted(f.path.name for f in c.files) == ["a.dcm", "b.dcm"] and not c.rejected
+
+
 def test_ignored_names_and_own_folders_inside_watch_dir(make_ingest, dirs, tmp_path, observer_kind):
     watch, _ = dirs
     c = Collector()
