@@ -100,6 +100,9 @@ class DicomSection:
     ae_title: str = _f("EDGE_AGENT", "Our AE title.")
     bind: str = _f("0.0.0.0", "Address the receiver listens on.")
     allowed_calling_aets: list = _f([], "Calling AE titles accepted (empty: any).")
+    tls_cert: str = _f("", "PEM certificate for DICOM TLS (with tls_key): the port then takes TLS 1.2+ only.")
+    tls_key: str = _f("", "Unencrypted PEM private key of tls_cert.")
+    tls_ca: str = _f("", "PEM CA certificates: every peer must present a certificate they signed (mutual TLS).")
 
 
 @dataclass
@@ -277,6 +280,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"agent.{name} must be a non-empty MQTT topic level without '/', '+' or '#', got {value!r}.")
     if len(cfg.dicom.ae_title) > 16 or not cfg.dicom.ae_title.strip():
         raise ConfigError("dicom.ae_title must be 1-16 characters (DICOM PS3.5 AE value representation).")
+    if bool(cfg.dicom.tls_cert) != bool(cfg.dicom.tls_key):
+        raise ConfigError("dicom.tls_cert and dicom.tls_key go together; set both for DICOM TLS, or neither.")
+    if cfg.dicom.tls_ca and not cfg.dicom.tls_cert:
+        raise ConfigError("dicom.tls_ca needs dicom.tls_cert and dicom.tls_key: peers are checked over TLS only.")
 
 
 def reference_markdown() -> str:

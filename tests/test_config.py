@@ -32,6 +32,9 @@ def test_yaml_file(tmp_path):
     ("[mqtt]\ndelivery = 'maybe'\n", "must be one of receipt, broker"),
     ("[agent]\nsite = 'a/b'\n", "agent.site"),
     ("[agent\n", "not valid TOML"),
+    ("[dicom]\ntls_cert = '/etc/c.pem'\n", "dicom.tls_cert and dicom.tls_key go together"),
+    ("[dicom]\ntls_ca = '/etc/ca.pem'\n", "dicom.tls_ca needs dicom.tls_cert"),
+    ("[inference]\nzero_copy = 'sometimes'\n", "must be one of auto, on, off"),
 ])
 def test_bad_config_is_one_sentence(tmp_path, text, fragment):
     conf = tmp_path / "c.toml"

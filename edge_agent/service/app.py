@@ -150,11 +150,14 @@ class Agent:
         self._started.append(("ingest", self.ingest))
 
         if cfg.dicom.port:
-            from edge_agent.service.receiver import StorageReceiver
+            from edge_agent.service.receiver import StorageReceiver, tls_context
 
+            tls = (tls_context(cfg.dicom.tls_cert, cfg.dicom.tls_key, cfg.dicom.tls_ca or None)
+                   if cfg.dicom.tls_cert else None)
             self.receiver = StorageReceiver(Path(cfg.ingest.watch), port=cfg.dicom.port, ae_title=cfg.dicom.ae_title,
                                             bind=cfg.dicom.bind,
-                                            allowed_calling_aets=cfg.dicom.allowed_calling_aets or None)
+                                            allowed_calling_aets=cfg.dicom.allowed_calling_aets or None,
+                                            ssl_context=tls)
             self.receiver.start()
             self._started.append(("receiver", self.receiver))
 

@@ -35,4 +35,12 @@ def check_config(cfg: Config) -> list[str]:
         raise ConfigError("no models found; point inference.engines / --engines at a folder of model folders.")
     lines.append(f"models: {', '.join(names)}")
     lines.append(f"broker: {cfg.mqtt.broker or 'embedded (127.0.0.1)'}; delivery: {cfg.mqtt.delivery}")
+    if cfg.dicom.port:
+        tls = "plain TCP"
+        if cfg.dicom.tls_cert:
+            from edge_agent.service.receiver import tls_context
+
+            tls_context(cfg.dicom.tls_cert, cfg.dicom.tls_key, cfg.dicom.tls_ca or None)  # raises one sentence
+            tls = "TLS" + (" with peer certificates" if cfg.dicom.tls_ca else "")
+        lines.append(f"DICOM receiver: {cfg.dicom.ae_title} on {cfg.dicom.bind} port {cfg.dicom.port}, {tls}")
     return lines

@@ -8,6 +8,12 @@ The file watcher stays the one path into the pipeline: the receiver only
 lands files, atomically (dot-temp name, fsync, ``os.replace``), so the
 watcher never sees a half-written file and a resend replaces the same name.
 
+DICOM TLS (PS3.15 B.9, BCP 195: TLS 1.2 or later) is optional: a certificate
+and key make the port TLS-only; a CA file also requires every peer to present
+a certificate signed by it. The TLS handshake runs in the association's own
+thread with a deadline, so a peer that connects and stays silent cannot stop
+others from connecting.
+
 pynetdicom is used only in this module.
 """
 
@@ -19,6 +25,7 @@ import os
 import re
 import socket
 import socketserver
+import ssl
 import threading
 import uuid
 from pathlib import Path
@@ -81,6 +88,62 @@ def _check_ae_title(value: str, what: str) -> str:
     return value.strip()
 
 
+def tls_context(cert_file: str | Path, key_file: str | Path, ca_file: str | Path | None = None) -> ssl.SSLContext:
+    """Server-side TLS for the receiver: TLS 1.2+, our certificate, peer certificates required when ``ca_file``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195, as DICOM's TLS profiles ask (PS3.15 B.9)
+    try:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"The DICOM TLS certificate {cert_file} and key {key_file} cannot be loaded "
+                          f"({getattr(exc, 'strerror', None) or exc}); give a PEM certificate and its "
+                          "unencrypted private key.") from None
+    if ca_file:
+        try:
+            ctx.load_verify_locations(str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"The DICOM TLS CA file {ca_file} cannot be loaded "
+                              f"({getattr(exc, 'strerror', None) or exc}); give a PEM file of CA "
+                              "certificates.") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class _AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved off the accepting thread.
+
+    pynetdicom wraps each accepted socket with ``do_handshake_on_connect``
+    in ``get_request``, i.e. in the one thread that accepts connections: a
+    peer that never finishes its handshake would block every other scanner.
+    """
+
+    handshake_timeout = 10.0
+    on_tls_failure: Callable[[str, str], None] | None = None
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        if self.ssl_context:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(self, request, client_address) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ValueError) as exc:  # ssl.SSLError, timeout, reset by peer
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                if self.on_tls_failure is not None:
+                    self.on_tls_failure(str(client_address[0]), str(reason))
+                try:
+                    request.close()
+                except OSError:
+                    pass
+                return
+        super().finish_request(request, client_address)
+
+
 def _valid_uid(value: object) -> str | None:
     text = str(value or "").strip().rstrip("\x00")
     return text if len(text) <= 64 and _UID.match(text) else None
@@ -93,6 +156,8 @@ class StorageReceiver:
     None: any). ``max_pdu`` is the maximum PDU length we receive (0: no limit,
     PS3.8 D.1). ``on_stored`` is called with each file's final path after it
     was written; an error in it is logged and does not fail the store.
+    ``ssl_context`` (see :func:`tls_context`) makes the port DICOM TLS only.
+    ``bind`` may be an IPv4 or IPv6 address (``"::"``: every IPv6 address).
     """
 
     def __init__(
@@ -105,6 +170,7 @@ class StorageReceiver:
         allowed_calling_aets: list[str] | None = None,
         max_pdu: int = 0,
         on_stored: Callable[[Path], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"The DICOM port {port} is out of range; use a port between 1 and 65535.")
@@ -118,11 +184,13 @@ class StorageReceiver:
         self.bind = bind
         self.max_pdu = int(max_pdu)
         self.on_stored = on_stored
+        self.ssl_context = ssl_context
         self._requested_port = int(port)
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._stats = {"associations": 0, "rejected": 0, "echoes": 0, "stored": 0, "failed": 0}
+        self._stats = {"associations": 0, "rejected": 0, "echoes": 0, "stored": 0, "failed": 0,
+                       "tls_failures": 0}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -159,14 +227,23 @@ class StorageReceiver:
             server = ae.make_server(
                 (self.bind, self._requested_port),
                 evt_handlers=handlers,
-                server_class=ThreadedAssociationServer,
+                server_class=_AssociationServer,
+                ssl_context=self.ssl_context,
             )
         except OSError as exc:
             raise self._bind_error(exc) from None
+        server.on_tls_failure = self._tls_failed
         self._server = server
         self._thread = threading.Thread(target=self._serve, args=(server,), name="dicom-receiver", daemon=True)
         self._thread.start()
-        log.info("DICOM receiver %s listening on %s:%d", self.ae_title, self.bind, self.port)
+        log.info("DICOM receiver %s listening on %s port %d%s", self.ae_title, self.bind, self.port,
+                 " (TLS only" + (", peer certificates required)" if self.ssl_context.verify_mode ==
+                                 ssl.CERT_REQUIRED else ")") if self.ssl_context else "")
+
+    def _tls_failed(self, peer: str, reason: str) -> None:
+        with self._lock:
+            self._stats["tls_failures"] += 1
+        log.warning("DICOM TLS handshake with %s failed (%s); connection closed", peer, reason)
 
     def stop(self) -> None:
         """Stop accepting, abort open associations and wait for their threads."""
@@ -196,7 +273,7 @@ class StorageReceiver:
             server.server_close()
 
     def stats(self) -> dict:
-        """Counters since start: associations, rejected, echoes, stored, failed."""
+        """Counters since start: associations, rejected, echoes, stored, failed, tls_failures."""
         with self._lock:
             return dict(self._stats)
 

@@ -59,3 +59,21 @@ def test_run_check_ok(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "configuration OK" in proc.stdout
     assert "models: ich" in proc.stdout
+
+
+def test_run_check_loads_the_dicom_tls_files(tmp_path):
+    from support.mosquitto import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    (tmp_path / "in").mkdir()
+    conf = tmp_path / "c.toml"
+    conf.write_text(f"[dicom]\nport = 11112\ntls_cert = '{pki.server_cert}'\ntls_key = '{pki.server_key}'\n"
+                    f"tls_ca = '{pki.ca_cert}'\n")
+    args = ("run", "--config", str(conf), "--check", "--watch", str(tmp_path / "in"), "--state-dir",
+            str(tmp_path / "s"))
+    proc = edge_agent(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "DICOM receiver: EDGE_AGENT on 0.0.0.0 port 11112, TLS with peer certificates" in proc.stdout
+    conf.write_text(f"[dicom]\nport = 11112\ntls_cert = '{pki.server_cert}'\ntls_key = '{pki.client_key}'\n")
+    proc = edge_agent(*args)
+    assert proc.returncode == 2 and "cannot be loaded" in proc.stderr and "Traceback" not in proc.stderr
