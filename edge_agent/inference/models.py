@@ -116,12 +116,19 @@ class Model:
         for (device, _shape, spacing, rescale), index in groups.items():
             if device:
                 t0 = time.perf_counter()
-                out[index] = self._score_stored(np.stack([slices[i].stored for i in index]), spacing, rescale)
-                if timings is not None:
-                    timings["inference"] = timings.get("inference", 0.0) + (time.perf_counter() - t0) * 1000.0
-            else:
-                hu = np.stack([_hu(slices[i]) for i in index])
-                out[index] = self.score_slices(hu, spacing, timings=timings)
+                try:
+                    out[index] = self._score_stored(np.stack([slices[i].stored for i in index]), spacing, rescale)
+                    if timings is not None:
+                        timings["inference"] = timings.get("inference", 0.0) + (time.perf_counter() - t0) * 1000.0
+                    continue
+                except RunnerError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a kernel launch or copy failed: keep scoring, on the CPU
+                    log.error("model %s: GPU preprocessing failed (%s: %s); its input is prepared on the CPU from "
+                              "now on", self.name, type(exc).__name__, exc)
+                    self.runner.stop_device_preprocessing(f"it failed: {type(exc).__name__}: {exc}")
+            hu = np.stack([_hu(slices[i]) for i in index])
+            out[index] = self.score_slices(hu, spacing, timings=timings)
         return out
 
     def _score_stored(self, stored: np.ndarray, spacing: tuple[float, float], rescale: tuple) -> np.ndarray:

@@ -168,6 +168,9 @@ class Runner:
         """Stored-pixel dtypes this runner turns into model input itself, on its device (empty: none)."""
         return ()
 
+    def stop_device_preprocessing(self, reason: str) -> None:
+        """Give up preprocessing on the device (after a failure); :meth:`stored_input_dtypes` is empty after."""
+
     def infer_stored(self, stored: np.ndarray, pixel_spacing: tuple[float, float],
                      rescale: tuple) -> dict[str, np.ndarray]:
         """Run the model on stored pixels ``(N, H, W)`` as they came out of the DICOM files.

@@ -248,3 +248,37 @@ def test_the_pipeline_thread_owns_the_engine_and_prepares_stored_pixels_on_the_d
     assert {thread for op, thread in cuda.log} == {"pipeline"}, "only the pipeline thread touches CUDA"
     assert [op for op, _ in cuda.log].count("execute_async_v3") >= 2          # scored as files arrived
     assert not cuda.live and cuda.retained == 0, "the pipeline freed everything when it stopped"
+
+
+def test_a_kernel_failure_at_run_time_moves_preprocessing_to_the_cpu(model_dir, host_kernels, tmp_path,
+                                                                    monkeypatch, caplog):
+    """Never a lost series: the failed group is scored again from HU, and later slices go the CPU way."""
+    cuda = host_kernels
+    launches = []
+
+    class Module:
+        def get_function(self, name):
+            def launch(*args, **kw):
+                launches.append(1)
+                raise RuntimeError("cuLaunchKernel failed: an illegal memory access was encountered")
+            return launch
+
+    def flaky_compile(raw_dtype, out_dtype):
+        return Module()
+
+    monkeypatch.setattr(preprocess_kernel, "compile_kernel", flaky_compile)
+    models = ModelSet.load(model_dir, backend="tensorrt")
+    stored = _slices(tmp_path / "s", stored_only=True)
+    hu = _slices(tmp_path / "h", stored_only=False)
+    caplog.set_level(logging.ERROR, "edge_agent.inference")
+    with models:
+        model = models["tiny"]
+        first = model.score_images(stored)
+        assert model.runner.stored_input_dtypes() == () and "illegal memory access" in model.runner.preprocess_problem
+        second = model.score_images(stored)
+        expected = model.score_images(hu)
+    assert len(launches) == 1, "the kernel is not tried again"
+    np.testing.assert_allclose(first, expected, atol=1e-6)
+    np.testing.assert_allclose(second, expected, atol=1e-6)
+    assert any("GPU preprocessing failed" in r.getMessage() for r in caplog.records)
+    assert not cuda.live

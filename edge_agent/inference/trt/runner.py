@@ -171,6 +171,21 @@ class TrtRunner(Runner):
             log.warning("model %s: GPU preprocessing is off because %s; its input is prepared on the CPU",
                         self.name, self.preprocess_problem)
 
+    def stop_device_preprocessing(self, reason: str) -> None:
+        """Free the kernel and its buffers (owning thread); stored pixels then go through the CPU path."""
+        self._check_thread("stop device preprocessing")
+        if self._pre is None:
+            return
+        self._push()
+        try:
+            self._pre.free()
+        except Exception:  # noqa: BLE001 - a broken context may refuse; the buffers go with the context
+            log.warning("model %s: freeing the GPU preprocessing buffers failed", self.name, exc_info=True)
+        finally:
+            self._pre = None
+            self._pop()
+        self.preprocess_problem = reason
+
     def stored_input_dtypes(self) -> tuple[np.dtype, ...]:
         if self._pre is None:
             return ()
