@@ -46,7 +46,8 @@ class IngestSection:
     watch: str = _f("/srv/edge-agent/incoming", "Folder the scanner exports to (watched recursively).")
     poll: bool = _f(False, "Poll the folder instead of inotify (needed on NFS/SMB shares).")
     poll_interval: float = _f(1.0, "Seconds between polls when polling.")
-    stable_seconds: float = _f(0.5, "A file counts once its size and mtime were unchanged this long.")
+    stable_seconds: float = _f(0.5, "A file its writer neither closed nor renamed into the folder (polled shares, "
+                               "open writers) counts once its size and mtime were unchanged this long.")
     retry_timeout: float = _f(30.0, "Keep retrying a file that does not decode this long, then quarantine it.")
     rescan_interval: float = _f(60.0, "Seconds between reconciliation rescans of the whole folder.")
     delete_after_processing: bool = _f(False, "Delete input files once their series is final (retention).")
