@@ -192,7 +192,7 @@ class TrtRunner(Runner):
         return tuple(np.dtype(d) for d in self._pre.RAW_DTYPES)
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ctx, buffers, stream = self._context, self._buffers, self._stream
+        buffers, stream = self._buffers, self._stream
         self._push()
         try:
             for t in self._tensors:
