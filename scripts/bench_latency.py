@@ -498,7 +498,7 @@ def soak_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Tem
         n = 0
         while not stop.is_set():
             ti = (k + n) % len(templates)
-            s = replay(templates[ti], ti, replay_base + 1000 * k + n, agent.watch / f"scanner{k}", args.soak_rate,
+            replay(templates[ti], ti, replay_base + 1000 * k + n, agent.watch / f"scanner{k}", args.soak_rate,
                        args.soak_style, stop, root / f"staging{k}", on_start=record)
             n += 1
 
