@@ -499,7 +499,7 @@ def soak_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Tem
         while not stop.is_set():
             ti = (k + n) % len(templates)
             replay(templates[ti], ti, replay_base + 1000 * k + n, agent.watch / f"scanner{k}", args.soak_rate,
-                       args.soak_style, stop, root / f"staging{k}", on_start=record)
+                   args.soak_style, stop, root / f"staging{k}", on_start=record)
             n += 1
 
     def watch_queues() -> None:
