@@ -7,6 +7,9 @@ folder as ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 The file watcher stays the one path into the pipeline: the receiver only
 lands files, atomically (dot-temp name, fsync, ``os.replace``), so the
 watcher never sees a half-written file and a resend replaces the same name.
+Received data sets stream to a temporary file as they arrive (pynetdicom's
+``STORE_RECV_CHUNKED_DATASET``) and are copied from there in 1 MiB pieces, so
+a multi-frame instance of hundreds of MB never sits in memory.
 
 DICOM TLS (PS3.15 B.9, BCP 195: TLS 1.2 or later) is optional: a certificate
 and key make the port TLS-only; a CA file also requires every peer to present
@@ -23,6 +26,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import socket
 import socketserver
 import ssl
@@ -31,8 +35,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from pydicom import dcmread
 from pydicom.uid import UID
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config as pynetdicom_config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from edge_agent.errors import ConfigError, EdgeAgentError
@@ -216,6 +221,9 @@ class StorageReceiver:
                 f"Cannot create the watch folder {self.watch_dir} for received images "
                 f"({exc.strerror}); create it or fix its permissions."
             ) from None
+        # Each received data set goes to a temporary file chunk by chunk instead of into memory
+        # (process-wide pynetdicom setting; this receiver is the agent's only DICOM service).
+        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         ae = self._make_ae()
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
@@ -352,7 +360,12 @@ class StorageReceiver:
 
     def _store(self, event) -> int:
         sop_uid = _valid_uid(event.request.AffectedSOPInstanceUID)
-        ds = event.dataset  # decodes headers lazily; pixels stay encoded
+        try:
+            source: bytes | Path = Path(event.dataset_path)  # streamed to a temporary file (see start())
+            ds = dcmread(source, stop_before_pixels=True)
+        except AttributeError:  # not chunked: the data set is in memory
+            ds = event.dataset  # decodes headers lazily; pixels stay encoded
+            source = b""
         study_uid = _valid_uid(ds.get("StudyInstanceUID"))
         series_uid = _valid_uid(ds.get("SeriesInstanceUID"))
         if not (sop_uid and study_uid and series_uid):
@@ -363,7 +376,7 @@ class StorageReceiver:
         folder = self.watch_dir / study_uid / series_uid
         final = folder / f"{sop_uid}.dcm"
         try:
-            _write_atomically(folder, final, event.encoded_dataset(include_meta=True))
+            _write_atomically(folder, final, source or event.encoded_dataset(include_meta=True))
         except OSError as exc:
             self._count("failed")
             log.error("cannot write received instance %s to %s (%s); answered 0x%04X (out of resources)",
@@ -379,8 +392,9 @@ class StorageReceiver:
         return STATUS_SUCCESS
 
 
-def _write_atomically(folder: Path, final: Path, data: bytes) -> None:
-    """Write ``data`` to a dot-temp file in ``folder``, fsync it, rename over ``final``.
+def _write_atomically(folder: Path, final: Path, data: bytes | Path) -> None:
+    """Write ``data`` (bytes, or a file copied in 1 MiB pieces) to a dot-temp file in ``folder``, fsync it,
+    rename over ``final``.
 
     The watcher ignores dot-files, so it only ever sees the complete file
     appear under its final name; a resend replaces the old file atomically.
@@ -389,7 +403,11 @@ def _write_atomically(folder: Path, final: Path, data: bytes) -> None:
     temp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.part"
     try:
         with open(temp, "xb") as fh:
-            fh.write(data)
+            if isinstance(data, Path):
+                with open(data, "rb") as src:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+            else:
+                fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, final)

@@ -285,3 +285,23 @@ def test_stop_aborts_an_open_association(tmp_path):
             client.wait()
     assert out.strip() == "aborted"
     assert rx.stats()["associations"] == 1
+
+
+def test_a_large_instance_streams_through_a_file_not_memory(receiver, tmp_path):
+    """pynetdicom writes the data set to a temporary file as it arrives; we copy it in 1 MiB pieces."""
+    import tracemalloc
+
+    big = np.full((1, 3072, 3072), 40.0, np.float32)                 # one 18 MiB slice
+    [src] = write_series(big, tmp_path / "big", headers=SeriesHeaders())
+    size = src.stat().st_size
+    tracemalloc.start()
+    try:
+        proc = storescu(receiver.port, [src])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert proc.returncode == 0, proc.stderr
+    [dst] = landed(receiver.watch_dir)
+    assert dst.stat().st_size >= size - 256                         # same data set (file meta may differ)
+    np.testing.assert_array_equal(pydicom.dcmread(dst).pixel_array, pydicom.dcmread(src).pixel_array)
+    assert peak < size / 4, f"{peak / 2**20:.1f} MiB held in memory for a {size / 2**20:.1f} MiB instance"
