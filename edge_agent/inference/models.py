@@ -97,8 +97,9 @@ class Model:
 
         Stored int16/uint16 pixels go to the runner's own device preprocessing
         when it has one (TensorRT: the CUDA kernel; one launch per image size,
-        pixel spacing and rescale), counted under ``inference`` in
-        ``timings``; everything else becomes HU and is prepared on the CPU
+        pixel spacing and rescale), timed on the runner's stream (``preprocess``:
+        upload + kernel, ``inference``: engine + downloads); everything else
+        becomes HU and is prepared on the CPU
         (the reference), one group per image size and pixel spacing. Rows
         come back in the order of ``slices``.
         """
@@ -115,11 +116,9 @@ class Model:
             groups.setdefault(key, []).append(i)
         for (device, _shape, spacing, rescale), index in groups.items():
             if device:
-                t0 = time.perf_counter()
                 try:
-                    out[index] = self._score_stored(np.stack([slices[i].stored for i in index]), spacing, rescale)
-                    if timings is not None:
-                        timings["inference"] = timings.get("inference", 0.0) + (time.perf_counter() - t0) * 1000.0
+                    out[index] = self._score_stored(np.stack([slices[i].stored for i in index]), spacing, rescale,
+                                                    timings)
                     continue
                 except RunnerError:
                     raise
@@ -131,12 +130,20 @@ class Model:
             out[index] = self.score_slices(hu, spacing, timings=timings)
         return out
 
-    def _score_stored(self, stored: np.ndarray, spacing: tuple[float, float], rescale: tuple) -> np.ndarray:
+    def _score_stored(self, stored: np.ndarray, spacing: tuple[float, float], rescale: tuple,
+                      timings: dict[str, float] | None) -> np.ndarray:
         batch, _limit = self._batch()
         parts = [np.zeros((0, len(self.manifest.findings)), dtype=np.float32)]
         for start in range(0, stored.shape[0], batch):
             chunk = stored[start:start + batch]
+            t0 = time.perf_counter()
             parts.append(self._probabilities(self.runner.infer_stored(chunk, spacing, rescale), chunk.shape[0]))
+            if timings is not None:
+                # the runner's stream timings where it has them (GPU: upload + kernel, engine), else wall time
+                spent = getattr(self.runner, "last_timings", None) or {
+                    "inference": (time.perf_counter() - t0) * 1000.0}
+                for stage, ms in spent.items():
+                    timings[stage] = timings.get(stage, 0.0) + ms
         return np.concatenate(parts)
 
     def score_slices(self, hu: np.ndarray, pixel_spacing: tuple[float, float],

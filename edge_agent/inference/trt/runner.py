@@ -74,6 +74,8 @@ class TrtRunner(Runner):
         self.preprocessing = preprocessing
         self.preprocess_problem: str | None = None  # why GPU preprocessing is off (None: on, or not asked for)
         self._pre = None
+        self._events = None  # CUDA events timing the kernel and the engine on the stream (GPU preprocessing)
+        self.last_timings: dict[str, float] = {}  # ms of the last infer_stored: "preprocess", "inference"
         self.fingerprint = None
         self._cuda = self._cuda_ctx = None
         self._runtime = self._engine = self._context = self._stream = None
@@ -163,6 +165,8 @@ class TrtRunner(Runner):
                                       mapped=self.mapped)
                 pre.prepare()
                 self._pre = pre
+                cuda = self._cuda
+                self._events = (cuda.Event(), cuda.Event(), cuda.Event())
             except Exception as exc:  # noqa: BLE001 - nvcc missing or failing, out of memory: CPU path instead
                 if pre is not None:
                     pre.free()
@@ -182,7 +186,7 @@ class TrtRunner(Runner):
         except Exception:  # noqa: BLE001 - a broken context may refuse; the buffers go with the context
             log.warning("model %s: freeing the GPU preprocessing buffers failed", self.name, exc_info=True)
         finally:
-            self._pre = None
+            self._pre = self._events = None
             self._pop()
         self.preprocess_problem = reason
 
@@ -213,13 +217,19 @@ class TrtRunner(Runner):
         batch = max(n, int(t.min_shape[0]))  # a fixed-batch engine runs full; the caller keeps the first n rows
         slope, intercept, padding = rescale
         lo, hi = padding if padding is not None else (None, None)
+        start, prepared, done = self._events
         self._push()
         try:
             self._set_shape(t, (batch, *t.max_shape[1:]))
+            start.record(self._stream)
             self._pre.run(np.ascontiguousarray(stored), pixel_spacing, slope=float(slope),
                           intercept=float(intercept), padding_value=lo, padding_limit=hi,
                           out_ptr=self._buffers.tensors[t.name].device_ptr)
-            return self._execute()
+            prepared.record(self._stream)
+            outputs = self._execute(mark=done)
+            # Stream time, no extra synchronisation: upload + kernel, then engine + downloads.
+            self.last_timings = {"preprocess": prepared.time_since(start), "inference": done.time_since(prepared)}
+            return outputs
         finally:
             self._pop()
 
@@ -228,13 +238,18 @@ class TrtRunner(Runner):
         if not self._context.set_input_shape(t.name, shape):
             raise RunnerError(f"TensorRT refused shape {list(shape)} for input {t.name!r} ({last_errors()}).")
 
-    def _execute(self) -> dict[str, np.ndarray]:
-        """Enqueue the engine and the output downloads on the stream, wait, return copies (context pushed)."""
+    def _execute(self, mark=None) -> dict[str, np.ndarray]:
+        """Enqueue the engine and the output downloads on the stream, wait, return copies (context pushed).
+
+        ``mark``: a CUDA event recorded on the stream after the downloads.
+        """
         ctx, buffers, stream = self._context, self._buffers, self._stream
         if not ctx.execute_async_v3(stream.handle):
             raise RunnerError(f"TensorRT inference failed for {self.name} ({last_errors()}).")
         views = {t.name: buffers.start_download(t.name, tuple(int(d) for d in ctx.get_tensor_shape(t.name)), stream)
                  for t in self._tensors if not t.is_input}
+        if mark is not None:
+            mark.record(stream)
         stream.synchronize()
         return {name: view.copy() for name, view in views.items()}
 
@@ -258,6 +273,7 @@ class TrtRunner(Runner):
         if self._pre is not None:
             self._pre.free()
         self._pre = None
+        self._events = None  # destroyed now, while the context is current
         if self._buffers is not None:
             self._buffers.free()
         self._buffers = None
