@@ -67,4 +67,5 @@ def test_trt_runner_prepares_stored_pixels_on_the_gpu(engine, mapped):
     with TrtRunner(engine_path, mapped=mapped, preprocessing=spec) as runner:
         assert runner.stored_input_dtypes(), runner.preprocess_problem
         got = runner.infer_stored(raw, (0.7, 0.7), (1.0, -1024.0, (0, 0)))["probability"]
+        assert runner.last_timings["preprocess"] > 0 and runner.last_timings["inference"] > 0
     np.testing.assert_allclose(got, expected, atol=1e-3)
