@@ -157,7 +157,7 @@ class Agent:
             self.receiver = StorageReceiver(Path(cfg.ingest.watch), port=cfg.dicom.port, ae_title=cfg.dicom.ae_title,
                                             bind=cfg.dicom.bind,
                                             allowed_calling_aets=cfg.dicom.allowed_calling_aets or None,
-                                            ssl_context=tls)
+                                            ssl_context=tls, spool_dir=state / "receiving")
             self.receiver.start()
             self._started.append(("receiver", self.receiver))
 

@@ -7,9 +7,12 @@ folder as ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 The file watcher stays the one path into the pipeline: the receiver only
 lands files, atomically (dot-temp name, fsync, ``os.replace``), so the
 watcher never sees a half-written file and a resend replaces the same name.
-Received data sets stream to a temporary file as they arrive (pynetdicom's
-``STORE_RECV_CHUNKED_DATASET``) and are copied from there in 1 MiB pieces, so
-a multi-frame instance of hundreds of MB never sits in memory.
+Received data sets stream to a spool file as they arrive (pynetdicom's
+``STORE_RECV_CHUNKED_DATASET``, its temporary files redirected into our spool
+folder) and are copied from there in 1 MiB pieces, so a multi-frame instance
+of hundreds of MB never sits in memory. pynetdicom leaves the spool file of a
+transfer that was aborted half-way; the receiver removes spool files that
+have not grown for ``SPOOL_MAX_AGE`` seconds, at start and every minute.
 
 DICOM TLS (PS3.15 B.9, BCP 195: TLS 1.2 or later) is optional: a certificate
 and key make the port TLS-only; a CA file also requires every peer to present
@@ -23,6 +26,7 @@ pynetdicom is used only in this module.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
@@ -30,13 +34,16 @@ import shutil
 import socket
 import socketserver
 import ssl
+import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
 from pydicom import dcmread
 from pydicom.uid import UID
+import pynetdicom.dimse_messages as pynetdicom_messages
 from pynetdicom import AE, _config as pynetdicom_config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -114,6 +121,29 @@ def tls_context(cert_file: str | Path, key_file: str | Path, ca_file: str | Path
     return ctx
 
 
+SPOOL_MAX_AGE = 600.0  # s without a write: the transfer that wrote it was aborted
+
+
+def sweep_spool(folder: Path, max_age: float = SPOOL_MAX_AGE) -> int:
+    """Remove spool files untouched for ``max_age`` seconds (aborted transfers); returns how many."""
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file() and now - entry.stat().st_mtime > max_age:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            pass
+    if removed:
+        log.warning("removed %d spool file(s) of aborted DICOM transfers from %s", removed, folder)
+    return removed
+
+
 class _AssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, with the TLS handshake moved off the accepting thread.
 
@@ -124,6 +154,14 @@ class _AssociationServer(ThreadedAssociationServer):
 
     handshake_timeout = 10.0
     on_tls_failure: Callable[[str, str], None] | None = None
+    spool: Path | None = None
+    _swept_at = 0.0
+
+    def service_actions(self) -> None:  # called by serve_forever between polls
+        super().service_actions()
+        if self.spool is not None and time.monotonic() - self._swept_at >= 60.0:
+            self._swept_at = time.monotonic()
+            sweep_spool(self.spool)
 
     def get_request(self):
         sock, address = self.socket.accept()
@@ -162,6 +200,8 @@ class StorageReceiver:
     PS3.8 D.1). ``on_stored`` is called with each file's final path after it
     was written; an error in it is logged and does not fail the store.
     ``ssl_context`` (see :func:`tls_context`) makes the port DICOM TLS only.
+    ``spool_dir`` holds data sets while they arrive (the agent uses
+    ``state_dir/receiving``; default ``<temp>/edge-agent-receiving-<uid>``).
     ``bind`` may be an IPv4 or IPv6 address (``"::"``: every IPv6 address).
     """
 
@@ -176,6 +216,7 @@ class StorageReceiver:
         max_pdu: int = 0,
         on_stored: Callable[[Path], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"The DICOM port {port} is out of range; use a port between 1 and 65535.")
@@ -190,6 +231,8 @@ class StorageReceiver:
         self.max_pdu = int(max_pdu)
         self.on_stored = on_stored
         self.ssl_context = ssl_context
+        self.spool_dir = (Path(spool_dir) if spool_dir is not None
+                          else Path(tempfile.gettempdir()) / f"edge-agent-receiving-{os.getuid()}")
         self._requested_port = int(port)
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -214,16 +257,20 @@ class StorageReceiver:
         """
         if self._server is not None:
             return
-        try:
-            self.watch_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EdgeAgentError(
-                f"Cannot create the watch folder {self.watch_dir} for received images "
-                f"({exc.strerror}); create it or fix its permissions."
-            ) from None
-        # Each received data set goes to a temporary file chunk by chunk instead of into memory
-        # (process-wide pynetdicom setting; this receiver is the agent's only DICOM service).
+        for folder, what in ((self.watch_dir, "watch folder"), (self.spool_dir, "spool folder")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise EdgeAgentError(
+                    f"Cannot create the {what} {folder} for received images "
+                    f"({exc.strerror}); create it or fix its permissions."
+                ) from None
+        sweep_spool(self.spool_dir)
+        # Each received data set goes to a spool file chunk by chunk instead of into memory
+        # (process-wide pynetdicom settings; this receiver is the agent's only DICOM service).
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+        pynetdicom_messages.NamedTemporaryFile = functools.partial(
+            tempfile.NamedTemporaryFile, dir=str(self.spool_dir), prefix="rx-")
         ae = self._make_ae()
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
@@ -241,6 +288,7 @@ class StorageReceiver:
         except OSError as exc:
             raise self._bind_error(exc) from None
         server.on_tls_failure = self._tls_failed
+        server.spool = self.spool_dir
         self._server = server
         self._thread = threading.Thread(target=self._serve, args=(server,), name="dicom-receiver", daemon=True)
         self._thread.start()

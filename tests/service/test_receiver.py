@@ -305,3 +305,38 @@ def test_a_large_instance_streams_through_a_file_not_memory(receiver, tmp_path):
     assert dst.stat().st_size >= size - 256                         # same data set (file meta may differ)
     np.testing.assert_array_equal(pydicom.dcmread(dst).pixel_array, pydicom.dcmread(src).pixel_array)
     assert peak < size / 4, f"{peak / 2**20:.1f} MiB held in memory for a {size / 2**20:.1f} MiB instance"
+
+
+def test_spool_files_of_aborted_transfers_are_swept(tmp_path):
+    import os
+    import time
+
+    from edge_agent.service.receiver import SPOOL_MAX_AGE
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    stale, fresh = spool / "rx-stale.dcm", spool / "rx-fresh.dcm"
+    stale.write_bytes(b"\0" * 100)
+    fresh.write_bytes(b"\0" * 100)
+    old = time.time() - SPOOL_MAX_AGE - 5
+    os.utime(stale, (old, old))
+    seen = []
+    rx = StorageReceiver(tmp_path / "watch", port=0, spool_dir=spool)
+    real = rx._store
+
+    def spy(event):
+        seen.append(event.dataset_path.parent)     # where pynetdicom streamed this data set
+        return real(event)
+
+    rx._store = spy
+    with rx:
+        assert not stale.exists() and fresh.exists(), "swept at start: only files nobody wrote to for 10 min"
+        assert storescu(rx.port, write_series(volume(n=1), tmp_path / "src")).returncode == 0
+        os.utime(fresh, (old, old))
+        rx._server._swept_at = 0.0                  # the next poll of the serving loop sweeps again
+        deadline = time.monotonic() + 5
+        while fresh.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert seen == [spool] and not fresh.exists()
+    assert list(spool.iterdir()) == [], "the received data set's spool file is gone after it landed"
+    assert len(landed(rx.watch_dir)) == 1
