@@ -151,15 +151,23 @@ def test_two_scanners_at_once(broker, collector, agent_factory):
 
 
 @pytest.mark.skipif(dcmtk("storescu") is None, reason="DCMTK storescu is installed by .ci/run")
-def test_c_store_from_a_real_dicom_client(broker, collector, agent_factory, tmp_path):
-    from support.mosquitto import free_port
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "dicom-tls"])
+def test_c_store_from_a_real_dicom_client(broker, collector, agent_factory, tmp_path, tls):
+    from support.mosquitto import free_port, make_pki
 
     port = free_port()
-    agent = agent_factory(broker.url, "--dicom-port", str(port), "--ae-title", "EDGE_TEST").start()
+    env, tls_flags = {}, []
+    if tls:
+        pki = make_pki(tmp_path / "pki")
+        env = {"EDGE_AGENT_DICOM_TLS_CERT": str(pki.server_cert), "EDGE_AGENT_DICOM_TLS_KEY": str(pki.server_key),
+               "EDGE_AGENT_DICOM_TLS_CA": str(pki.ca_cert)}
+        tls_flags = ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca_cert)]
+    agent = agent_factory(broker.url, "--dicom-port", str(port), "--ae-title", "EDGE_TEST", env=env).start()
     phantom, paths = render("ich", 61, tmp_path / "send")
-    proc = subprocess.run([dcmtk("storescu"), "-aec", "EDGE_TEST", "-aet", "SCANNER", "127.0.0.1", str(port),
-                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([dcmtk("storescu"), "-aec", "EDGE_TEST", "-aet", "SCANNER", *tls_flags, "127.0.0.1",
+                           str(port), *map(str, paths)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    assert list((agent.state / "receiving").iterdir()) == [], "spool emptied as instances landed"
     uid = phantom.headers.series_instance_uid
     result = final_result(collector, uid, len(paths))
     assert result["status"] == "analysed"
