@@ -183,7 +183,7 @@ def test_doctor_pycuda_check_runs_a_kernel():
 
     level, message = pycuda_check()
     assert level == "OK", message
-    assert "ran a test kernel" in message
+    assert "ran a test kernel" in message and "zero_copy = auto" in message
 
 
 def test_h2d_bandwidth_measured():

@@ -102,7 +102,11 @@ def pycuda_check() -> tuple[str, str]:
         if not np.array_equal(out, host * 2):
             return "FAIL", "a test kernel ran but returned wrong numbers; the GPU or driver is unhealthy"
         cc = "{}.{}".format(*device.compute_capability())
-        return "OK", f"pycuda {_pycuda_version()} ran a test kernel on {device.name()} (sm {cc})"
+        from edge_agent.inference.trt.runner import _integrated
+
+        memory = ("integrated, zero-copy used with inference.zero_copy = auto" if _integrated(cuda, device)
+                  else "discrete, pinned copies with inference.zero_copy = auto")
+        return "OK", f"pycuda {_pycuda_version()} ran a test kernel on {device.name()} (sm {cc}; {memory})"
     except Exception as exc:  # noqa: BLE001
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return "FAIL", f"pycuda could not compile or run a test kernel ({first}); check that nvcc is on PATH"
