@@ -28,7 +28,7 @@ def test_gpu_tests_collect_and_measure_runs_without_the_agents_dependencies():
                   " '-p', 'no:randomly']))")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "error" not in proc.stdout.lower()
-    proc = _child("from edge_agent.inference.trt import health, measure\n"
+    proc = _child("from edge_agent.inference.trt import health, measure, runner\n"
                   "print([f()[0] for f in (health.gpu_driver, health.tensorrt_check, health.pycuda_check)])\n"
                   "measure.main()")
     assert proc.returncode == 0, proc.stderr
