@@ -39,7 +39,7 @@ from edge_agent.ingest.watcher import BaseObserver, PathFilter, WatchFolderError
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# With delete_after_processing, deleted files (and their instances) are remembered this long:
+# Files deleted by retention or gone from the folder (and their instances) are remembered this long:
 # a resend within a week is still a duplicate; the ledger stays bounded.
 LEDGER_MEMORY_S = 7 * 24 * 3600.0
 
@@ -171,13 +171,18 @@ class Ingest:
         for path, st in path_filter.walk():
             if self._stop.is_set():
                 return
-            if known.get(str(path)) == (st.st_size, st.st_mtime_ns) or path in self._tracker:
+            if known.pop(str(path), None) == (st.st_size, st.st_mtime_ns) or path in self._tracker:
                 continue
             self._tracker.touch(path, st=st)
             found += 1
         self._count("rescan_found", found)
         if found:
             log.info("rescan queued %d files", found)
+        # What the walk did not see is gone (a PACS forwarder, a clean-up job): stop listing it, so the
+        # ledger's working set follows the folder instead of growing with every file ever seen.
+        gone = [p for p in known if not os.path.lexists(p)]
+        if gone:
+            ledger.mark_gone(gone)
 
     def stats(self) -> dict[str, int]:
         """Counters since this object was created, and the current backlog.
@@ -211,8 +216,7 @@ class Ingest:
         while not self._stop.wait(self.settings.rescan_interval):
             self._guarded(self.rescan_now)
             self._guarded(self._supervise_observer)
-            if self.settings.delete_after_processing:
-                self._guarded(self._require_ledger().prune, time.time() - LEDGER_MEMORY_S)
+            self._guarded(self._require_ledger().prune, time.time() - LEDGER_MEMORY_S)
 
     def _start_observer(self) -> BaseObserver:
         return start_observer(self._require(self._filter), self._on_event, self._on_dir_event,

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_by_path ON instances(path);
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_instance_uid);
 CREATE TABLE IF NOT EXISTS series (
     series_instance_uid TEXT PRIMARY KEY,
     done INTEGER NOT NULL DEFAULT 0,
@@ -221,8 +222,23 @@ class Ledger:
                                    (series_instance_uid,)).fetchone()
         return bool(row and row[0])
 
+    def mark_gone(self, paths: list[str]) -> int:
+        """Files no longer in the watch folder (removed by someone else): like retention, they stop counting
+        for rescans and are forgotten by :meth:`prune` later; their instances still catch resends until then."""
+        if not paths:
+            return 0
+
+        def work(db: sqlite3.Connection) -> int:
+            now = time.time()
+            cur = db.executemany(
+                "UPDATE files SET state = ?, reason = 'no longer in the watch folder', updated_at = ? "
+                "WHERE path = ? AND state != ?", [(DELETED, now, p, DELETED) for p in paths])
+            return cur.rowcount
+
+        return self._tx(work)
+
     def prune(self, before: float) -> int:
-        """Forget files deleted by retention before ``before`` (time.time()), and their instances.
+        """Forget files deleted (by retention or by others) before ``before`` (time.time()), and their instances.
 
         Keeps the ledger bounded on a box that deletes its inputs. Files that
         are still on disk are never forgotten (a rescan would take them for

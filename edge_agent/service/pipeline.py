@@ -38,6 +38,10 @@ def utc_iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
 
 
+#: Final series (scores, alert revisions) are kept this long for reopening by late or resent slices.
+SERIES_MEMORY_S = 7 * 24 * 3600
+
+
 class Outputs(Protocol):
     """Where the pipeline's decisions go (the app wires the outbox, ingest and metrics)."""
 
@@ -144,6 +148,7 @@ class SeriesPipeline:
             self._ready.set()
             return
         self._ready.set()
+        next_prune = 0.0
         try:
             while True:
                 self._heartbeat("pipeline")
@@ -151,6 +156,9 @@ class SeriesPipeline:
                 if items:
                     self._process(items)
                 self._finalise_due()
+                if time.monotonic() >= next_prune:  # the state DB keeps a week of final series, no more
+                    next_prune = time.monotonic() + 3600.0
+                    self._prune()
                 if self._stop.is_set() and self._queue.empty():
                     break
         finally:
@@ -158,6 +166,15 @@ class SeriesPipeline:
                 self.models.close()
             finally:
                 self.store.close()
+
+    def _prune(self) -> None:
+        try:
+            forgotten = self.store.prune_final(time.time() - SERIES_MEMORY_S)
+        except Exception:  # noqa: BLE001 - housekeeping must never stop the pipeline
+            log.exception("pruning the series state DB failed; retrying in an hour")
+            return
+        if forgotten:
+            log.info("forgot %d series final for more than %d days", forgotten, SERIES_MEMORY_S // 86400)
 
     def _next_due(self) -> float:
         """Seconds until the next open series is due for its final decision (at most 0.1)."""

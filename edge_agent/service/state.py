@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     probability REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS alerts_by_series ON alerts(series_instance_uid);
+CREATE INDEX IF NOT EXISTS series_by_status ON series(status, finalised_at);
 """
 
 
@@ -99,6 +101,22 @@ class SeriesStore:
         row = self._db.execute("SELECT info, first_received FROM series WHERE series_instance_uid=?",
                                (series_instance_uid,)).fetchone()
         return (json.loads(row[0]), row[1]) if row else None
+
+    def prune_final(self, before: float) -> int:
+        """Forget series final since before ``before`` (time.time()): their scores and alert revisions.
+
+        A series that reopens after that starts afresh (its alert_id is the
+        same, its revision starts again at 1). Returns how many were forgotten.
+        """
+        uids = [(u,) for (u,) in self._db.execute(
+            "SELECT series_instance_uid FROM series WHERE status='final' AND finalised_at < ?", (before,))]
+        if not uids:
+            return 0
+        self._db.execute("BEGIN")
+        for table in ("slices", "alerts", "series"):
+            self._db.executemany(f"DELETE FROM {table} WHERE series_instance_uid=?", uids)
+        self._db.execute("COMMIT")
+        return len(uids)
 
     def mark_final(self, series_instance_uid: str) -> None:
         self._db.execute("UPDATE series SET status='final', finalised_at=? WHERE series_instance_uid=?",

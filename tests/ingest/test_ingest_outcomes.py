@@ -183,3 +183,34 @@ def test_multiframe_enhanced_ct_is_one_file_one_instance(make_ingest, dirs):
     # One key per frame (edge_agent.dicom keys frames as "<SOP Instance UID>.<frame>").
     assert len(item.slices) >= 2 and len(set(item.sop_instance_uids)) == len(item.slices)
     assert ing.stats()["accepted"] == 1
+
+
+def test_files_removed_by_others_leave_the_ledgers_working_set(make_ingest, dirs, tmp_path):
+    """A forwarder deletes finished files: the next rescan stops listing them; a resend is still a duplicate."""
+    from edge_agent.ingest import ledger as L
+
+    watch, _ = dirs
+    c = Collector()
+    ing = make_ingest(c)
+    data = dicom_bytes(3, tmp=tmp_path)
+    (watch / "series").mkdir()
+    for k, d in enumerate(data):
+        (watch / "series" / f"IM{k}.dcm").write_bytes(d)
+    assert c.wait(files=3, timeout=5)
+    settle(ing)
+    ledger = ing._require_ledger()
+    assert len(ledger.identities()) == 3
+    ing.mark_series_done(c.files[0].series_instance_uid)
+    shutil.rmtree(watch / "series")                          # not retention: somebody else's clean-up
+    (tmp_path / "other").mkdir()
+    (watch / "kept.dcm").write_bytes(dicom_bytes(1, tmp=tmp_path / "other", seed=9)[0])
+    assert c.wait(files=4, timeout=5)
+    settle(ing)
+    ing.rescan_now()
+    assert list(ledger.identities()) == [str(watch / "kept.dcm")]
+    assert ledger.counts()[L.DELETED] == 3
+    (watch / "again.dcm").write_bytes(data[0])               # resent under another name: still known
+    time.sleep(0.6)
+    settle(ing)
+    assert ing.stats()["duplicates"] == 1 and len(c.files) == 4
+    assert ledger.prune(before=time.time() + 1) == 3          # forgotten a week later (LEDGER_MEMORY_S)
