@@ -164,13 +164,16 @@ class TrtRunner(Runner):
                                       max_slices=int(t.max_shape[0]), raw_dtype=None, stream=self._stream,
                                       mapped=self.mapped)
                 pre.prepare()
-                self._pre = pre
                 cuda = self._cuda
-                self._events = (cuda.Event(), cuda.Event(), cuda.Event())
+                events = (cuda.Event(), cuda.Event(), cuda.Event())
+                self._pre, self._events = pre, events
             except Exception as exc:  # noqa: BLE001 - nvcc missing or failing, out of memory: CPU path instead
-                if pre is not None:
-                    pre.free()
                 self.preprocess_problem = f"the preprocessing kernel could not be built ({_short(exc)})"
+                if pre is not None:
+                    try:
+                        pre.free()
+                    except Exception:  # noqa: BLE001 - what is left goes with the context at deactivation
+                        log.warning("model %s: freeing a half-built preprocessor failed", self.name, exc_info=True)
         if self.preprocess_problem:
             log.warning("model %s: GPU preprocessing is off because %s; its input is prepared on the CPU",
                         self.name, self.preprocess_problem)
