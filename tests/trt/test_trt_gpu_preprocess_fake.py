@@ -283,3 +283,21 @@ def test_a_kernel_failure_at_run_time_moves_preprocessing_to_the_cpu(model_dir, 
     np.testing.assert_allclose(second, expected, atol=1e-6)
     assert any("GPU preprocessing failed" in r.getMessage() for r in caplog.records)
     assert not cuda.live
+
+
+def test_a_failure_after_the_kernels_are_built_leaves_nothing_half_made(model_dir, host_kernels, tmp_path,
+                                                                       monkeypatch):
+    cuda = host_kernels
+
+    def no_events():
+        raise RuntimeError("cuEventCreate failed: out of memory")
+
+    monkeypatch.setattr(cuda, "Event", no_events)
+    models = ModelSet.load(model_dir, backend="tensorrt")
+    stored = _slices(tmp_path / "s", stored_only=True)
+    with models:
+        runner = models["tiny"].runner
+        assert runner.stored_input_dtypes() == () and "cuEventCreate failed" in runner.preprocess_problem
+        out = models["tiny"].score_images(stored)                   # scored, on the CPU path
+    assert out.shape == (6, 1) and np.ptp(out) > 0.01
+    assert not cuda.live, "the half-built preprocessor's buffers were freed"
