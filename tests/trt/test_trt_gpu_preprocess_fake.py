@@ -296,7 +296,9 @@ def test_a_failure_after_the_kernels_are_built_leaves_nothing_half_made(model_di
     models = ModelSet.load(model_dir, backend="tensorrt")
     stored = _slices(tmp_path / "s", stored_only=True)
     with models:
+        models["tiny"].ensure_active()
         runner = models["tiny"].runner
+        assert runner.is_active and runner.backend == "tensorrt"
         assert runner.stored_input_dtypes() == () and "cuEventCreate failed" in runner.preprocess_problem
         out = models["tiny"].score_images(stored)                   # scored, on the CPU path
     assert out.shape == (6, 1) and np.ptp(out) > 0.01
