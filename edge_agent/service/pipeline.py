@@ -251,7 +251,7 @@ class SeriesPipeline:
                     self._score(series, model, good)
         finally:
             for _, s in slices:
-                s.hu = s.stored = None  # every model has scored it: the pixels go, memory stays flat
+                s.drop_pixels()  # every model has scored it: the pixels go, memory stays flat
 
     def _known_scores(self, series: OpenSeries, name: str) -> dict[str, SliceScore]:
         known = series.scores.get(name)
