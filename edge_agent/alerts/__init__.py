@@ -6,6 +6,7 @@ docs/ALERTS.md for delivery modes, topics and payloads.
 
 from edge_agent.alerts.payloads import (
     DISCLAIMER,
+    SCHEMA_IDS,
     PayloadError,
     alert_id,
     build_alert,
@@ -20,7 +21,7 @@ from edge_agent.alerts.payloads import (
 from edge_agent.alerts.settings import MqttSettings, parse_broker_url
 
 __all__ = [
-    "DISCLAIMER", "PayloadError", "alert_id", "build_alert", "build_receipt", "build_result", "build_status",
+    "DISCLAIMER", "SCHEMA_IDS", "PayloadError", "alert_id", "build_alert", "build_receipt", "build_result", "build_status",
     "load_schema", "strip_phi", "utc_now", "validate_payload", "MqttSettings", "parse_broker_url",
     "AlertPublisher", "AlertListener", "EmbeddedBroker", "BrokerUnreachable",
 ]

@@ -24,7 +24,7 @@ from edge_agent.errors import EdgeAgentError
 
 SCHEMA_IDS = {
     "alert": "edge-agent/alert/1",
-    "result": "edge-agent/result/1",
+    "result": "edge-agent/result/2",
     "status": "edge-agent/status/1",
     "receipt": "edge-agent/receipt/1",
 }
@@ -46,7 +46,12 @@ class PayloadError(EdgeAgentError):
 
 def utc_now() -> str:
     """Now as UTC ISO-8601 with milliseconds and a 'Z', the format of every payload timestamp."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return utc_iso(_dt.datetime.now(_dt.timezone.utc).timestamp())
+
+
+def utc_iso(t: float) -> str:
+    """``time.time()`` as UTC ISO-8601 with milliseconds and a 'Z'."""
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def alert_id(series_instance_uid: str, model_name: str, model_version: str, finding_code: str) -> str:

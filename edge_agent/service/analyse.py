@@ -1,11 +1,12 @@
-"""One-shot analysis of an assembled series by the loaded models.
+"""One-shot analysis of an assembled series by the loaded models (``edge-agent infer``).
 
-:func:`analyse_series` is what ``edge-agent infer`` prints and what the
-daemon does when a series is complete: route the series to the models whose
-``applies_to`` matches, check each can analyse it, score every slice, decide,
-and return one JSON-ready object (the ``infer`` contract in product.md).
-Each model runs inside an error boundary: a failing model becomes a reason
-in the result, never an exception out of here. No PHI is put in the result.
+Route the series to the models whose ``applies_to`` matches, check each can
+analyse it, score every slice, and let the series decider
+(:mod:`edge_agent.decision.series`, the same one the daemon uses) decide and
+build the result: one JSON-ready object, the ``infer`` contract in
+product.md. Each model runs inside an error boundary: a failing model
+becomes a reason in the result, never an exception out of here. No PHI is
+put in the result.
 """
 
 from __future__ import annotations
@@ -16,117 +17,86 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.decision import decide, preliminary_met
+from edge_agent.alerts.payloads import DISCLAIMER
+from edge_agent.decision.series import ModelOutcome, ScoredSlice, decide_model, series_result
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference.models import Model, ModelSet
 
 log = logging.getLogger("edge_agent.analyse")
 
-DISCLAIMER = ("Demo model trained on synthetic phantoms only; not a medical device; "
-              "never use it for diagnosis.")
+__all__ = ["DISCLAIMER", "analyse_series", "no_model_reason"]
 
 
-def _round(value: float, digits: int = 4) -> float:
-    return float(round(float(value), digits))
+def no_model_reason(modality: str | None, body_part: str | None) -> str:
+    return (f"no model applies to this series (modality {modality or 'unknown'}, "
+            f"body part {body_part or 'unknown'})")
 
 
-def _findings(model: Model, probs: np.ndarray, series: Any) -> list[dict]:
-    m = model.manifest
+def _scored(series: Any, probs: np.ndarray) -> list[ScoredSlice]:
     uids = list(getattr(series, "sop_instance_uids", []) or [])
     positions = getattr(series, "positions", None)
-    out = []
-    for column, spec in enumerate(m.findings):
-        p = probs[:, column]
-        decision = decide(p, m.decision, positions_mm=positions if positions is not None and len(positions) == len(p)
-                          else None, sop_instance_uids=uids if len(uids) == len(p) else None)
-        out.append({
-            "code": spec.code,
-            "label": spec.label,
-            "probability": _round(decision.probability),
-            "positive": decision.positive,
-            "severity": spec.severity,
-            "threshold": m.decision.threshold,
-            "preliminary": preliminary_met(p, m.decision),
-            "model": m.name,
-            "model_version": m.version,
-            "key_slices": decision.key_slices,
-        })
-    return out
+    n = probs.shape[0]
+    if len(uids) != n:
+        uids = [None] * n
+    pos = np.asarray(positions, dtype=np.float64) if positions is not None and len(positions) == n else None
+    return [ScoredSlice(uids[i], float(pos[i]) if pos is not None else None, tuple(float(v) for v in probs[i]))
+            for i in range(n)]
 
 
-def _run_model(model: Model, series: Any, timings: dict[str, float]) -> tuple[list[dict], str | None]:
-    """Score and decide; returns (findings, None) or ([], reason) when the model failed."""
+def _run_model(model: Model, series: Any, timings: dict[str, float], backend: str,
+               slice_probabilities: bool) -> ModelOutcome:
+    """Score and decide inside an error boundary: a failure becomes a ``failed`` outcome."""
     try:
-        probs = model.score_slices(series.hu, tuple(series.pixel_spacing), timings)
+        probs = np.asarray(model.score_slices(series.hu, tuple(series.pixel_spacing), timings), dtype=np.float64)
+        if probs.ndim == 1:
+            probs = probs[:, None]
         t0 = time.perf_counter()
-        findings = _findings(model, probs, series)
+        outcome = decide_model(model.manifest, _scored(series, probs), backend=backend,
+                               slice_probabilities=slice_probabilities)
         timings["decision"] = timings.get("decision", 0.0) + (time.perf_counter() - t0) * 1000.0
-        return findings, None
+        return outcome
     except EdgeAgentError as exc:
         log.warning("model %s failed on series %s: %s", model.name, series.series_instance_uid, exc)
-        return [], f"model {model.name} failed: {str(exc).rstrip('.')}"
+        reason = f"model {model.name} failed: {str(exc).rstrip('.')}"
     except Exception as exc:  # noqa: BLE001 - error boundary: one model never breaks the series
         log.error("model %s crashed on series %s (%s)", model.name, series.series_instance_uid,
                   type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
-        return [], f"model {model.name} failed unexpectedly ({type(exc).__name__}: {exc})"
+        reason = f"model {model.name} failed unexpectedly ({type(exc).__name__}: {exc})"
+    return ModelOutcome(model.manifest, "failed", reason, backend=backend)
 
 
-def analyse_series(series: Any, models: ModelSet) -> dict:
+def analyse_series(series: Any, models: ModelSet, *, slice_probabilities: bool = False) -> dict:
     """Analyse one assembled series; returns the ``infer`` JSON object for it.
 
     ``status``: ``analysed`` (at least one model scored it), ``skipped`` (no
-    model applies; ``reason`` says what the series is) or ``rejected`` (every
-    model that applies refused or failed; ``reason`` joins their reasons).
-    ``models`` lists each applicable model with its own status and reason.
+    model applies; ``reason`` says what the series is), ``rejected`` (every
+    model that applies refused or failed; ``reason`` joins their reasons) or
+    ``not_assessable``. ``models`` lists each applicable model with its own
+    status and reason. ``slice_probabilities``: each finding also lists its
+    per-slice probabilities in series order (``edge-agent validate``).
     """
-    n = len(getattr(series, "sop_instance_uids", ()) or ())
-    result: dict[str, Any] = {
-        "series_instance_uid": series.series_instance_uid,
-        "study_instance_uid": series.study_instance_uid,
-        "slices": n,
-        "modality": getattr(series, "modality", None) or None,
-        "body_part": getattr(series, "body_part", None) or None,
-        "status": "skipped",
-        "findings": [],
-        "models": [],
-        "timings_ms": {"preprocess": 0.0, "inference": 0.0, "decision": 0.0},
-        "warnings": [str(w) for w in (getattr(series, "warnings", None) or [])],
-    }
+    modality = getattr(series, "modality", None) or None
+    body_part = getattr(series, "body_part", None) or None
+    warnings = [str(w) for w in (getattr(series, "warnings", None) or [])]
     left_out = len(getattr(series, "rejected", None) or [])
     if left_out:
-        result["warnings"].append(f"{left_out} file{'s' if left_out != 1 else ''} of this series "
-                                  f"{'were' if left_out != 1 else 'was'} left out")
-    matched = models.route(series)
-    if not matched:
-        result["reason"] = (f"no model applies to this series (modality {result['modality'] or 'unknown'}, "
-                            f"body part {result['body_part'] or 'unknown'})")
-        return result
+        warnings.append(f"{left_out} file{'s' if left_out != 1 else ''} of this series "
+                        f"{'were' if left_out != 1 else 'was'} left out")
     timings: dict[str, float] = {}
-    reasons = []
-    synthetic = False
-    for model, _ in matched:
-        entry = {"name": model.name, "version": model.manifest.version,
-                 "backend": getattr(model.runner, "backend", type(model.runner).__name__)}
+    outcomes = []
+    for model, _ in models.route(series):
+        backend = getattr(model.runner, "backend", type(model.runner).__name__)
         reason = models.check_series(model, series)
-        findings: list[dict] = []
         if reason is None:
-            findings, reason = _run_model(model, series, timings)
-            entry["status"] = "failed" if reason else "analysed"
+            outcomes.append(_run_model(model, series, timings, backend, slice_probabilities))
         else:
-            entry["status"] = "rejected"
-        if reason:
-            entry["reason"] = reason
-            reasons.append(reason)
-        else:
-            synthetic = synthetic or model.manifest.synthetic_training
-        result["findings"].extend(findings)
-        result["models"].append(entry)
-    result["timings_ms"] = {k: _round(timings.get(k, 0.0), 2) for k in ("preprocess", "inference", "decision")}
-    if any(e["status"] == "analysed" for e in result["models"]):
-        result["status"] = "analysed"
-    else:
-        result["status"] = "rejected"
-        result["reason"] = "; ".join(reasons)
-    if synthetic:
+            outcomes.append(ModelOutcome(model.manifest, "rejected", reason, backend=backend))
+    result = series_result(
+        series_instance_uid=series.series_instance_uid, study_instance_uid=series.study_instance_uid,
+        slices=len(getattr(series, "sop_instance_uids", ()) or ()), outcomes=outcomes,
+        no_model_reason=no_model_reason(modality, body_part), warnings=warnings)
+    result["modality"], result["body_part"] = modality, body_part
+    result["timings_ms"] = {k: float(round(timings.get(k, 0.0), 2)) for k in ("preprocess", "inference", "decision")}
+    if any(o.status == "analysed" and o.manifest.synthetic_training for o in outcomes):
         result["disclaimer"] = DISCLAIMER
     return result

@@ -31,7 +31,7 @@ class _Outputs:
 
     def publish_result(self, result: dict) -> None:
         from edge_agent.alerts.payloads import build_result
-        from edge_agent.service.pipeline import utc_iso
+        from edge_agent.alerts.payloads import utc_iso
 
         cfg = self.app.config
         payload = build_result(site=cfg.agent.site, device=cfg.agent.device,
@@ -133,7 +133,8 @@ class Agent:
         self.pipeline = SeriesPipeline(
             self._load_models, state / "series.sqlite3", _Outputs(self), site=cfg.agent.site,
             device=cfg.agent.device, settle=cfg.series.settle, max_open=cfg.series.max_open,
-            queue_size=cfg.series.queue_size, batch=cfg.series.batch, heartbeat=self.heartbeats.beat)
+            queue_size=cfg.series.queue_size, batch=cfg.series.batch, heartbeat=self.heartbeats.beat,
+            mode_for=self._mode_for)
         self.pipeline.start()
         self._started.append(("pipeline", self.pipeline))
 
@@ -204,6 +205,11 @@ class Agent:
         return ModelSet.load(Path(cfg.engines) if cfg.engines else None, backend=cfg.backend,
                              threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off",
                              zero_copy=cfg.zero_copy)
+
+    def _mode_for(self, model_name: str) -> str:
+        """live | shadow for one model: its [models.<name>] mode, else inference.mode."""
+        model = getattr(self.config, "models", {}).get(model_name) if hasattr(self.config, "models") else None
+        return getattr(model, "mode", None) or self.config.inference.mode
 
     def _on_file(self, item) -> None:
         self.metrics.files_seen.inc()

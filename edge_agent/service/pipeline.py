@@ -16,7 +16,6 @@ in that series' result; the pipeline goes on with the next.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import queue
 import threading
@@ -27,16 +26,14 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from edge_agent.service.state import AlertState, SeriesStore, SliceScore
+from edge_agent.alerts.payloads import DISCLAIMER, alert_id, build_alert, utc_iso
+from edge_agent.decision.series import (
+    AlertAction, ModelOutcome, decide_model, final_actions, preliminary_actions, series_result,
+)
+from edge_agent.service.analyse import no_model_reason
+from edge_agent.service.state import AlertState, Outcome, SeriesStore, SliceScore
 
 log = logging.getLogger(__name__)
-
-DISCLAIMER = "Model trained on synthetic phantoms; not a medical device."
-
-
-def utc_iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
-
 
 #: Final series (scores, alert revisions) are kept this long for reopening by late or resent slices.
 SERIES_MEMORY_S = 7 * 24 * 3600
@@ -82,6 +79,8 @@ def series_info(first) -> dict:
         "study_description": getattr(first, "study_description", "") or "",
         "slice_thickness": first.slice_thickness,
         "gantry_tilt": float(getattr(first, "gantry_tilt", 0.0) or 0.0),
+        "scanner": " ".join(str(getattr(first, a, "") or "").strip()
+                            for a in ("manufacturer", "manufacturer_model")).strip(),
     }
 
 
@@ -90,7 +89,7 @@ class SeriesPipeline:
 
     def __init__(self, load_models: Callable[[], Any], store_path, outputs: Outputs, *, site: str, device: str,
                  settle: float = 5.0, max_open: float = 1800.0, queue_size: int = 256, batch: int = 16,
-                 heartbeat: Callable[[str], None] | None = None):
+                 heartbeat: Callable[[str], None] | None = None, mode_for: Callable[[str], str] | None = None):
         self._load_models = load_models
         self._store_path = store_path
         self.outputs = outputs
@@ -103,6 +102,7 @@ class SeriesPipeline:
         self._error: BaseException | None = None
         self._open: dict[str, OpenSeries] = {}
         self._heartbeat = heartbeat or (lambda _name: None)
+        self._mode_for = mode_for or (lambda _name: "live")  # model name -> live | shadow
         self.models = None
         self.store: SeriesStore | None = None
 
@@ -283,61 +283,49 @@ class SeriesPipeline:
         self._check_preliminary(series, model, scores)
 
     def _check_preliminary(self, series: OpenSeries, model, new_scores: list[SliceScore]) -> None:
-        from edge_agent.decision import preliminary_met
-
-        manifest = model.manifest
-        all_scores = list(self._known_scores(series, manifest.name).values())
-        for index, finding in enumerate(manifest.findings):
-            aid = self._alert_id(series, manifest, finding.code)
-            existing = self.store.alert(aid)
-            if existing is not None and existing.state != "retracted":
-                continue  # already alerted; the final decision updates it
-            probs = np.array([s.probabilities[index] for s in all_scores])
-            if not preliminary_met(probs, manifest.decision):
-                continue
-            decisive = max(new_scores, key=lambda s: s.probabilities[index])
-            series.decisive[aid] = decisive.complete_at
-            probability = float(np.sort(probs)[::-1][: max(1, getattr(manifest.decision, "k", 1))].mean())
-            along = sorted(all_scores, key=lambda s: (s.position_mm, s.sop_instance_uid))  # ties: as the DB orders
-            key = heapq.nlargest(3, along, key=lambda s: s.probabilities[index])
-            self._emit_alert(series, manifest, finding, aid, "preliminary", probability, key, index, existing)
+        along = sorted(self._known_scores(series, model.manifest.name).values(),
+                       key=lambda s: (s.position_mm, s.sop_instance_uid))  # ties: as the DB orders
+        for action in preliminary_actions(model.manifest, along, new_scores, self._alert_id_for(series),
+                                          self.store.alert, mode=self._mode_for(model.manifest.name)):
+            self._emit_alert(series, model.manifest, action)
 
     # -- decisions ----------------------------------------------------------------------
-    def _alert_id(self, series: OpenSeries, manifest, code: str) -> str:
-        from edge_agent.alerts.payloads import alert_id
+    def _alert_id_for(self, series: OpenSeries):
+        return lambda manifest, code: alert_id(series.series_instance_uid, manifest.name, manifest.version, code)
 
-        return alert_id(series.series_instance_uid, manifest.name, manifest.version, code)
-
-    def _emit_alert(self, series: OpenSeries, manifest, finding, aid: str, state: str, probability: float,
-                    key_scores: list[SliceScore], index: int, existing: AlertState | None) -> None:
-        from edge_agent.alerts.payloads import build_alert
-
+    def _emit_alert(self, series: OpenSeries, manifest, action: AlertAction) -> None:
+        existing = self.store.alert(action.alert_id)
         revision = (existing.revision + 1) if existing else 1
+        if action.decisive_at is not None and action.alert_id not in series.decisive:
+            series.decisive[action.alert_id] = action.decisive_at
         now = time.time()
         timestamps = {"first_slice_received": utc_iso(series.first_received), "raised": utc_iso(now)}
-        if aid in series.decisive:
-            timestamps["decisive_slice_received"] = utc_iso(series.decisive[aid])
-        if key_scores:
+        if action.alert_id in series.decisive:
+            timestamps["decisive_slice_received"] = utc_iso(series.decisive[action.alert_id])
+        if action.key_slices:
             timestamps["inferred"] = utc_iso(now)
+        finding = manifest.findings[action.finding_index]
         payload = build_alert(
             site=self.site, device=self.device, series=dict(series.info),
             model={"name": manifest.name, "version": manifest.version,
                    "synthetic_training": bool(manifest.synthetic_training)},
-            finding={"code": finding.code, "label": finding.label, "probability": round(probability, 4),
-                     "positive": state != "retracted", "severity": finding.severity,
-                     "key_slices": [{"sop_instance_uid": s.sop_instance_uid, "position_mm": round(s.position_mm, 2),
-                                     "probability": round(s.probabilities[index], 4)} for s in key_scores]},
-            state=state, revision=revision, timestamps=timestamps)
+            finding={"code": finding.code, "label": finding.label, "probability": round(action.probability, 4),
+                     "positive": action.state != "retracted", "severity": finding.severity,
+                     "key_slices": [{"sop_instance_uid": k["sop_instance_uid"],
+                                     "position_mm": None if k["position_mm"] is None else round(k["position_mm"], 2),
+                                     "probability": round(k["probability"], 4)} for k in action.key_slices]},
+            state=action.state, revision=revision, timestamps=timestamps)
         t0 = time.perf_counter()
         self.outputs.raise_alert(payload)  # committed to the outbox before we record it as raised
         self.outputs.observe("outbox", time.perf_counter() - t0)
-        if existing is None and aid in series.decisive:
+        if existing is None and action.alert_id in series.decisive:
             # decisive slice written by the scanner → alert committed (what a consumer waits for)
-            self.outputs.observe("end_to_end", max(0.0, time.time() - series.decisive[aid]))
-        self.store.save_alert(series.series_instance_uid, AlertState(aid, revision, state, probability))
-        self.outputs.count("alerts", f"{state}")
-        log.warning("ALERT %s %s series=%s p=%.3f rev=%d", state, finding.code, series.series_instance_uid,
-                    probability, revision)
+            self.outputs.observe("end_to_end", max(0.0, time.time() - series.decisive[action.alert_id]))
+        self.store.save_alert(series.series_instance_uid,
+                              AlertState(action.alert_id, revision, action.state, action.probability))
+        self.outputs.count("alerts", action.state)
+        log.warning("ALERT %s %s series=%s p=%.3f rev=%d", action.state, finding.code, series.series_instance_uid,
+                    action.probability, revision)
 
     def _finalise_due(self) -> None:
         now = time.monotonic()
@@ -350,64 +338,63 @@ class SeriesPipeline:
                     self.outputs.observe("decision", time.perf_counter() - t0)
                 except Exception as exc:  # noqa: BLE001 - error boundary per series
                     log.exception("series %s: final decision failed: %s", uid, exc)
-                    self.outputs.publish_result(self._result(series, "rejected", [], f"internal error: {exc}"))
-                    self.outputs.count("series", "rejected")
+                    self._publish(series, [ModelOutcome(m.manifest, "failed", f"internal error: {exc}")
+                                           for m, _ in series.routes], failure=f"internal error: {exc}")
                 finally:
                     self._open.pop(uid, None)
                     self.store.mark_final(uid)
                     self.outputs.series_done(uid)
 
     def _finalise(self, series: OpenSeries) -> None:
-        from edge_agent.decision import decide
-
-        findings, reasons, analysed = [], [], False
+        outcomes = []
         for model, reason in series.routes:
             manifest = model.manifest
-            scores = self.store.scores(series.series_instance_uid, manifest.name)
+            scores = self.store.scores(series.series_instance_uid, manifest.name)  # ordered along the normal
             # A reopened series counts the slices scored before it reopened too.
             series.slices = max(series.slices, len(scores))
             reason = reason or self._coverage_problem(model, series, scores)
+            backend, mode = getattr(model.runner, "backend", None), self._mode_for(manifest.name)
             if reason:
-                reasons.append(f"{manifest.name}: {reason}")
+                outcomes.append(ModelOutcome(manifest, "rejected", reason, backend=backend, mode=mode))
                 continue
-            analysed = True
-            positions = np.array([s.position_mm for s in scores])
-            sops = [s.sop_instance_uid for s in scores]
-            for index, finding in enumerate(manifest.findings):
-                probs = np.array([s.probabilities[index] for s in scores])
-                decision = decide(probs, manifest.decision, positions_mm=positions, sop_instance_uids=sops)
-                findings.append({"code": finding.code, "label": finding.label,
-                                 "probability": round(float(decision.probability), 4),
-                                 "positive": bool(decision.positive), "severity": finding.severity,
-                                 "model": manifest.name, "model_version": manifest.version,
-                                 "key_slices": decision.key_slices})
-                self._final_alert(series, manifest, finding, index, decision, scores)
-        if analysed:
-            status, reason = "analysed", None
-        elif reasons:
-            status, reason = "rejected", "; ".join(reasons)
-        else:
-            info = series.info
-            status, reason = "skipped", (f"no model applies to {info['modality'] or 'unknown modality'} "
-                                         f"{info['body_part'] or ''} '{info['series_description']}'").strip()
-        self.outputs.publish_result(self._result(series, status, findings, reason))
-        self.outputs.count("series", status)
+            outcome = decide_model(manifest, scores, backend=backend, mode=mode)
+            outcomes.append(outcome)
+            for action in final_actions(outcome, scores, self._alert_id_for(series), self.store.alert):
+                self._emit_alert(series, manifest, action)
+        self._publish(series, outcomes)
 
-    def _final_alert(self, series: OpenSeries, manifest, finding, index: int, decision, scores) -> None:
-        aid = self._alert_id(series, manifest, finding.code)
-        existing = self.store.alert(aid)
-        key = sorted(scores, key=lambda s: -s.probabilities[index])[:3]
-        if decision.positive:
-            unchanged = (existing is not None and existing.state == "final"
-                         and abs(existing.probability - decision.probability) < 1e-3)
-            if not unchanged:
-                if aid not in series.decisive and key:
-                    series.decisive[aid] = max(key, key=lambda s: s.complete_at).complete_at
-                self._emit_alert(series, manifest, finding, aid, "final", float(decision.probability), key,
-                                 index, existing)
-        elif existing is not None and existing.state != "retracted":
-            self._emit_alert(series, manifest, finding, aid, "retracted", float(decision.probability), key,
-                             index, existing)
+    def _publish(self, series: OpenSeries, outcomes: list[ModelOutcome], failure: str | None = None) -> None:
+        info = series.info
+        result = series_result(
+            series_instance_uid=series.series_instance_uid, study_instance_uid=info["study_instance_uid"],
+            slices=series.slices, outcomes=outcomes, warnings=series.warnings,
+            no_model_reason=failure or no_model_reason(info.get("modality"), info.get("body_part")))
+        if failure:
+            result["status"], result["reason"] = "rejected", result.get("reason") or failure
+        if any(o.status == "analysed" and o.manifest.synthetic_training for o in outcomes):
+            result["disclaimer"] = DISCLAIMER
+        self.outputs.publish_result(result)
+        self.outputs.count("series", result["status"])
+        self._record(series, outcomes)
+
+    def _record(self, series: OpenSeries, outcomes: list[ModelOutcome]) -> None:
+        """What ``edge-agent report`` reads: each model's final word, and what it would have alerted."""
+        now = time.time()
+        latency = max(0.0, now - series.first_received)
+        rows = []
+        for o in outcomes:
+            common = dict(series_instance_uid=series.series_instance_uid, model=o.manifest.name, decided_at=now,
+                          status=o.status, reason=o.reason, mode=o.mode, scanner=series.info.get("scanner", ""),
+                          latency_s=latency)
+            rows += [Outcome(finding=f["code"], probability=f["probability"], positive=f["positive"], **common)
+                     for f in o.findings] or [Outcome(finding="", probability=None, positive=None, **common)]
+        if not rows:
+            rows = [Outcome(series.series_instance_uid, "", "", now, "skipped", None, "live", None, None,
+                            series.info.get("scanner", ""), latency)]
+        try:
+            self.store.save_outcomes(rows)
+        except Exception:  # noqa: BLE001 - the report's record never costs a result
+            log.exception("series %s: recording its outcome for edge-agent report failed", series.series_instance_uid)
 
     def _coverage_problem(self, model, series: OpenSeries, scores: list[SliceScore]) -> str | None:
         """Why the model cannot decide on the slices scored: the same rule and words as ``edge-agent infer``."""
@@ -417,20 +404,3 @@ class SeriesPipeline:
                                spacing=None, slice_thickness=info.get("slice_thickness"),
                                gantry_tilt=info.get("gantry_tilt", 0.0), tilt_corrected=False)
         return self.models.check_series(model, view)
-
-    def _result(self, series: OpenSeries, status: str, findings: list, reason: str | None) -> dict:
-        info = series.info
-        result = {
-            "series_instance_uid": series.series_instance_uid,
-            "study_instance_uid": info["study_instance_uid"],
-            "slices": series.slices,
-            "status": status,
-            "findings": findings,
-            "models": sorted({m.manifest.name for m, _ in series.routes}),
-            "warnings": series.warnings,
-        }
-        if reason:
-            result["reason"] = reason
-        if any(getattr(m.manifest, "synthetic_training", False) for m, _ in series.routes):
-            result["disclaimer"] = DISCLAIMER
-        return result

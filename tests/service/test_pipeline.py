@@ -184,7 +184,7 @@ def test_too_few_slices_rejected_and_chest_skipped(engines, tmp_path):
         wait(lambda: len(out.results) == 2)
         by_status = {r["status"]: r for r in out.results}
         # the same rule and words as `edge-agent infer` (ModelSet.check_series)
-        assert by_status["rejected"]["reason"] == "tiny_ich: 2 slices is fewer than the 4 model tiny_ich needs"
+        assert by_status["rejected"]["reason"] == "2 slices is fewer than the 4 model tiny_ich needs"
         assert "no model applies" in by_status["skipped"]["reason"]
     finally:
         pipeline.stop()
@@ -201,7 +201,7 @@ def test_too_little_coverage_rejected_like_infer(engines, tmp_path):
             pipeline.submit(ingested(p))
         wait(lambda: out.results)
         assert out.results[0]["status"] == "rejected"
-        assert out.results[0]["reason"] == "tiny_ich: the series covers 4 mm, less than the 10 mm model tiny_ich needs"
+        assert out.results[0]["reason"] == "the series covers 4 mm, less than the 10 mm model tiny_ich needs"
     finally:
         pipeline.stop()
 
@@ -241,3 +241,51 @@ def test_two_models_on_one_series_both_score_every_slice(tmp_path):
         assert {a["model"]["name"] for a in out.alerts} == {"tiny_a", "tiny_b"}
     finally:
         pipeline.stop()
+
+
+def test_shadow_mode_publishes_would_alert_and_raises_nothing_then_report_counts_it(engines, tmp_path):
+    """Silent trial: the same bleed that alerts live gives a result marked shadow, and no alert."""
+    from edge_agent.service.report import load, summarise
+
+    out = RecordingOutputs()
+    pipeline = SeriesPipeline(lambda: ModelSet.load(engines), tmp_path / "series.sqlite3", out, site="s",
+                              device="d", settle=0.3, batch=4, mode_for=lambda name: "shadow")
+    pipeline.start()
+    try:
+        _, paths = series_files(tmp_path, [30, 30, 70, 70, 30, 30])
+        _, negative = series_files(tmp_path, [30] * 6, name="neg")
+        for p in paths + negative:
+            pipeline.submit(ingested(p))
+        wait(lambda: len(out.results) == 2)
+    finally:
+        pipeline.stop()
+    assert out.alerts == []
+    by_positive = {r["findings"][0]["would_alert"]: r for r in out.results}
+    assert set(by_positive) == {True, False}
+    hot = by_positive[True]["findings"][0]
+    assert hot["shadow"] is True and hot["positive"] is True and hot["probability"] > 0.9
+    assert by_positive[True]["models"][0]["mode"] == "shadow"
+    [row] = summarise(load(tmp_path, 3600, time.time()))
+    assert (row["model"], row["mode"], row["series"], row["analysed"], row["would_alert"]) == \
+        ("tiny_ich", "shadow", 2, 2, 1)
+    assert "alerted" not in row
+
+
+def test_live_outcomes_are_recorded_for_report_with_statuses(engines, tmp_path):
+    from edge_agent.service.report import load, summarise
+
+    out = RecordingOutputs()
+    pipeline = make_pipeline(engines, tmp_path, out)
+    try:
+        _, hot = series_files(tmp_path, [30, 70, 70, 70, 30])
+        _, short = series_files(tmp_path, [70, 70], name="short")
+        for p in hot + short:
+            pipeline.submit(ingested(p))
+        wait(lambda: len(out.results) == 2)
+    finally:
+        pipeline.stop()
+    assert [a["state"] for a in out.alerts][-1] == "final"
+    [row] = summarise(load(tmp_path, 3600, time.time()))
+    assert (row["mode"], row["series"], row["analysed"], row["rejected"], row["alerted"]) == ("live", 2, 1, 1, 1)
+    assert row["reasons"] == {"2 slices is fewer than the 4 model tiny_ich needs": 1}
+    assert row["latency_s_p50"] is not None and row["latency_s_p50"] >= 0
