@@ -74,6 +74,9 @@ class InferenceSection:
     zero_copy: str = _f("auto", "TensorRT I/O and stored pixels in mapped pinned memory the GPU reads in place: "
                         "auto (on for integrated GPUs such as the Jetson's shared DRAM) | on | off.",
                         choices=("auto", "on", "off"))
+    mode: str = _f("live", "live: positive findings raise alerts; shadow (silent trial): every result is "
+                   "published with shadow: true and would_alert, and no alert is raised. A model's own "
+                   "[models.<name>] mode overrides it.", choices=("live", "shadow"))
 
 
 @dataclass

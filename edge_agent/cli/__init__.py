@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("edge_agent.cli.engine", "inspect_cmd", "Describe an ONNX model or engine and whether it fits here."),
     "bench": ("edge_agent.cli.bench", "bench", "Measure latency and throughput per stage and backend."),
     "doctor": ("edge_agent.cli.doctor", "doctor", "Check this machine: GPU, TensorRT, inotify, disk, broker, clock."),
+    "validate": ("edge_agent.cli.validate", "validate", "Measure a model on a site's own labelled series; a report."),
+    "report": ("edge_agent.cli.report", "report", "What the agent did (and in shadow mode would have alerted)."),
 }
 
 

@@ -45,6 +45,21 @@ CREATE TABLE IF NOT EXISTS alerts (
     probability REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outcomes (
+    series_instance_uid TEXT NOT NULL,
+    model TEXT NOT NULL,
+    finding TEXT NOT NULL,           -- finding code, '' when the model decided nothing (skipped, rejected...)
+    decided_at REAL NOT NULL,        -- time.time() of the (latest) final decision
+    status TEXT NOT NULL,            -- the model's status on the series: analysed | skipped | rejected | ...
+    reason TEXT,
+    mode TEXT NOT NULL,              -- live | shadow
+    probability REAL,
+    positive INTEGER,                -- the decision (shadow: what would have alerted)
+    scanner TEXT NOT NULL,           -- manufacturer and model name (no PHI)
+    latency_s REAL,                  -- first slice received -> decided
+    PRIMARY KEY (series_instance_uid, model, finding)
+);
+CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes(decided_at);
 CREATE INDEX IF NOT EXISTS alerts_by_series ON alerts(series_instance_uid);
 CREATE INDEX IF NOT EXISTS series_by_status ON series(status, finalised_at);
 """
@@ -57,6 +72,27 @@ class SliceScore:
     probabilities: list[float]
     received_at: float
     complete_at: float
+
+
+@dataclass
+class Outcome:
+    """One model's final word on one series (a finding, or a status without findings), for ``report``."""
+
+    series_instance_uid: str
+    model: str
+    finding: str
+    decided_at: float
+    status: str
+    reason: str | None
+    mode: str
+    probability: float | None
+    positive: bool | None
+    scanner: str
+    latency_s: float | None
+
+
+#: Outcomes are kept this long for ``edge-agent report`` (longer than the week of slice scores).
+OUTCOME_MEMORY_S = 90 * 24 * 3600
 
 
 @dataclass
@@ -113,7 +149,7 @@ class SeriesStore:
         if not uids:
             return 0
         self._db.execute("BEGIN")
-        for table in ("slices", "alerts", "series"):
+        for table in ("slices", "alerts", "series"):  # outcomes stay for report (OUTCOME_MEMORY_S)
             self._db.executemany(f"DELETE FROM {table} WHERE series_instance_uid=?", uids)
         self._db.execute("COMMIT")
         return len(uids)
@@ -151,7 +187,34 @@ class SeriesStore:
                                (alert_id,)).fetchone()
         return AlertState(*row) if row else None
 
+    # -- outcomes (edge-agent report) --------------------------------------------
+    def save_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Record a series' final outcomes (a reopen replaces them), and forget those older than 90 days."""
+        self._db.execute("BEGIN")
+        for uid in {o.series_instance_uid for o in outcomes}:
+            self._db.execute("DELETE FROM outcomes WHERE series_instance_uid=?", (uid,))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [(o.series_instance_uid, o.model, o.finding, o.decided_at, o.status, o.reason, o.mode, o.probability,
+              None if o.positive is None else int(o.positive), o.scanner, o.latency_s) for o in outcomes])
+        self._db.execute("DELETE FROM outcomes WHERE decided_at < ?", (time.time() - OUTCOME_MEMORY_S,))
+        self._db.execute("COMMIT")
+
     def save_alert(self, series_instance_uid: str, state: AlertState) -> None:
         self._db.execute("INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?)",
                          (state.alert_id, series_instance_uid, state.revision, state.state,
                           state.probability, time.time()))
+
+
+def read_outcomes(path: Path, since: float) -> list[Outcome]:
+    """Outcomes decided at or after ``since`` from a series DB, opened read-only (the agent may be running)."""
+    path = Path(path)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT * FROM outcomes WHERE decided_at >= ? ORDER BY decided_at", (since,)).fetchall()
+    except sqlite3.OperationalError:  # a state DB from before outcomes were recorded
+        rows = []
+    finally:
+        db.close()
+    return [Outcome(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], None if r[8] is None else bool(r[8]), r[9], r[10])
+            for r in rows]

@@ -11,6 +11,7 @@ import pytest
 from alert_helpers import MODEL, SERIES, make_alert
 from edge_agent.alerts import (
     DISCLAIMER,
+    SCHEMA_IDS,
     PayloadError,
     alert_id,
     build_alert,
@@ -32,7 +33,7 @@ FINDING = {"code": "ich", "probability": 0.8, "positive": True}
 def test_schemas_ship_as_package_data_and_are_valid_json_schemas(kind):
     schema = load_schema(kind)
     jsonschema.validators.validator_for(schema).check_schema(schema)
-    assert schema["$id"].endswith(f"/{kind}/1")
+    assert schema["$id"].endswith("/" + SCHEMA_IDS[kind].split("/", 1)[1])  # the $id names the payload's version
 
 
 def test_alert_id_is_deterministic_uuid5_and_depends_on_every_part():
@@ -106,7 +107,7 @@ def test_build_result_wraps_the_infer_object_without_phi():
               "findings": [{"code": "ich", "probability": 0.2, "positive": False, "patient_id": "MRN1"}]}
     payload = build_result(site="s", device="d", series={"accession_number": "A1"}, result=result,
                            timestamps={"inferred": utc_now()})
-    assert payload["schema"] == "edge-agent/result/1"
+    assert payload["schema"] == "edge-agent/result/2"
     assert payload["study"]["accession_number"] == "A1"
     assert payload["result"]["slices"] == 32
     assert "DOE^JANE" not in json.dumps(payload) and "MRN1" not in json.dumps(payload)
@@ -145,3 +146,24 @@ def test_settings_parse_urls_and_refuse_bad_values(monkeypatch, tmp_path):
     assert "s3cret" not in repr(settings)
     with pytest.raises(ConfigError, match="Unknown MQTT setting"):
         MqttSettings.from_env(colour="blue")
+
+
+def test_result_2_is_a_superset_of_result_1_for_what_version_1_could_say():
+    """A v1 consumer keeps working: a v2 payload of a v1 status validates against the shipped v1 schema."""
+    from importlib import resources
+
+    import jsonschema
+
+    v1 = json.loads(resources.files("edge_agent").joinpath("schemas", "result-1.json").read_text())
+    result = {"series_instance_uid": "1.2", "study_instance_uid": "1.3", "slices": 8, "status": "analysed",
+              "findings": [{"code": "ich", "probability": 0.9, "positive": True, "shadow": True,
+                            "would_alert": True, "evidence": {"present": True}}]}
+    payload = build_result(site="s", device="d", series={}, result=result, timestamps={})
+    jsonschema.validate({**payload, "schema": "edge-agent/result/1"}, v1)
+    na = build_result(site="s", device="d", series={}, timestamps={},
+                      result={**result, "status": "not_assessable", "reason": "no skull on most slices",
+                              "findings": []})
+    assert na["result"]["status"] == "not_assessable"
+    with pytest.raises(PayloadError, match="reason"):
+        build_result(site="s", device="d", series={}, timestamps={},
+                     result={**result, "status": "not_assessable", "findings": []})

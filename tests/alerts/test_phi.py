@@ -72,7 +72,7 @@ def test_no_phi_in_payloads_or_logs(mosquitto, recorder_factory, tmp_path):
         logger.setLevel(old_level)
     wire = b"\n".join(msg.payload for _, _, msg in rec.all).decode()
     logs = "\n".join(capture.lines)
-    assert "edge-agent/alert/1" in wire and "edge-agent/result/1" in wire and len(capture.lines) > 5
+    assert "edge-agent/alert/1" in wire and "edge-agent/result/2" in wire and len(capture.lines) > 5
     for value in (PHI["patient_name"], PHI["patient_id"], PHI["patient_birth_date"], "DOE", "4711",
                   "PatientName", "PatientSex", "patient_sex", "PatientBirthDate", '"F"', "'F'"):
         assert value not in wire, value
