@@ -12,7 +12,9 @@ from edge_agent.errors import EdgeAgentError
 @click.option("--settle", type=float, default=2.0, show_default=True, help="Quiet period before a result is final.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Phantom seed.")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the demo's files in this folder.")
-def demo(rate, settle, seed, keep):
+@click.option("--mode", type=click.Choice(["live", "shadow"]), default="live", show_default=True,
+              help="shadow: the silent trial — results say what would have alerted, no alert is raised.")
+def demo(rate, settle, seed, keep, mode):
     """Embedded broker + agent + simulated scanner + listener: shows an alert and its timing."""
     import logging
     from pathlib import Path
@@ -23,6 +25,13 @@ def demo(rate, settle, seed, keep):
         # The timeline below shows every alert; the daemon's own ALERT log lines would repeat it.
         logging.getLogger("edge_agent.service.pipeline").setLevel(logging.ERROR)
 
-    timeline = run_demo(rate=rate, settle=settle, seed=seed, keep=Path(keep) if keep else None, echo=click.echo)
+    timeline = run_demo(rate=rate, settle=settle, seed=seed, keep=Path(keep) if keep else None, echo=click.echo,
+                        mode=mode)
+    if mode == "shadow":
+        if timeline.alerts:
+            raise EdgeAgentError("the demo raised an alert in shadow mode; that is a bug, please report it.")
+        if not any(f.get("would_alert") for _, r in timeline.results for f in r.get("findings", [])):
+            raise EdgeAgentError("the demo's bleed would not have alerted; run it again with -v to see the log.")
+        return
     if not any(p.get("finding", {}).get("positive") for _, p in timeline.alerts):
         raise EdgeAgentError("the demo raised no alert; run it again with -v to see the agent's log.")

@@ -37,8 +37,9 @@ class Timeline:
             self.events.append((t, text))
 
 
-def demo_config(root: Path, settle: float) -> Config:
+def demo_config(root: Path, settle: float, mode: str = "live") -> Config:
     cfg = Config()
+    cfg.inference.mode = mode
     cfg.agent.site, cfg.agent.device = "demo", "ct1"
     cfg.agent.state_dir = str(root / "state")
     cfg.ingest.watch = str(root / "incoming")
@@ -53,7 +54,7 @@ def demo_config(root: Path, settle: float) -> Config:
 
 def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0, seed: int = 7,
              style: str = "inplace", keep: Path | None = None, echo: Callable[[str], None] = print,
-             timeout: float = 120.0) -> Timeline:
+             timeout: float = 120.0, mode: str = "live") -> Timeline:
     """Run the whole chain once; returns what happened (the CLI prints it as it goes)."""
     from edge_agent.alerts import MqttSettings
     from edge_agent.alerts.consumer import AlertListener
@@ -62,7 +63,7 @@ def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0,
 
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     (root / "incoming").mkdir(parents=True, exist_ok=True)
-    cfg = demo_config(root, settle)
+    cfg = demo_config(root, settle, mode)
     timeline = Timeline()
     finals = threading.Event()
     expected = len(kinds)
@@ -84,6 +85,8 @@ def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0,
     t0 = time.time()
     try:
         echo("edge-agent demo: synthetic CT phantoms, not patients; the models are not medical devices.")
+        if mode == "shadow":
+            echo("  mode    shadow (silent trial): results say what would have alerted; no alert is raised")
         agent.start()
         echo(f"  broker  {agent.broker.url} (embedded)\n  watch   {cfg.ingest.watch}")
         settings = MqttSettings(url=agent.broker.url, prefix=cfg.mqtt.prefix, site=cfg.agent.site,
@@ -144,6 +147,7 @@ def report(series_list, timeline: Timeline, t0: float, echo: Callable[[str], Non
             if result["series_instance_uid"] != uid:
                 continue
             summary = ", ".join(f"{f['code']} {'POSITIVE' if f['positive'] else 'negative'} p={f['probability']:.2f}"
+                                + (" — would alert, none raised (shadow)" if f.get("would_alert") else "")
                                 for f in result["findings"]) or result.get("reason", "")
             rows.append((at, f"final result: {result['status']} ({summary})"))
         for at, text in sorted(rows):

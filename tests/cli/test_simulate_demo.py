@@ -40,3 +40,14 @@ def test_demo_shows_an_alert_and_its_timing():
     assert "final result: analysed (ich negative" in out
     assert "not medical devices" in out
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_in_shadow_mode_says_what_would_have_alerted_and_raises_nothing():
+    proc = subprocess.run([sys.executable, "-m", "edge_agent", "demo", "--rate", "20", "--mode", "shadow"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "shadow (silent trial)" in out
+    assert "would alert, none raised (shadow)" in out
+    assert "alert ich" not in out  # no PRELIMINARY/FINAL alert line reached the listener
+    assert "final result: analysed (ich negative" in out
