@@ -37,6 +37,7 @@ class ScoredSlice:
     position_mm: float | None
     probabilities: Sequence[float]
     complete_at: float = 0.0  # time.time() the scanner finished writing the file (daemon); 0 in infer
+    features: dict | None = None  # the slice's evidence/domain numbers (edge_agent.evidence), if the model has any
 
 
 class PriorAlert(Protocol):
@@ -100,8 +101,67 @@ def _decision(manifest: Any, slices: Sequence[ScoredSlice], index: int) -> Decis
                   sop_instance_uids=None if None in uids else uids)
 
 
+@dataclass(frozen=True)
+class SeriesContext:
+    """What the evidence and domain checks need of a series besides its slices (header values)."""
+
+    slice_thickness_mm: float | None = None
+    orientation: Sequence[float] | None = None
+    pixel_spacing: Sequence[float] | None = None
+
+
+def _features(slices: Sequence[ScoredSlice]) -> list[dict] | None:
+    features = [s.features for s in slices]
+    return None if not features or any(f is None for f in features) else features
+
+
+def domain_problem(manifest: Any, slices: Sequence[ScoredSlice]) -> str | None:
+    """Why the series is outside the model's declared domain (None: inside, or no domain declared)."""
+    spec = getattr(manifest, "domain", None)
+    if spec is None:
+        return None
+    from edge_agent.evidence import series_domain  # noqa: PLC0415 - only models that declare a domain need it
+
+    features = _features(slices)
+    if features is None:
+        return f"model {manifest.name} declares a domain check but its slice features are missing"
+    verdict = series_domain(spec, features)
+    return None if verdict.in_domain else verdict.reason
+
+
+def evidence_for(manifest: Any, slices: Sequence[ScoredSlice], context: SeriesContext) -> Any:
+    """The manifest's evidence check on the slices (an ``edge_agent.evidence.Evidence``), or None."""
+    spec = getattr(manifest, "evidence", None)
+    if spec is None:
+        return None
+    from edge_agent.evidence import series_evidence  # noqa: PLC0415
+
+    features = _features(slices) or [{} for _ in slices]
+    ipp = [f.get("ipp") for f in features]
+    return series_evidence(spec, features, [s.position_mm for s in slices], context.slice_thickness_mm,
+                           image_positions=None if None in ipp else ipp, orientation=context.orientation,
+                           pixel_spacing=context.pixel_spacing)
+
+
+def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSlice], keep: int,
+                   index: int) -> Decision:
+    """A model-positive finding stands only on evidence; its best evidence slice leads the key slices."""
+    if evidence is None:
+        return decision
+    keys = list(decision.key_slices)
+    if evidence.present and evidence.slices:
+        best = int(evidence.slices[0])
+        if 0 <= best < len(slices) and all(k["index"] != best for k in keys[:1]):
+            lead = {"index": best, "sop_instance_uid": slices[best].sop_instance_uid,
+                    "position_mm": None if slices[best].position_mm is None else round(float(slices[best].position_mm), 3),
+                    "probability": round(float(slices[best].probabilities[index]), 6)}
+            keys = [lead] + [k for k in keys if k["index"] != best]
+            keys = keys[:max(keep, 1)]
+    return Decision(decision.probability, bool(decision.positive and evidence.present), keys)
+
+
 def finding_entry(manifest: Any, index: int, decision: Decision, *, preliminary: bool,
-                  slice_probabilities: np.ndarray | None = None) -> dict:
+                  slice_probabilities: np.ndarray | None = None, evidence: Any = None) -> dict:
     """A finding as ``infer`` prints it and ``results`` carries it."""
     spec = manifest.findings[index]
     entry = {
@@ -116,6 +176,8 @@ def finding_entry(manifest: Any, index: int, decision: Decision, *, preliminary:
         "model_version": manifest.version,
         "key_slices": decision.key_slices,
     }
+    if evidence is not None:
+        entry["evidence"] = evidence.to_dict()
     if slice_probabilities is not None:
         entry["slice_probabilities"] = [round(float(p), 6) for p in slice_probabilities]
     return entry
@@ -123,50 +185,71 @@ def finding_entry(manifest: Any, index: int, decision: Decision, *, preliminary:
 
 def decide_model(manifest: Any, slices: Sequence[ScoredSlice], *, status: str = "analysed",
                  reason: str | None = None, backend: str | None = None, mode: str = "live",
-                 slice_probabilities: bool = False) -> ModelOutcome:
+                 slice_probabilities: bool = False, context: SeriesContext = SeriesContext()) -> ModelOutcome:
     """Decide every finding of one model on a series whose slices are ordered along the normal.
 
     ``status``/``reason``: a model that cannot decide (skipped, rejected,
     not_assessable, failed) is passed through with no findings. ``mode``
     ``shadow``: each finding is marked ``shadow: true`` with ``would_alert``
     (its decision), and no action will raise an alert for it.
+
+    A model that declares a ``domain`` check makes a series outside it
+    ``not_assessable`` (no findings, no alert). One that declares an
+    ``evidence`` check is positive only where the evidence is present
+    (docs/EVIDENCE.md); the finding reports that evidence.
     """
+    if status == "analysed":
+        problem = domain_problem(manifest, slices)
+        if problem:
+            status, reason = "not_assessable", problem
     if status != "analysed":
         return ModelOutcome(manifest, status, reason, backend=backend, mode=mode)
     outcome = ModelOutcome(manifest, "analysed", backend=backend, mode=mode)
+    evidence = evidence_for(manifest, slices, context)
     for index in range(len(manifest.findings)):
-        decision = _decision(manifest, slices, index)
+        decision = _with_evidence(_decision(manifest, slices, index), evidence, slices,
+                                  manifest.decision.key_slices, index)
         column = _column(slices, index)
         outcome.decisions.append(decision)
         outcome.findings.append(finding_entry(manifest, index, decision,
                                               preliminary=preliminary_met(column, manifest.decision),
-                                              slice_probabilities=column if slice_probabilities else None))
+                                              slice_probabilities=column if slice_probabilities else None,
+                                              evidence=evidence))
         if mode == "shadow":
             outcome.findings[-1].update(shadow=True, would_alert=bool(decision.positive))
     return outcome
 
 
 def preliminary_actions(manifest: Any, slices: Sequence[ScoredSlice], new: Sequence[ScoredSlice],
-                        alert_id_for: AlertIdFor, prior_for: PriorFor, mode: str = "live") -> list[AlertAction]:
+                        alert_id_for: AlertIdFor, prior_for: PriorFor, mode: str = "live",
+                        context: SeriesContext = SeriesContext()) -> list[AlertAction]:
     """Early warnings due now: the preliminary rule holds on the slices seen so far (ordered along the
-    normal) and the finding has no live alert yet. The decisive slice is the best of ``new``. None in
-    shadow mode."""
+    normal), they are inside the model's domain and show its evidence (where declared), and the finding
+    has no live alert yet. The decisive slice is the best of ``new``. None in shadow mode."""
     actions: list[AlertAction] = []
-    if mode == "shadow":
+    if mode == "shadow" or not new:
         return actions
-    for index, spec in enumerate(manifest.findings):
-        aid = alert_id_for(manifest, spec.code)
-        prior = prior_for(aid)
-        if prior is not None and prior.state != "retracted":
-            continue  # already alerted; the final decision updates it
-        column = _column(slices, index)
-        if not new or not preliminary_met(column, manifest.decision):
-            continue
+    due = [i for i, spec in enumerate(manifest.findings)
+           if preliminary_met(_column(slices, i), manifest.decision)
+           and not _live(prior_for(alert_id_for(manifest, spec.code)))]
+    if not due or domain_problem(manifest, slices):
+        return actions
+    evidence = evidence_for(manifest, slices, context)
+    if evidence is not None and not evidence.present:
+        return actions
+    for index in due:
         decisive = max(new, key=lambda s: s.probabilities[index])
-        decision = _decision(manifest, slices, index)
-        actions.append(AlertAction("preliminary", aid, index, series_probability(column, manifest.decision),
+        decision = _with_evidence(_decision(manifest, slices, index), evidence, slices,
+                                  manifest.decision.key_slices, index)
+        actions.append(AlertAction("preliminary", alert_id_for(manifest, manifest.findings[index].code), index,
+                                   series_probability(_column(slices, index), manifest.decision),
                                    decision.key_slices, decisive.complete_at))
     return actions
+
+
+def _live(prior: "PriorAlert | None") -> bool:
+    """An alert that is raised and not retracted (the final decision updates it)."""
+    return prior is not None and prior.state != "retracted"
 
 
 def final_actions(outcome: ModelOutcome, slices: Sequence[ScoredSlice], alert_id_for: AlertIdFor,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.alerts.payloads import DISCLAIMER
-from edge_agent.decision.series import ModelOutcome, ScoredSlice, decide_model, series_result
+from edge_agent.decision.series import ModelOutcome, ScoredSlice, SeriesContext, decide_model, series_result
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference.models import Model, ModelSet
 
@@ -32,15 +32,51 @@ def no_model_reason(modality: str | None, body_part: str | None) -> str:
             f"body part {body_part or 'unknown'})")
 
 
-def _scored(series: Any, probs: np.ndarray) -> list[ScoredSlice]:
+def _image_positions(series: Any, positions: np.ndarray | None) -> list | None:
+    """ImagePositionPatient of each slice, from the first slice's and the normal (Series keeps only those)."""
+    origin, orientation = getattr(series, "origin", None), getattr(series, "orientation", None)
+    if origin is None or orientation is None or positions is None or not len(positions):
+        return None
+    o = np.asarray(orientation, dtype=np.float64)
+    normal = np.cross(o[:3], o[3:])
+    return [list(np.asarray(origin, dtype=np.float64) + normal * (p - positions[0])) for p in positions]
+
+
+def slice_features(model: Model, series: Any, positions: np.ndarray | None) -> list[dict | None]:
+    """Each slice's evidence/domain numbers (the same function the daemon runs on each arriving slice)."""
+    evidence, domain = getattr(model.manifest, "evidence", None), getattr(model.manifest, "domain", None)
+    n = len(series.hu)
+    if evidence is None and domain is None:
+        return [None] * n
+    from edge_agent.evidence import slice_features as features_of
+
+    ipp = _image_positions(series, positions)
+    out = []
+    for i in range(n):
+        f = features_of(np.asarray(series.hu[i], dtype=np.float32), tuple(series.pixel_spacing), evidence, domain)
+        if ipp is not None:
+            f["ipp"] = [float(v) for v in ipp[i]]
+        out.append(f)
+    return out
+
+
+def _scored(model: Model, series: Any, probs: np.ndarray) -> list[ScoredSlice]:
     uids = list(getattr(series, "sop_instance_uids", []) or [])
     positions = getattr(series, "positions", None)
     n = probs.shape[0]
     if len(uids) != n:
         uids = [None] * n
     pos = np.asarray(positions, dtype=np.float64) if positions is not None and len(positions) == n else None
-    return [ScoredSlice(uids[i], float(pos[i]) if pos is not None else None, tuple(float(v) for v in probs[i]))
+    features = slice_features(model, series, pos)
+    return [ScoredSlice(uids[i], float(pos[i]) if pos is not None else None, tuple(float(v) for v in probs[i]),
+                        features=features[i])
             for i in range(n)]
+
+
+def series_context(series: Any) -> SeriesContext:
+    return SeriesContext(slice_thickness_mm=getattr(series, "slice_thickness", None),
+                         orientation=getattr(series, "orientation", None),
+                         pixel_spacing=getattr(series, "pixel_spacing", None))
 
 
 def _run_model(model: Model, series: Any, timings: dict[str, float], backend: str,
@@ -51,8 +87,8 @@ def _run_model(model: Model, series: Any, timings: dict[str, float], backend: st
         if probs.ndim == 1:
             probs = probs[:, None]
         t0 = time.perf_counter()
-        outcome = decide_model(model.manifest, _scored(series, probs), backend=backend,
-                               slice_probabilities=slice_probabilities)
+        outcome = decide_model(model.manifest, _scored(model, series, probs), backend=backend,
+                               slice_probabilities=slice_probabilities, context=series_context(series))
         timings["decision"] = timings.get("decision", 0.0) + (time.perf_counter() - t0) * 1000.0
         return outcome
     except EdgeAgentError as exc:

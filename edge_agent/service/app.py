@@ -57,8 +57,8 @@ class _Outputs:
         if name == "alerts":
             m.alerts.labels(state=f"raised_{state}" if state in ("preliminary", "final") else state).inc()
         elif name == "series":
-            {"analysed": m.series_analysed, "rejected": m.series_rejected,
-             "skipped": m.series_skipped}[state].inc()
+            {"analysed": m.series_analysed, "rejected": m.series_rejected, "skipped": m.series_skipped,
+             "not_assessable": m.series_not_assessable}[state].inc()
 
 
 class Agent:

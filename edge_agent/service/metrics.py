@@ -73,6 +73,8 @@ class Metrics:
         self.series_rejected = Counter("series_rejected", "Series a model applies to but that failed its checks.",
                                        namespace=ns, registry=reg)
         self.series_skipped = Counter("series_skipped", "Series no model applies to.", namespace=ns, registry=reg)
+        self.series_not_assessable = Counter("series_not_assessable", "Series outside the domain of the models "
+                                             "that apply (cannot assess; no alert).", namespace=ns, registry=reg)
         self.alerts = Counter("alerts", "Alert lifecycle events, by state.", ["state"], namespace=ns, registry=reg)
         self.outbox_depth = Gauge("outbox_depth", "Alerts and results not yet delivered.", namespace=ns,
                                   registry=reg)

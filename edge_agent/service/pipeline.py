@@ -28,7 +28,7 @@ import numpy as np
 
 from edge_agent.alerts.payloads import DISCLAIMER, alert_id, build_alert, utc_iso
 from edge_agent.decision.series import (
-    AlertAction, ModelOutcome, decide_model, final_actions, preliminary_actions, series_result,
+    AlertAction, ModelOutcome, SeriesContext, decide_model, final_actions, preliminary_actions, series_result,
 )
 from edge_agent.service.analyse import no_model_reason
 from edge_agent.service.state import AlertState, Outcome, SeriesStore, SliceScore
@@ -81,7 +81,15 @@ def series_info(first) -> dict:
         "gantry_tilt": float(getattr(first, "gantry_tilt", 0.0) or 0.0),
         "scanner": " ".join(str(getattr(first, a, "") or "").strip()
                             for a in ("manufacturer", "manufacturer_model")).strip(),
+        "orientation": [float(v) for v in first.orientation],
+        "pixel_spacing": [float(v) for v in first.pixel_spacing],
     }
+
+
+def series_context(info: dict) -> SeriesContext:
+    """What the evidence and domain checks need of the series' header (kept in the state DB's info)."""
+    return SeriesContext(slice_thickness_mm=info.get("slice_thickness"), orientation=info.get("orientation"),
+                         pixel_spacing=info.get("pixel_spacing"))
 
 
 class SeriesPipeline:
@@ -274,19 +282,38 @@ class SeriesPipeline:
             probabilities = probabilities[:, None]
         for stage in ("preprocess", "inference"):
             self.outputs.observe(stage, timings.get(stage, 0.0) / 1000.0)
+        features = self._features(model, [s for _, s in todo])
         scores = [SliceScore(s.sop_instance_uid, float(np.dot(np.asarray(s.position, float), series.normal)),
                              [float(p) for p in probabilities[i]], f.received_at,
-                             getattr(f, "written_at", 0.0) or f.complete_at)
+                             getattr(f, "written_at", 0.0) or f.complete_at, features[i])
                   for i, (f, s) in enumerate(todo)]
         self.store.add_scores(series.series_instance_uid, name, scores)
         scored.update((s.sop_instance_uid, s) for s in scores)
         self._check_preliminary(series, model, scores)
 
+    def _features(self, model, slices: list) -> list[dict | None]:
+        """Each slice's evidence/domain numbers from its HU, before its pixels go (docs/EVIDENCE.md)."""
+        manifest = model.manifest
+        evidence, domain = getattr(manifest, "evidence", None), getattr(manifest, "domain", None)
+        if evidence is None and domain is None:
+            return [None] * len(slices)
+        from edge_agent.evidence import slice_features
+
+        t0 = time.perf_counter()
+        out = []
+        for s in slices:
+            f = slice_features(np.asarray(s.hu_pixels(), dtype=np.float32), tuple(s.pixel_spacing), evidence, domain)
+            f["ipp"] = [float(v) for v in s.position]
+            out.append(f)
+        self.outputs.observe("evidence", time.perf_counter() - t0)
+        return out
+
     def _check_preliminary(self, series: OpenSeries, model, new_scores: list[SliceScore]) -> None:
         along = sorted(self._known_scores(series, model.manifest.name).values(),
                        key=lambda s: (s.position_mm, s.sop_instance_uid))  # ties: as the DB orders
         for action in preliminary_actions(model.manifest, along, new_scores, self._alert_id_for(series),
-                                          self.store.alert, mode=self._mode_for(model.manifest.name)):
+                                          self.store.alert, mode=self._mode_for(model.manifest.name),
+                                          context=series_context(series.info)):
             self._emit_alert(series, model.manifest, action)
 
     # -- decisions ----------------------------------------------------------------------
@@ -357,7 +384,7 @@ class SeriesPipeline:
             if reason:
                 outcomes.append(ModelOutcome(manifest, "rejected", reason, backend=backend, mode=mode))
                 continue
-            outcome = decide_model(manifest, scores, backend=backend, mode=mode)
+            outcome = decide_model(manifest, scores, backend=backend, mode=mode, context=series_context(series.info))
             outcomes.append(outcome)
             for action in final_actions(outcome, scores, self._alert_id_for(series), self.store.alert):
                 self._emit_alert(series, manifest, action)

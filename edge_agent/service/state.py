@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS slices (
     probabilities TEXT NOT NULL,     -- JSON list, one per finding of the model
     received_at REAL NOT NULL,
     complete_at REAL NOT NULL,
+    features TEXT,                   -- JSON: the slice's evidence/domain numbers (no pixels), or NULL
     PRIMARY KEY (series_instance_uid, sop_instance_uid, model)
 );
 CREATE TABLE IF NOT EXISTS alerts (
@@ -72,6 +73,7 @@ class SliceScore:
     probabilities: list[float]
     received_at: float
     complete_at: float
+    features: dict | None = None
 
 
 @dataclass
@@ -116,6 +118,9 @@ class SeriesStore:
         # durability is the outbox's job, which uses FULL.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(slices)")}
+        if "features" not in columns:  # a state DB from before evidence checks
+            self._db.execute("ALTER TABLE slices ADD COLUMN features TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -168,18 +173,20 @@ class SeriesStore:
     def add_scores(self, series_instance_uid: str, model: str, scores: list[SliceScore]) -> None:
         self._db.execute("BEGIN")
         self._db.executemany(
-            "INSERT OR REPLACE INTO slices VALUES (?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO slices VALUES (?,?,?,?,?,?,?,?)",
             [(series_instance_uid, s.sop_instance_uid, model, s.position_mm, json.dumps(s.probabilities),
-              s.received_at, s.complete_at) for s in scores])
+              s.received_at, s.complete_at, None if s.features is None else json.dumps(s.features))
+             for s in scores])
         self._db.execute("COMMIT")
 
     def scores(self, series_instance_uid: str, model: str) -> list[SliceScore]:
         """All scored slices of a series for one model, ordered along the slice normal."""
         rows = self._db.execute(
-            "SELECT sop_instance_uid, position_mm, probabilities, received_at, complete_at FROM slices "
+            "SELECT sop_instance_uid, position_mm, probabilities, received_at, complete_at, features FROM slices "
             "WHERE series_instance_uid=? AND model=? ORDER BY position_mm, sop_instance_uid",
             (series_instance_uid, model)).fetchall()
-        return [SliceScore(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+        return [SliceScore(r[0], r[1], json.loads(r[2]), r[3], r[4], None if r[5] is None else json.loads(r[5]))
+                for r in rows]
 
     # -- alerts ----------------------------------------------------------------
     def alert(self, alert_id: str) -> AlertState | None:
