@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from edge_agent.cli import COMMANDS, cli
 
-CONTRACT = ["run", "demo", "infer", "simulate", "listen", "convert", "calibrate", "inspect", "bench", "doctor"]
+CONTRACT = ["run", "demo", "infer", "simulate", "listen", "convert", "calibrate", "inspect", "bench", "doctor",
+            "validate", "report"]
 
 
 def edge_agent(*args, **kw):
