@@ -97,6 +97,10 @@ class AlertPublisher:
             self._thread = None
             raise self._start_error
 
+    def threads(self) -> list[threading.Thread]:
+        """The long-lived threads this part runs (the agent supervises them)."""
+        return [self._thread] if self._thread is not None else []
+
     def stop(self, flush_timeout: float = 5.0) -> None:
         """Publish what can be published within ``flush_timeout``, then retained ``offline``, then disconnect."""
         if self._thread is None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
 import click
 
 from edge_agent.config import load_config
+from edge_agent.errors import EdgeAgentError
 
 
 @click.command("run")
@@ -69,8 +71,14 @@ def run(config_file, watch, broker, site, device, engines, backend, state_dir, s
         agent.start()
         click.echo(f"edge-agent running: watching {cfg.ingest.watch}, site={cfg.agent.site} "
                    f"device={cfg.agent.device}; stop with Ctrl-C or SIGTERM.", err=True)
-        while not stop.wait(1.0):
-            pass
+        dead: list[str] = []
+        while not stop.wait(1.0) and not dead:
+            dead = agent.dead_threads()
+        if dead:
+            logging.getLogger("edge_agent").error("agent thread(s) ended unexpectedly: %s; exiting so that the "
+                                                  "service manager restarts the agent", ", ".join(dead))
+            raise EdgeAgentError(f"the agent's {', '.join(dead)} thread ended unexpectedly; exiting with an error "
+                                 "so that systemd restarts it (see the log above for the cause).")
         click.echo("edge-agent stopping: finishing queued work and flushing the outbox...", err=True)
     finally:
         agent.stop()

@@ -124,6 +124,10 @@ class Ingest:
             thread.start()
             self._threads.append(thread)
 
+    def threads(self) -> list[threading.Thread]:
+        """The long-lived threads this part runs (the agent supervises them)."""
+        return list(self._threads)
+
     def stop(self, timeout: float = 10) -> None:
         """Stop watching and decoding; files not yet judged are picked up at the next start."""
         self._stop.set()

@@ -242,5 +242,18 @@ class Agent:
             "files": ingest, "open_series": self.pipeline.open_series(),
             "pipeline_queue": self.pipeline.queue_depth()})
 
+    def dead_threads(self) -> list[str]:
+        """Names of supervised threads that ended while the agent was not stopping (a zombie agent)."""
+        if self._stop.is_set():
+            return []
+        dead = []
+        for name, part in self._started:
+            threads = getattr(part, "threads", None)
+            for thread in (threads() if callable(threads) else []):
+                if not thread.is_alive():
+                    dead.append(f"{name} ({thread.name})")
+        return dead
+
     def healthy(self) -> bool:
-        return self.heartbeats is not None and not self.heartbeats.stale(self.config.metrics.max_stage_age)
+        return (self.heartbeats is not None and not self.heartbeats.stale(self.config.metrics.max_stage_age)
+                and not self.dead_threads())

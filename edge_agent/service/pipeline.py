@@ -16,8 +16,10 @@ in that series' result; the pipeline goes on with the next.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,20 @@ log = logging.getLogger(__name__)
 
 #: Final series (scores, alert revisions) are kept this long for reopening by late or resent slices.
 SERIES_MEMORY_S = 7 * 24 * 3600
+#: How often a pipeline paused by a full state disk tries again.
+DISK_FULL_RETRY_S = 2.0
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the disk is full: SQLite's SQLITE_FULL, ENOSPC, EDQUOT."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class Outputs(Protocol):
@@ -60,6 +76,8 @@ class OpenSeries:
     last_arrival: float  # monotonic
     opened: float  # monotonic
     slices: int = 0
+    sops: set = field(default_factory=set)  # SOP Instance UIDs counted in ``slices`` (a retried batch counts once)
+    retry_at: float = 0.0  # monotonic: a final decision that hit a full disk is tried again then
     warnings: list[str] = field(default_factory=list)
     decisive: dict[str, float] = field(default_factory=dict)  # alert_id -> complete_at of the decisive slice
     # model name -> {SOP Instance UID: score}: what the state DB holds, kept here so that each
@@ -111,6 +129,8 @@ class SeriesPipeline:
         self._open: dict[str, OpenSeries] = {}
         self._heartbeat = heartbeat or (lambda _name: None)
         self._mode_for = mode_for or (lambda _name: "live")  # model name -> live | shadow
+        self._held: list = []  # files of a batch that met a full disk, retried first
+        self._paused_until = 0.0  # monotonic; 0: not paused
         self.models = None
         self.store: SeriesStore | None = None
 
@@ -140,6 +160,10 @@ class SeriesPipeline:
                 if timeout is not None or self._stop.is_set():
                     raise
 
+    def threads(self) -> list[threading.Thread]:
+        """The long-lived threads this part runs (the agent supervises them)."""
+        return [self._thread] if self._thread is not None else []
+
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
@@ -160,20 +184,29 @@ class SeriesPipeline:
         try:
             while True:
                 self._heartbeat("pipeline")
-                items = self._take()
-                if items:
-                    self._process(items)
-                self._finalise_due()
-                if time.monotonic() >= next_prune:  # the state DB keeps a week of final series, no more
-                    next_prune = time.monotonic() + 3600.0
-                    self._prune()
-                if self._stop.is_set() and self._queue.empty():
+                try:
+                    self._step()
+                    if time.monotonic() >= next_prune:  # the state DB keeps a week of final series, no more
+                        next_prune = time.monotonic() + 3600.0
+                        self._prune()
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - the thread's last boundary: log, breathe, go on
+                    log.exception("pipeline step failed (%s: %s); carrying on", type(exc).__name__, exc)
+                    time.sleep(0.5)
+                if self._stop.is_set() and self._queue.empty() and not self._held:
                     break
         finally:
             try:
                 self.models.close()
             finally:
                 self.store.close()
+
+    def _step(self) -> None:
+        items = self._take()
+        if items:
+            self._process(items)
+        self._finalise_due()
 
     def _prune(self) -> None:
         try:
@@ -192,7 +225,22 @@ class SeriesPipeline:
         due = min(min(s.last_arrival + self.settle, s.opened + self.max_open) for s in self._open.values())
         return min(0.1, max(0.001, due - now))
 
+    def _pause(self, exc: BaseException) -> None:
+        """The state disk is full: stop taking files (the queue fills, the ingest waits) and retry later."""
+        if not self._paused_until:
+            log.error("the state disk is full (%s); intake is paused and resumes by itself when space returns", exc)
+        self._paused_until = time.monotonic() + DISK_FULL_RETRY_S
+
     def _take(self) -> list:
+        if self._paused_until:
+            if time.monotonic() < self._paused_until:
+                time.sleep(min(0.1, self._paused_until - time.monotonic()))
+                return []
+            held, self._held = self._held, []
+            if held:
+                return held
+            self._paused_until = 0.0
+            log.warning("the state disk has space again; intake resumed")
         try:
             items = [self._queue.get(timeout=self._next_due())]
         except queue.Empty:
@@ -212,6 +260,13 @@ class SeriesPipeline:
             try:
                 self._ingest_files(uid, files)
             except Exception as exc:  # noqa: BLE001 - error boundary per series
+                if disk_full(exc):  # nothing of this batch counts yet: keep its pixels, try it again later
+                    self._held.extend(files)
+                    self._pause(exc)
+                    continue
+                for f in files:
+                    for s in f.slices:
+                        s.drop_pixels()
                 log.exception("series %s: failed to process %d file(s): %s", uid, len(files), exc)
                 series = self._open.get(uid)
                 if series is not None:
@@ -252,14 +307,13 @@ class SeriesPipeline:
                                        f"the series' {series.shape[0]}x{series.shape[1]}")
                 continue
             good.append((f, s))
-        series.slices += len(good)
-        try:
-            for model, reason in series.routes:
-                if reason is None and good:
-                    self._score(series, model, good)
-        finally:
-            for _, s in slices:
-                s.drop_pixels()  # every model has scored it: the pixels go, memory stays flat
+        for model, reason in series.routes:
+            if reason is None and good:
+                self._score(series, model, good)
+        series.sops.update(s.sop_instance_uid for _, s in good)
+        series.slices = max(series.slices, len(series.sops))
+        for _, s in slices:
+            s.drop_pixels()  # every model has scored it: the pixels go, memory stays flat
 
     def _known_scores(self, series: OpenSeries, name: str) -> dict[str, SliceScore]:
         known = series.scores.get(name)
@@ -358,19 +412,41 @@ class SeriesPipeline:
         now = time.monotonic()
         for uid in list(self._open):
             series = self._open[uid]
-            if now - series.last_arrival >= self.settle or now - series.opened >= self.max_open:
-                try:
-                    t0 = time.perf_counter()
-                    self._finalise(series)
-                    self.outputs.observe("decision", time.perf_counter() - t0)
-                except Exception as exc:  # noqa: BLE001 - error boundary per series
-                    log.exception("series %s: final decision failed: %s", uid, exc)
-                    self._publish(series, [ModelOutcome(m.manifest, "failed", f"internal error: {exc}")
-                                           for m, _ in series.routes], failure=f"internal error: {exc}")
-                finally:
-                    self._open.pop(uid, None)
-                    self.store.mark_final(uid)
-                    self.outputs.series_done(uid)
+            due = now - series.last_arrival >= self.settle or now - series.opened >= self.max_open
+            if not due or now < series.retry_at or (self._held and any(f.series_instance_uid == uid
+                                                                        for f in self._held)):
+                continue
+            try:
+                t0 = time.perf_counter()
+                self._finalise(series)
+                self.outputs.observe("decision", time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001 - error boundary per series
+                if disk_full(exc):  # nothing was published: decide again once there is space
+                    series.retry_at = now + DISK_FULL_RETRY_S
+                    self._pause(exc)
+                    continue
+                log.exception("series %s: final decision failed: %s", uid, exc)
+                self._fail(series, exc)
+            self._close(uid)
+
+    def _fail(self, series: OpenSeries, exc: BaseException) -> None:
+        """Publish a ``rejected`` result naming the error; if even that fails, log it (never raise)."""
+        try:
+            self._publish(series, [ModelOutcome(m.manifest, "failed", f"internal error: {exc}")
+                                   for m, _ in series.routes], failure=f"internal error: {exc}")
+        except Exception as again:  # noqa: BLE001 - a boundary's own failure path cannot raise
+            log.error("series %s: its failure could not be published either (%s: %s); the series is closed "
+                      "without a result", series.series_instance_uid, type(again).__name__, again)
+            self.outputs.count("series", "rejected")
+
+    def _close(self, uid: str) -> None:
+        self._open.pop(uid, None)
+        for step in (lambda: self.store.mark_final(uid), lambda: self.outputs.series_done(uid)):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the next start resumes the series instead
+                log.error("series %s: closing it failed (%s: %s); it will be resumed at the next start", uid,
+                          type(exc).__name__, exc)
 
     def _finalise(self, series: OpenSeries) -> None:
         outcomes = []

@@ -301,6 +301,10 @@ class StorageReceiver:
             self._stats["tls_failures"] += 1
         log.warning("DICOM TLS handshake with %s failed (%s); connection closed", peer, reason)
 
+    def threads(self) -> list[threading.Thread]:
+        """The long-lived threads this part runs (the agent supervises them)."""
+        return [self._thread] if self._thread is not None else []
+
     def stop(self) -> None:
         """Stop accepting, abort open associations and wait for their threads."""
         server, thread = self._server, self._thread
