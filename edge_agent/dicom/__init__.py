@@ -29,6 +29,11 @@ Decisions (see the docstrings for the rules and their DICOM sources):
   with ``scan(..., resample_tilt=False)``.
 - ``ScanReport.rejected`` lists every file left out, including those also
   listed in their ``Series.rejected``.
+- Headers are checked once, before any per-frame work (:mod:`limits`):
+  only regular files are opened; missing or empty Study/Series/SOP
+  Instance UIDs, Number of Frames < 1 and sizes the pixel data cannot
+  hold are refused (``BadFile``) with a sentence; whatever else fails in
+  a decoder — a Rust panic, deep recursion — becomes a ``BadFile`` too.
 """
 
 from edge_agent.dicom.assembly import assemble

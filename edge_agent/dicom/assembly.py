@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_agent.dicom import geometry
 from edge_agent.dicom.model import Rejected, Series, Slice
-from edge_agent.dicom.reader import AIR_HU, pixel_hash, to_hu
+from edge_agent.dicom.reader import AIR_HU, HEADER_FIELDS, pixel_hash, to_hu
 
 _PARALLEL_FROM = 16  # slices; below this HU conversion runs in the calling thread
 
@@ -106,7 +106,8 @@ def finish(ordered: list[Slice], volume: np.ndarray, rejected: list[Rejected], w
         accession_number=reference.accession_number, slice_thickness=reference.slice_thickness,
         orientation=np.asarray(orientation, dtype=np.float64), pixel_spacing=reference.pixel_spacing,
         gantry_tilt=tilt, tilt_corrected=corrected, warnings=warnings, rejected=rejected,
-        paths=[s.path for s in ordered], frames=[s.frame for s in ordered], origin=positions_3d[0].copy())
+        paths=[s.path for s in ordered], frames=[s.frame for s in ordered], origin=positions_3d[0].copy(),
+        **{name: getattr(reference, name) for name in HEADER_FIELDS})
 
 
 def _fill(volume: np.ndarray, ordered: list[Slice], consume: bool, workers: int) -> None:

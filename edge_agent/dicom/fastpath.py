@@ -25,6 +25,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 
+from edge_agent.boundary import MAX_SEQUENCE_DEPTH
+from edge_agent.dicom.limits import open_regular
+
 _IMPLICIT = "1.2.840.10008.1.2"
 _EXPLICIT = "1.2.840.10008.1.2.1"
 _RLE = "1.2.840.10008.1.2.5"
@@ -53,15 +56,26 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00280103: ("PixelRepresentation", "u"), 0x00280120: ("PixelPaddingValue", "x"),
     0x00280121: ("PixelPaddingRangeLimit", "x"), 0x00281052: ("RescaleIntercept", "s"),
     0x00281053: ("RescaleSlope", "s"),
+    # read for the applicability rules (edge_agent.dicom.header.header_fields)
+    0x00080070: ("Manufacturer", "s"), 0x00081090: ("ManufacturerModelName", "s"),
+    0x00180010: ("ContrastBolusAgent", "s"), 0x00181040: ("ContrastBolusRoute", "s"),
+    0x00180060: ("KVP", "s"), 0x00181030: ("ProtocolName", "s"), 0x00181060: ("TriggerTime", "s"),
+    0x00181100: ("ReconstructionDiameter", "s"), 0x00181210: ("ConvolutionKernel", "m"),
+    0x00189037: ("CardiacSynchronizationTechnique", "s"), 0x00101010: ("PatientAge", "s"),
 }
 _KIND = {keyword: kind for keyword, kind in WANTED.values()}
-_TEXT = {"AccessionNumber", "StudyDescription", "SeriesDescription", "BodyPartExamined"}
+_TEXT = {"AccessionNumber", "StudyDescription", "SeriesDescription", "BodyPartExamined", "Manufacturer",
+         "ManufacturerModelName", "ContrastBolusAgent", "ContrastBolusRoute", "ProtocolName", "ConvolutionKernel"}
 # Presence of any of these means the object needs the full reader.
 _FALLBACK = {0x00041220, 0x52009229, 0x52009230}
 
 
 class _Unsupported(Exception):
     """Internal: this file is not for the fast path."""
+
+
+class NestedTooDeep(RecursionError):
+    """Sequences nested deeper than MAX_SEQUENCE_DEPTH (the reader's boundary words it)."""
 
 
 class PixelElement:
@@ -123,7 +137,7 @@ class Header:
 def read_header(path: str) -> Header | None:
     """Parse a native little-endian Part 10 file, or ``None`` to let pydicom do it."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(_HEAD)
             meta, pos = _parse_meta(memoryview(head))
             if not _supported(meta.get("TransferSyntaxUID", "")):
@@ -144,7 +158,7 @@ def _supported(syntax: str) -> bool:
 def transfer_syntax(path: str) -> str:
     """The Transfer Syntax UID of a Part 10 file from its first bytes, or ``""``."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             meta, _ = _parse_meta(memoryview(fh.read(_HEAD)))
         return meta.get("TransferSyntaxUID", "")
     except (OSError, _Unsupported, struct.error, UnicodeDecodeError, IndexError, ValueError):
@@ -230,8 +244,10 @@ def _fragments_end(buf: memoryview, pos: int) -> int:
         pos = value + length
 
 
-def _skip_sequence(buf: memoryview, pos: int, explicit: bool) -> int:
+def _skip_sequence(buf: memoryview, pos: int, explicit: bool, depth: int = 1) -> int:
     """Position after an undefined-length sequence starting at ``pos`` (PS3.5 7.5.2)."""
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise NestedTooDeep(f"sequences nested over {MAX_SEQUENCE_DEPTH} levels")
     while True:
         tag, _, length, pos = _element(buf, pos, explicit)
         if tag == _SEQ_END:
@@ -248,7 +264,7 @@ def _skip_sequence(buf: memoryview, pos: int, explicit: bool) -> int:
             if length == _UNDEFINED:
                 if explicit and vr != b"SQ":
                     raise _Unsupported
-                pos = _skip_sequence(buf, pos, explicit)
+                pos = _skip_sequence(buf, pos, explicit, depth + 1)
             else:
                 pos += length
 

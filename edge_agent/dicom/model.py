@@ -1,7 +1,8 @@
 """Data objects of the DICOM layer: errors, one decoded slice, one series.
 
 None of these objects carries patient name, ID, birth date or sex: the
-reader never copies those attributes out of a dataset.
+reader never copies those attributes out of a dataset. Patient Age is kept
+(``patient_age``, out of every repr) for the applicability age rule only.
 """
 
 from __future__ import annotations
@@ -109,6 +110,21 @@ class Slice:
     # ``stored_only=True`` (the agent's pipeline).
     stored: np.ndarray | None = field(default=None, repr=False)
     rescale: tuple | None = field(default=None, repr=False)
+    # Acquisition and reconstruction header fields the applicability rules
+    # read (edge_agent.inference.applicability); None when absent.
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
+    convolution_kernel: tuple[str, ...] | None = None
+    contrast_agent: str | None = None
+    contrast_route: str | None = None
+    cardiac_sync: str | None = None
+    trigger_time: float | None = None
+    kvp: float | None = None
+    protocol_name: str | None = None
+    reconstruction_diameter: float | None = None
+    # PatientAge (AS, e.g. "045Y") is for the age rule only: never printed,
+    # published or logged (repr=False keeps it out of every repr too).
+    patient_age: str | None = field(default=None, repr=False)
 
     def hu_pixels(self) -> np.ndarray | None:
         """HU of this slice: ``hu``, else converted from ``stored`` (None when neither is kept)."""
@@ -157,6 +173,18 @@ class Series:
     paths: list[str] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     origin: np.ndarray | None = None  # ImagePositionPatient of the first slice after sorting
+    # Header fields of the first slice (see Slice); patient_age is for the age rule only.
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
+    convolution_kernel: tuple[str, ...] | None = None
+    contrast_agent: str | None = None
+    contrast_route: str | None = None
+    cardiac_sync: str | None = None
+    trigger_time: float | None = None
+    kvp: float | None = None
+    protocol_name: str | None = None
+    reconstruction_diameter: float | None = None
+    patient_age: str | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -28,6 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
+from edge_agent.boundary import describe, failure_reason, is_fatal
 from edge_agent.dicom import fastpath
 from edge_agent.dicom.assembly import finish, plan
 from edge_agent.dicom.model import DicomError, Rejected, Series, Slice
@@ -40,13 +41,19 @@ log = logging.getLogger(__name__)
 
 
 def _read_one(path: str, decode: bool = True) -> tuple[list[Slice], Rejected | None]:
-    """Error boundary around :func:`read_file`: never raises."""
+    """Error boundary around :func:`read_file`: never raises (but for interrupt/exit); every file accounted for."""
     try:
-        return read_file(path, decode=decode, defer_hu=True), None
+        slices = read_file(path, decode=decode, defer_hu=True)
     except DicomError as exc:
         return [], exc.to_rejected()
-    except Exception as exc:  # a reader bug must not stop the scan
-        return [], Rejected(path, f"could not be read ({type(exc).__name__}: {str(exc)[:100]})", "bad")
+    except BaseException as exc:  # noqa: BLE001 - a reader bug or decoder panic must not stop the scan
+        if is_fatal(exc):
+            raise
+        log.warning("reading %s failed: %s", path, describe(exc))
+        return [], Rejected(path, failure_reason(exc), "bad")
+    if not slices:
+        return [], Rejected(path, "holds no image frames", "bad")
+    return slices, None
 
 
 def _process_pool(workers: int) -> ProcessPoolExecutor:
@@ -157,12 +164,9 @@ def shared_volume(shape: tuple[int, int, int]) -> tuple[str, np.ndarray]:
 def _decode_into(task: tuple[str, str, tuple[int, int, int], dict[int, int]]) -> Rejected | None:
     """Worker: decode one file and write its frames' HU into their slots of the shared volume."""
     path, volume_path, shape, slots = task
-    try:
-        slices = read_file(path, defer_hu=True)
-    except DicomError as exc:
-        return exc.to_rejected()
-    except Exception as exc:  # a decoder bug must not stop the scan
-        return Rejected(path, f"could not be decoded ({type(exc).__name__}: {str(exc)[:100]})", "bad")
+    slices, rejected = _read_one(path)  # a plain, picklable verdict crosses back, never the exception
+    if rejected is not None:
+        return rejected
     volume = np.memmap(volume_path, dtype=np.float32, mode="r+", shape=shape)
     written = 0
     for s in slices:

@@ -30,7 +30,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from edge_agent.dicom import fastpath
+from edge_agent.boundary import failure_reason
+from edge_agent.dicom import fastpath, limits
+from edge_agent.dicom.header import HEADER_FIELDS, header_fields, multi as _multi, to_float as _float
 from edge_agent.dicom.model import BadFile, NotAnImage, Slice
 
 AIR_HU = -1024.0
@@ -48,6 +50,7 @@ MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 
+@limits.guarded
 def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = False,
               stored_only: bool = False) -> list[Slice]:
     """Read one file into its CT slices (one per frame), in HU when ``decode``.
@@ -68,6 +71,7 @@ def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = 
     HU) or turns them into HU only when a model scores them on the CPU.
     """
     path = os.fspath(path)
+    limits.check_regular(path)  # never open a FIFO, socket or device
     if os.path.basename(path).upper() in ("DICOMDIR", "DIRFILE"):
         raise NotAnImage(path, "is a media index (DICOMDIR/DIRFILE), not an image")
     ds = _fast_header(path) if FAST_HEADERS else None
@@ -77,11 +81,12 @@ def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = 
     why = exclusion_reason(ds)
     if why:
         raise NotAnImage(path, why, series_uid)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = limits.frame_count(ds, path, series_uid)
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if PIXEL_DATA not in ds or rows <= 0 or cols <= 0:
         raise BadFile(path, "has no pixel data; the file may be truncated, so wait for it to finish or resend it",
                       series_uid)
+    limits.check_header(ds, path, rows, cols, frames, series_uid)  # UIDs, sizes: before any per-frame work
     geometry = frame_geometry(ds, path, frames)
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise NotAnImage(path, "is a colour image, not a greyscale CT slice", series_uid)
@@ -129,7 +134,11 @@ def _read_header(path: str) -> Dataset:
     except FileNotFoundError:
         raise BadFile(path, "disappeared before it could be read") from None
     except OSError as exc:
+        if exc.errno is None:  # pydicom's own "No tag to read at file position ...": a damaged file
+            raise BadFile(path, "has a damaged or truncated header; resend the file") from None
         raise BadFile(path, f"could not be opened ({exc.strerror or exc}); check its permissions") from None
+    except RecursionError as exc:  # sequences nested thousands deep
+        raise BadFile(path, failure_reason(exc)) from None
     except Exception as exc:  # pydicom raises many types for damaged headers
         raise BadFile(path, f"has a damaged or truncated header ({type(exc).__name__}); resend the file") from None
 
@@ -143,7 +152,7 @@ def exclusion_reason(ds: Dataset) -> str:
     if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
         return f"is a secondary capture (Modality {modality or 'none'}), e.g. an exam summary, not a CT slice"
     if sop_class not in CT_CLASSES:
-        name = UID(sop_class).name if sop_class else "no SOP class"
+        name = limits.shown(UID(sop_class).name, "a damaged SOP Class UID") if sop_class else "no SOP class"
         if "Image Storage" in name:
             return f"is not CT ({name}, Modality {modality or 'none'}); only CT is analysed"
         return f"is a non-image object ({name})"
@@ -157,30 +166,15 @@ def exclusion_reason(ds: Dataset) -> str:
     return ""
 
 
-def _multi(value: Any) -> list:
-    if value is None or value == "":
-        return []
-    if isinstance(value, (str, bytes, int, float)):
-        return [value]
-    return list(value)
-
-
-def _float(value: Any, default: float | None) -> float | None:
-    try:
-        return default if value is None or value == "" else float(value)
-    except (TypeError, ValueError):
-        return default
-
-
 def _int(value: Any) -> int | None:
     number = _float(value, None)
     return None if number is None else int(number)
 
 
 def _common_fields(ds: Dataset) -> dict:
-    """Series-level fields for Slice. Patient attributes are never read here."""
+    """Series-level fields for Slice. Patient attributes are never read here, except PatientAge (age rule)."""
     instance = ds.get("InstanceNumber")
-    return dict(
+    return dict(**header_fields(ds),
         study_instance_uid=str(ds.get("StudyInstanceUID", "")),
         accession_number=str(ds.get("AccessionNumber", "") or ""),
         modality=str(ds.get("Modality", "CT") or "CT"),
@@ -277,6 +271,7 @@ def _stored_pixels(ds: Dataset, path: str, rows: int, cols: int, frames: int, de
     content_hash = pixel_hash(encoded)
     if not decode:
         return None, content_hash
+    limits.check_codestreams(encoded, path, rows, cols, series_uid)  # before a decoder allocates their size
     try:
         source = ds.pixel_dataset() if isinstance(ds, fastpath.Header) else ds
         plugin = preferred_plugin(str(syntax))
@@ -285,7 +280,9 @@ def _stored_pixels(ds: Dataset, path: str, rows: int, cols: int, frames: int, de
         arr = source.pixel_array
     except (NotImplementedError, RuntimeError, ImportError) as exc:
         name = UID(str(syntax)).name if syntax else "an unknown transfer syntax"
-        if "plugin" in str(exc).lower() or "no pixel data handler" in str(exc).lower() or isinstance(
+        text = str(exc).lower()
+        tried = "exceptions were raised by" in text  # a decoder ran and rejected the data: damaged, not unsupported
+        if ("plugin" in text and not tried) or "no pixel data handler" in text or isinstance(
                 exc, (NotImplementedError, ImportError)):
             raise BadFile(path, f"uses {name}, which no installed decoder can read; ask for another transfer "
                                 f"syntax", series_uid) from None
@@ -302,8 +299,11 @@ def _stored_pixels(ds: Dataset, path: str, rows: int, cols: int, frames: int, de
 
 # Faster permissive plugins where pydicom's default order picks a slower one (measured:
 # RLE 1.3 → 0.3 ms, JPEG-LS 4.0 → 3.0 ms per 512² slice).
+# JPEG 2000: pylibjpeg-openjpeg (22.7 vs 23.7 ms, docs/perf/ingest.md), and gdcm aborts the whole process
+# (an uncaught C++ exception, std::terminate) on some damaged J2K streams, found by scripts/fuzz_ingest.py.
 _PREFERRED = {"1.2.840.10008.1.2.5": "pylibjpeg", "1.2.840.10008.1.2.4.80": "pyjpegls",
-              "1.2.840.10008.1.2.4.81": "pyjpegls"}
+              "1.2.840.10008.1.2.4.81": "pyjpegls", "1.2.840.10008.1.2.4.90": "pylibjpeg",
+              "1.2.840.10008.1.2.4.91": "pylibjpeg"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -335,7 +335,7 @@ def _native_pixels(ds: Dataset, path: str, rows: int, cols: int, frames: int, bi
     expected = rows * cols * frames * (bits // 8)
     value = raw.value
     if value is None:  # deferred: read the bytes straight from the file, once
-        with open(path, "rb") as fh:
+        with limits.open_regular(path) as fh:
             fh.seek(raw.value_tell)
             value = fh.read(expected)
     if len(value) < expected:

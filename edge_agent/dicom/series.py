@@ -13,6 +13,7 @@ from typing import Iterable
 
 from edge_agent.dicom import parallel
 from edge_agent.dicom.assembly import _assemble
+from edge_agent.dicom.limits import special_kind
 from edge_agent.dicom.model import Rejected, ScanReport, Series, Slice
 
 PathLike = str | os.PathLike
@@ -39,12 +40,26 @@ def iter_files(paths_or_dirs: PathLike | Iterable[PathLike]) -> tuple[list[str],
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
                     if not name.startswith("."):
-                        add(os.path.join(root, name))
+                        path = os.path.join(root, name)
+                        kind = _special(path)
+                        if kind:  # a FIFO would block open() forever: refused without opening it
+                            missing.append(Rejected(path, f"is {kind}, not a regular file; only regular files "
+                                                          "are read", "bad"))
+                        else:
+                            add(path)
         elif os.path.isfile(item):
             add(item)
         else:
             missing.append(Rejected(item, "does not exist or is not a regular file", "bad"))
     return files, missing
+
+
+def _special(path: str) -> str:
+    """What a listed entry is when it is not a regular file (``""`` for one, or if it vanished)."""
+    try:
+        return special_kind(os.stat(path).st_mode)
+    except OSError:
+        return ""  # vanished or dangling: read_file words it
 
 
 def scan(paths_or_dirs: PathLike | Iterable[PathLike], *, workers: int | None = None,

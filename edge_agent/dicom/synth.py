@@ -65,6 +65,8 @@ class SeriesHeaders:
     padding_value: int | None = None
     window: tuple[float, float] = (40.0, 80.0)
     gantry_tilt: float = 0.0
+    # Further attributes for every slice, by keyword: {"ConvolutionKernel": ["Hr40f", "3"], "PatientAge": "045Y"}
+    extra: dict = field(default_factory=dict)
 
 
 def slice_datasets(
@@ -151,6 +153,8 @@ def slice_datasets(
         ds.WindowCenter, ds.WindowWidth = h.window
         if h.padding_value is not None:
             ds.PixelPaddingValue = int(h.padding_value)
+        for keyword, value in h.extra.items():
+            setattr(ds, keyword, value)
         ds.PixelData = stored[k].tobytes()
         yield ds
 

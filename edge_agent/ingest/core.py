@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from edge_agent.boundary import describe, failure_reason, is_fatal
 from edge_agent.dicom import BadFile, NotAnImage
 from edge_agent.errors import EdgeAgentError
 from edge_agent.ingest import ledger as L
@@ -63,7 +64,9 @@ class Ingest:
         self._counters = Counters()
         self._verdicts: Verdicts | None = None
         self._workers = settings.workers or os.cpu_count() or 1
-        self._decoder = Decoder(self._workers if settings.decode_processes and self._workers > 1 else 0,
+        # Worker processes even with one worker: a decoder that aborts (gdcm's uncaught C++ exceptions) or
+        # runs out of memory then costs one file, not the agent.
+        self._decoder = Decoder(self._workers if settings.decode_processes else 0,
                                 stored_only=settings.keep_stored)
         self._tick = max(0.01, min(0.05, settings.stable_seconds / 4))
         self._ledger: L.Ledger | None = None
@@ -191,8 +194,10 @@ class Ingest:
     def stats(self) -> dict[str, int]:
         """Counters since this object was created, and the current backlog.
 
-        ``files_seen`` (files judged: the sum of the next five), ``accepted``,
-        ``duplicates``, ``conflicts``, ``excluded``, ``quarantined``;
+        ``files_seen`` (files judged: accepted + duplicates + excluded +
+        quarantined), ``accepted``, ``duplicates``, ``conflicts`` (also
+        counted in ``quarantined``: a conflicting copy is quarantined),
+        ``excluded``, ``quarantined``;
         ``resumed`` (re-emitted after a restart), ``pipeline_errors``,
         ``retries`` (failed reads retried), ``deleted`` (retention),
         ``events``, ``rescans``, ``rescan_found`` (files no event announced);
@@ -201,7 +206,7 @@ class Ingest:
         """
         out = self._counters.snapshot()
         out["pending"], out["decoding"] = self._tracker.counts()
-        out["files_seen"] = sum(out[k] for k in ("accepted", "duplicates", "conflicts", "excluded", "quarantined"))
+        out["files_seen"] = sum(out[k] for k in ("accepted", "duplicates", "excluded", "quarantined"))
         return out
 
     # --- threads -------------------------------------------------------
@@ -296,16 +301,19 @@ class Ingest:
             st = path.stat()
             item.identity = (st.st_size, st.st_mtime_ns)
             item.slices = self._decoder.read(path)
-            if not item.slices:
-                item.kind, item.message = "excluded", "the file holds no image frames"
+            if not item.slices:  # read_file refuses such files; never let one vanish
+                item.kind, item.message = "bad", "holds no image frames"
         except NotAnImage as err:
             item.kind, item.message = "excluded", reason_of(err)
         except FileNotFoundError:
             item.kind = "missing"
         except BadFile as err:
             item.kind, item.message = "bad", reason_of(err)
-        except Exception as err:  # error boundary: an unexpected decoder failure is a bad file
-            item.kind, item.message = "bad", f"{type(err).__name__}: {err}"
+        except BaseException as err:  # noqa: BLE001 - error boundary; decoder panics derive from BaseException
+            if is_fatal(err):
+                raise
+            log.warning("decoding %s failed: %s", path, describe(err))
+            item.kind, item.message = "bad", failure_reason(err)
         self._results.put(item)
 
     # --- helpers -------------------------------------------------------
@@ -315,7 +323,9 @@ class Ingest:
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             fn(*args)
-        except Exception:
+        except BaseException as err:  # noqa: BLE001 - a panic must not end an ingest thread either
+            if is_fatal(err):
+                raise
             log.exception("ingest error in %s (continuing)", getattr(fn, "__name__", fn))
 
     def _require_ledger(self) -> L.Ledger:

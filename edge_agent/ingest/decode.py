@@ -28,7 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from edge_agent.dicom import BadFile, Slice, read_file
+from edge_agent.boundary import describe, failure_reason, is_fatal
+from edge_agent.dicom import BadFile, DicomError, Slice, read_file
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,29 @@ def _worker_init() -> None:
     threading.Thread(target=watch_parent, name="decode-parent-watch", daemon=True).start()
 
 
+def _read_in_worker(path: Path, stored_only: bool) -> list[Slice]:
+    """Worker process: read one file; whatever fails crosses back as a picklable BadFile with a sentence.
+
+    A decoder panic (pyo3 ``PanicException``) cannot be pickled; sent back as
+    it is it would break the result and lose the file's reason.
+    """
+    try:
+        return read_file(path, stored_only=stored_only)
+    except DicomError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - panics derive from BaseException
+        if is_fatal(exc):
+            raise
+        log.warning("decoding %s failed in a worker: %s", path, describe(exc))
+        raise BadFile(str(path), failure_reason(exc)) from None
+
+
 class Decoder:
     """``read(path)`` → slices, in worker processes (``processes`` > 0) or in the caller's thread."""
 
     def __init__(self, processes: int, *, stored_only: bool = False) -> None:
         self._processes = processes
+        self._stored_only = stored_only
         self._read = functools.partial(read_file, stored_only=True) if stored_only else read_file
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
@@ -91,7 +110,7 @@ class Decoder:
             return self._read(path)
         pool = self._get_pool()
         try:
-            return pool.submit(self._read, path).result()
+            return pool.submit(_read_in_worker, path, self._stored_only).result()
         except BrokenProcessPool as err:
             with self._lock:
                 if self._pool is pool:

@@ -26,6 +26,7 @@ lock serves all ingest threads.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -113,14 +114,14 @@ class Ledger:
         """path → (size, mtime_ns) of every file already handled (for rescans)."""
         with self._lock:
             rows = self._db.execute("SELECT path, size, mtime_ns FROM files WHERE state != ?", (DELETED,))
-            return {p: (s, m) for p, s, m in rows}
+            return {_text(p): (s, m) for p, s, m in rows}
 
     def is_known(self, path: Path, size: int, mtime_ns: int) -> bool:
         """True when this exact file (same size and mtime) was already handled."""
         with self._lock:
             row = self._db.execute(
                 "SELECT 1 FROM files WHERE path = ? AND size = ? AND mtime_ns = ? AND state != ?",
-                (str(path), size, mtime_ns, DELETED),
+                (_key(path), size, mtime_ns, DELETED),
             ).fetchone()
         return row is not None
 
@@ -157,7 +158,7 @@ class Ledger:
             if len(seen) < len(sop_instance_uids):
                 db.executemany(
                     "INSERT INTO instances VALUES (?, ?, ?, ?, ?)",
-                    [(u, series_instance_uid, content_hash, str(path), now)
+                    [(u, series_instance_uid, content_hash, _key(path), now)
                      for u in sop_instance_uids if u not in seen],
                 )
                 db.execute(
@@ -174,7 +175,7 @@ class Ledger:
                 return RESUMED
             # A resend that overwrote the accepted file itself (a C-STORE receiver reuses the
             # name) leaves that file the holder of the instance: it stays ACCEPTED for resume.
-            holder = all(p == str(path) for _, _, p in rows)
+            holder = all(p == _key(path) for _, _, p in rows)
             _upsert_file(db, path, size, mtime_ns, ACCEPTED if holder else DUPLICATE, None, series_instance_uid)
             return DUPLICATE
 
@@ -184,7 +185,7 @@ class Ledger:
         """Forget instances claimed from ``path`` (the pipeline failed on them)."""
         self._tx(lambda db: db.executemany(
             "DELETE FROM instances WHERE sop_instance_uid = ? AND path = ?",
-            [(u, str(path)) for u in sop_instance_uids],
+            [(u, _key(path)) for u in sop_instance_uids],
         ))
 
     # --- series --------------------------------------------------------
@@ -195,7 +196,7 @@ class Ledger:
                 "SELECT f.path FROM files f JOIN series s USING (series_instance_uid) "
                 "WHERE f.state = ? AND s.done = 0 ORDER BY f.updated_at", (ACCEPTED,),
             ).fetchall()
-        return [Path(p) for (p,) in rows]
+        return [Path(_text(p)) for (p,) in rows]
 
     def mark_series_done(self, series_instance_uid: str, *, durable: bool = False) -> list[tuple[Path, int, int]]:
         """Mark a series done; return (path, size, mtime_ns) of its accepted and duplicate files.
@@ -212,7 +213,7 @@ class Ledger:
                 "SELECT path, size, mtime_ns FROM files WHERE series_instance_uid = ? AND state IN (?, ?)",
                 (series_instance_uid, ACCEPTED, DUPLICATE),
             ).fetchall()
-            return [(Path(p), s, m) for p, s, m in rows]
+            return [(Path(_text(p)), s, m) for p, s, m in rows]
 
         return self._tx(work, durable=durable)
 
@@ -232,7 +233,7 @@ class Ledger:
             now = time.time()
             cur = db.executemany(
                 "UPDATE files SET state = ?, reason = 'no longer in the watch folder', updated_at = ? "
-                "WHERE path = ? AND state != ?", [(DELETED, now, p, DELETED) for p in paths])
+                "WHERE path = ? AND state != ?", [(DELETED, now, _key(p), DELETED) for p in paths])
             return cur.rowcount
 
         return self._tx(work)
@@ -271,5 +272,27 @@ def _upsert_file(db: sqlite3.Connection, path: Path, size: int, mtime_ns: int, s
         "size = excluded.size, mtime_ns = excluded.mtime_ns, state = excluded.state, "
         "reason = excluded.reason, series_instance_uid = excluded.series_instance_uid, "
         "updated_at = excluded.updated_at",
-        (str(path), size, mtime_ns, state, reason, series_instance_uid, time.time()),
+        (_key(path), size, mtime_ns, state, reason, series_instance_uid, time.time()),
     )
+
+
+def _key(path: Path | str) -> str | bytes:
+    """The ``path`` column value: the path as text, or its bytes when the name is not UTF-8.
+
+    File names are bytes on Linux; Python shows undecodable bytes as lone
+    surrogates (``os.fsdecode``), which SQLite text cannot hold. Such paths
+    are stored as a BLOB of the exact bytes (SQLite compares a BLOB only
+    with a BLOB, so keys stay unique); every other path stays text, as
+    ledgers written before this change have it.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+
+
+def _text(value: str | bytes) -> str:
+    """A ``path`` column value back as a path string (the inverse of :func:`_key`)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value

@@ -23,7 +23,9 @@ class IngestSettings:
     rescan_interval: float = 60.0  # periodic reconciliation rescan
     delete_after_processing: bool = False  # delete inputs once their series is done / quarantined
     workers: int | None = None  # files decoded at once (None = all cores)
-    decode_processes: bool = True  # decode in worker processes (decoders hold the GIL); False: threads only
+    # Decode compressed files in worker processes (decoders hold the GIL, and one that aborts or runs out of
+    # memory then costs one file, not the agent); False: in the decode threads.
+    decode_processes: bool = True
     keep_stored: bool = False  # hand over stored values + rescale instead of HU (Slice.stored; half the bytes)
 
     def __post_init__(self) -> None:

@@ -15,12 +15,17 @@ Thread-safe: watcher, rescan and ingest threads all call it.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.dicom.limits import special_kind
+
+log = logging.getLogger(__name__)
 MAX_BACKOFF = 5.0
 
 
@@ -52,6 +57,7 @@ class StableTracker:
         self.stable_seconds = stable_seconds
         self.retry_timeout = retry_timeout
         self._pending: dict[Path, Candidate] = {}
+        self._refused: set[Path] = set()  # non-regular paths already logged (bounded)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -75,6 +81,9 @@ class StableTracker:
                 st = os.stat(path)
             except OSError:
                 return  # already renamed or deleted; a later event names the new path
+        if not stat.S_ISREG(st.st_mode):
+            self._refuse(path, st.st_mode)
+            return
         now = time.monotonic()
         with self._lock:
             cand = self._pending.get(path)
@@ -105,6 +114,10 @@ class StableTracker:
                 st = os.stat(cand.path)
             except OSError:
                 self.forget(cand.path)
+                continue
+            if not stat.S_ISREG(st.st_mode):  # replaced by a FIFO, socket, device or folder
+                self.forget(cand.path)
+                self._refuse(cand.path, st.st_mode)
                 continue
             with self._lock:
                 if self._pending.get(cand.path) is not cand or cand.in_flight:
@@ -155,6 +168,17 @@ class StableTracker:
             cand.next_try = now + min(backoff, max(remaining, 0.0))
             cand.closed = False
             return False
+
+    def _refuse(self, path: Path, mode: int) -> None:
+        """A FIFO, socket, device or folder is never opened (a FIFO would block ``open()`` forever)."""
+        with self._lock:
+            if path in self._refused:
+                return
+            if len(self._refused) >= 1024:
+                self._refused.clear()
+            self._refused.add(path)
+        log.warning("ignoring %s: it is %s, not a regular file; only regular files are read", path,
+                    special_kind(mode))
 
     def forget(self, path: Path) -> None:
         """Drop ``path`` (handled, or gone)."""

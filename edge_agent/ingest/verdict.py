@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edge_agent.boundary import is_fatal
 from edge_agent.dicom import Slice
+from edge_agent.errors import EdgeAgentError
 from edge_agent.ingest import ledger as L
 from edge_agent.ingest import quarantine as Q
 from edge_agent.ingest.settings import IngestedFile, IngestSettings
@@ -84,7 +86,9 @@ class Verdicts:
         """Decide what ``item`` is, record it, hand it over or quarantine it; never raises."""
         try:
             self._judge(item)
-        except Exception:
+        except BaseException as err:  # noqa: BLE001 - a panic must not end ingest-main
+            if is_fatal(err):
+                raise
             log.exception("ingest failed on %s; it will be retried at the next rescan", item.path)
             self._tracker.forget(item.path)
 
@@ -155,19 +159,27 @@ class Verdicts:
         )
         try:
             self._on_file(ingested)
-        except Exception as err:  # error boundary around the pipeline
+        except BaseException as err:  # noqa: BLE001 - error boundary around the pipeline
+            if is_fatal(err):
+                raise
             log.exception("the pipeline failed on %s", item.path)
             self._counters.add("pipeline_errors")
             self._ledger.release(item.path, sop_uids)
-            self.quarantine(item.path, item.identity, Q.PIPELINE_ERROR,
-                            f"processing failed: {type(err).__name__}: {err}")
+            why = str(err) if isinstance(err, EdgeAgentError) else (
+                f"the analysis failed on this file because of an internal error ({type(err).__name__}, logged)")
+            self.quarantine(item.path, item.identity, Q.PIPELINE_ERROR, f"processing failed: {why}")
             return
         self._counters.add("resumed" if outcome == L.RESUMED else "accepted")
 
     def quarantine(self, path: Path, identity: tuple[int, int], category: str, reason: str) -> None:
         """Copy into the quarantine with a sidecar, record, apply retention, tell ``on_rejected``."""
-        dest = Q.quarantine_file(path, quarantine_dir=self.settings.quarantine, watch_dir=self._watch_dir,
-                                 reason=reason, category=category)
+        try:
+            dest: Path | str = Q.quarantine_file(path, quarantine_dir=self.settings.quarantine,
+                                                 watch_dir=self._watch_dir, reason=reason, category=category)
+        except OSError as err:  # no copy and no sidecar: the ledger still says why, so it is not retried forever
+            dest = "the ledger only"
+            log.error("cannot write the quarantine copy or sidecar of %s (%s); recorded in the ledger only",
+                      path, err.strerror or err)
         delete = self.settings.delete_after_processing
         self._ledger.record(path, *identity, L.QUARANTINED, reason, durable=delete)
         self._counters.add("quarantined")
