@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -117,6 +118,23 @@ class MetricsSection:
 
 
 @dataclass
+class ModelSettings:
+    """``[models.<name>]``: one model's settings at this site (``<name>`` as in its manifest).
+
+    Grows with per-model settings; every key is declared here, unknown keys
+    are errors. No environment variables: the table is keyed by model name.
+    """
+
+    applies_to: dict = _f({}, "Site overrides of the model's manifest applies_to (same keys and checks as "
+                          "docs/MANIFEST.md, e.g. kernels, slice_thickness_mm, contrast, qa_keywords); each key "
+                          "given replaces the manifest's.")
+    mode: str = _f("", "live | shadow for this model; empty: inference.mode.", choices=("", "live", "shadow"))
+
+
+MODELS = "models"  # the [models.<name>] tables: one ModelSettings per model, not a fixed section
+
+
+@dataclass
 class Config:
     agent: AgentSection = field(default_factory=AgentSection)
     ingest: IngestSection = field(default_factory=IngestSection)
@@ -125,6 +143,7 @@ class Config:
     mqtt: MqttSection = field(default_factory=MqttSection)
     dicom: DicomSection = field(default_factory=DicomSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    models: dict = field(default_factory=dict)  # {name: ModelSettings}, from [models.<name>] tables
 
     # -- derived paths -------------------------------------------------------
     @property
@@ -144,8 +163,13 @@ class Config:
                                   "fix the path or its permissions.") from exc
         return None
 
+    def applies_to_overrides(self) -> dict[str, dict]:
+        """``{model name: applies_to overrides}`` for ``ModelSet.load(overrides=...)`` (models without any left out)."""
+        return {name: dict(s.applies_to) for name, s in self.models.items() if s.applies_to}
 
-SECTIONS = {f.name: f.type for f in fields(Config)}
+
+SECTIONS = {f.name: f.type for f in fields(Config) if f.name != MODELS}
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")  # as a manifest's name
 
 
 def _section_types() -> dict[str, type]:
@@ -196,8 +220,12 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a table of sections ({', '.join(SECTIONS)}).")
     for section, values in data.items():
+        if section == MODELS:
+            _apply_models(cfg, values, source)
+            continue
         if section not in types:
-            raise ConfigError(f"unknown section [{section}] in {source}; known sections: {', '.join(SECTIONS)}.")
+            raise ConfigError(f"unknown section [{section}] in {source}; known sections: "
+                              f"{', '.join((*SECTIONS, MODELS))}.")
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] in {source} must be a table of settings.")
         obj = getattr(cfg, section)
@@ -212,6 +240,35 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
             if choices and value not in choices:
                 raise ConfigError(f"{section}.{name} ({source}) must be one of {', '.join(choices)}, got {value!r}.")
             setattr(obj, name, value)
+
+
+def _apply_models(cfg: Config, tables: Any, source: str) -> None:
+    """``[models.<name>]`` tables → ``cfg.models``; each applies_to checked like a manifest's."""
+    from edge_agent.inference.manifest import check_applies_to_override  # noqa: PLC0415 - only when used
+
+    if not isinstance(tables, dict):
+        raise ConfigError(f"[models] in {source} must hold one table per model, e.g. [models.ich].")
+    known = {f.name for f in fields(ModelSettings)}
+    for name, values in tables.items():
+        if not isinstance(name, str) or not _MODEL_NAME.match(name):
+            raise ConfigError(f"[models.{name}] in {source}: a model name is lower-case letters, digits and _ . - "
+                              "as in its manifest.")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[models.{name}] in {source} must be a table of settings ({', '.join(known)}).")
+        settings = cfg.models.setdefault(name, ModelSettings())
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"unknown setting models.{name}.{key} in {source}; known: {', '.join(known)}.")
+            if key == "applies_to":
+                check_applies_to_override(name, value, source)
+                settings.applies_to = {**settings.applies_to, **value}
+                continue
+            spec = next(f for f in fields(ModelSettings) if f.name == key)
+            value = _coerce(f"models.{name}", key, value, get_type_hints(ModelSettings)[key], source)
+            choices = spec.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"models.{name}.{key} ({source}) must be one of {', '.join(choices)}, got {value!r}.")
+            setattr(settings, key, value)
 
 
 def load_file(path: str | Path) -> dict:
@@ -301,4 +358,11 @@ def reference_markdown() -> str:
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             doc = f.metadata["doc"].replace("|", "\\|")  # a bare | would split the table cell
             lines.append(f"| `{f.name}` | `{default!r}` | `EDGE_AGENT_{section.upper()}_{f.name.upper()}` | {doc} |")
+    lines.append("\n**`[models.<name>]`** (one table per model, named as in its manifest)\n")
+    lines.append("| key | default | env | meaning |")
+    lines.append("|---|---|---|---|")
+    for f in fields(ModelSettings):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        doc = f.metadata["doc"].replace("|", "\\|")
+        lines.append(f"| `{f.name}` | `{default!r}` | none | {doc} |")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,9 @@
 stdout carries one JSON object per series (the contract in product.md:
 ``series_instance_uid``, ``study_instance_uid``, ``slices``, ``status``
 ``analysed|skipped|rejected`` with ``reason``, ``findings``) and nothing else.
+``--explain`` adds an ``explain`` field (per model, every applicability
+rule and its verdict, ``ModelSet.explain``) and prints the same on stderr;
+``--config`` applies a site's ``[models.<name>.applies_to]`` overrides.
 Every file left out (not DICOM, not an image we analyse, broken) is reported
 on stderr as one line ``edge-agent: left out PATH: REASON``; files left out of
 a series that was assembled are also counted in that series' ``warnings``.
@@ -27,8 +30,9 @@ from edge_agent.service.analyse import analyse_series
 
 EPILOG = ("Output: one JSON object per series on stdout (series_instance_uid, study_instance_uid, slices, "
           "status analysed|skipped|rejected, reason, findings [{code, label, probability, positive, severity, "
-          "model, model_version, key_slices}], models, timings_ms, warnings, disclaimer). Files left out are "
-          "listed on stderr, one line each. No patient identifiers are printed.")
+          "model, model_version, key_slices}], models, timings_ms, warnings, disclaimer; with --explain: explain "
+          "[{model, outcome, reason, rules [{rule, result, detail}]}]). Files left out are listed on stderr, one "
+          "line each. No patient identifiers are printed (Patient Age decides the age rule only).")
 
 
 @click.command("infer", epilog=EPILOG)
@@ -42,8 +46,14 @@ EPILOG = ("Output: one JSON object per series on stdout (series_instance_uid, st
 @click.option("--model", "model_names", multiple=True, metavar="NAME",
               help="Only use this model (repeatable).")
 @click.option("--pretty", is_flag=True, help="Indent the JSON (one object still per series).")
+@click.option("--explain", is_flag=True,
+              help="Say, per series and model, which applicability rule matched or refused: an 'explain' field "
+                   "in each JSON object, and a readable summary on stderr.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE", help="Agent config (TOML/YAML) whose [models.<name>.applies_to] site overrides "
+                                   "apply, as they do in `edge-agent run`.")
 def infer(paths: tuple[Path, ...], engines: Path | None, backend: str, threads: int | None,
-          model_names: tuple[str, ...], pretty: bool) -> None:
+          model_names: tuple[str, ...], pretty: bool, explain: bool, config_file: Path | None) -> None:
     """Analyse DICOM files/folders once; print one JSON object per series.
 
     Demo models are trained on synthetic phantoms; they are not medical devices.
@@ -51,7 +61,13 @@ def infer(paths: tuple[Path, ...], engines: Path | None, backend: str, threads: 
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise EdgeAgentError(f"{missing[0]} does not exist; give existing DICOM files or folders.")
-    models = ModelSet.load(engines, backend=backend, threads=threads, names=list(model_names) or None)
+    overrides = None
+    if config_file is not None:
+        from edge_agent.config import load_config  # noqa: PLC0415 - only with --config
+
+        overrides = load_config(config_file).applies_to_overrides()
+    models = ModelSet.load(engines, backend=backend, threads=threads, names=list(model_names) or None,
+                           overrides=overrides)
     try:
         report = scan(list(paths))
         left_out = list(report.rejected) + [r for s in report.series for r in (getattr(s, "rejected", None) or [])]
@@ -63,6 +79,19 @@ def infer(paths: tuple[Path, ...], engines: Path | None, backend: str, threads: 
                                  "folders (left-out files are listed above).")
         for series in report.series:
             result = analyse_series(series, models)
+            if explain:
+                result["explain"] = models.explain(series)
+                _print_explain(series.series_instance_uid, result["explain"])
             click.echo(json.dumps(result, indent=2 if pretty else None))
     finally:
         models.close()
+
+
+def _print_explain(uid: str, entries: list[dict]) -> None:
+    """The explain entries of one series on stderr: a line per model, then its rules."""
+    for entry in entries:
+        verdict = entry["outcome"].replace("_", " ")
+        click.echo(f"edge-agent: explain {uid} model {entry['model']}: {verdict}"
+                   + (f" ({entry['reason']})" if entry["reason"] else ""), err=True)
+        for rule in entry["rules"]:
+            click.echo(f"    {rule['result']:<12} {rule['rule']}: {rule['detail']}", err=True)

@@ -14,12 +14,15 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edge_agent.decision import DecisionError, DecisionRule, PreliminaryRule, RULES
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.evidence import DomainSpec, EvidenceError, EvidenceSpec, parse_domain, parse_evidence
+from edge_agent.inference import applies_to
+from edge_agent.inference.applies_to import AppliesTo
 from edge_agent.preprocess import PreprocessSpec
 
 MANIFEST_NAME = "manifest.json"
@@ -43,20 +46,6 @@ class FindingSpec:
     code: str
     label: str
     severity: str
-
-
-@dataclass(frozen=True)
-class AppliesTo:
-    """Which series a model applies to, and what it can analyse (docs/MANIFEST.md)."""
-
-    modality: tuple[str, ...]
-    body_part: tuple[str, ...] = ()
-    description_keywords: tuple[str, ...] = ()
-    exclude_keywords: tuple[str, ...] = ()
-    slice_thickness_mm: tuple[float, float] | None = None
-    min_slices: int = 1
-    min_coverage_mm: float = 0.0
-    max_gantry_tilt_deg: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,10 +85,20 @@ class Manifest:
     decision: DecisionRule
     artefacts: dict[str, Artefact]
     folder: Path
+    evidence: EvidenceSpec | None = None  # what a positive finding must rest on (docs/EVIDENCE.md)
+    domain: DomainSpec | None = None  # what a series must look like to be assessed at all
 
     @property
     def path(self) -> Path:
         return self.folder / MANIFEST_NAME
+
+
+def _checks(r: "_Reader", parse, block: Any, name: str):
+    """The manifest's ``evidence`` / ``domain`` block, parsed by edge_agent.evidence (its sentence, our source)."""
+    try:
+        return parse(block)
+    except EvidenceError as exc:
+        raise r.fail(name, f"is invalid: {str(exc).rstrip('.')}") from exc
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -114,10 +113,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 class _Reader:
     """Field access with one-sentence errors that name the field and the file."""
 
-    def __init__(self, source: Path):
+    def __init__(self, source: Path | str, *, config: bool = False):
         self.source = source
+        self.config = config  # a site's [models.<name>] table, not a manifest
 
-    def fail(self, field: str, problem: str) -> ManifestError:
+    def fail(self, field: str, problem: str) -> EdgeAgentError:
+        if self.config:
+            return ConfigError(f"{self.source}: '{field}' {problem}; fix the config (the keys are those of a "
+                               "manifest's applies_to, see docs/MANIFEST.md).")
         return ManifestError(f"Manifest {self.source}: '{field}' {problem}; fix the manifest (see docs/MANIFEST.md).")
 
     def obj(self, value: Any, field: str, required: set[str], optional: set[str]) -> dict:
@@ -159,31 +162,6 @@ class _Reader:
         if not isinstance(value, bool):
             raise self.fail(field, "must be true or false")
         return value
-
-
-def _applies_to(r: _Reader, d: Any) -> AppliesTo:
-    d = r.obj(d, "applies_to", {"modality"}, {"body_part", "description_keywords", "exclude_keywords",
-                                              "slice_thickness_mm", "min_slices", "min_coverage_mm",
-                                              "max_gantry_tilt_deg"})
-    thickness = d.get("slice_thickness_mm")
-    if thickness is not None:
-        if not isinstance(thickness, list) or len(thickness) != 2:
-            raise r.fail("applies_to.slice_thickness_mm", "must be [minimum, maximum] in mm or null")
-        lo = r.number(thickness[0], "applies_to.slice_thickness_mm[0]", minimum=0)
-        hi = r.number(thickness[1], "applies_to.slice_thickness_mm[1]", minimum=lo)
-        thickness = (float(lo), float(hi))
-    tilt = d.get("max_gantry_tilt_deg")
-    return AppliesTo(
-        modality=r.strings(d["modality"], "applies_to.modality"),
-        body_part=r.strings(d.get("body_part", []), "applies_to.body_part"),
-        description_keywords=r.strings(d.get("description_keywords", []), "applies_to.description_keywords"),
-        exclude_keywords=r.strings(d.get("exclude_keywords", []), "applies_to.exclude_keywords"),
-        slice_thickness_mm=thickness,
-        min_slices=int(r.number(d.get("min_slices", 1), "applies_to.min_slices", minimum=1, integer=True)),
-        min_coverage_mm=float(r.number(d.get("min_coverage_mm", 0.0), "applies_to.min_coverage_mm", minimum=0)),
-        max_gantry_tilt_deg=None if tilt is None else float(r.number(tilt, "applies_to.max_gantry_tilt_deg",
-                                                                      minimum=0)),
-    )
 
 
 def _preprocessing(r: _Reader, d: Any) -> PreprocessSpec:
@@ -304,7 +282,8 @@ def parse_manifest(data: Any, folder: Path, *, source: Path | None = None, verif
     folder = Path(folder)
     r = _Reader(source or folder / MANIFEST_NAME)
     d = r.obj(data, "", {"schema", "name", "version", "findings", "applies_to", "preprocessing", "inputs",
-                         "outputs", "decision", "artefacts"}, {"description", "synthetic_training"})
+                         "outputs", "decision", "artefacts"}, {"description", "synthetic_training", "evidence",
+                                                               "domain"})
     if d["schema"] != SCHEMA_VERSION:
         raise r.fail("schema", f"is {d['schema']!r} but this edge-agent reads schema {SCHEMA_VERSION}")
     findings = d["findings"]
@@ -322,13 +301,15 @@ def parse_manifest(data: Any, folder: Path, *, source: Path | None = None, verif
         description=r.string(d["description"], "description") if "description" in d else "",
         synthetic_training=r.boolean(d.get("synthetic_training", False), "synthetic_training"),
         findings=tuple(specs),
-        applies_to=_applies_to(r, d["applies_to"]),
+        applies_to=applies_to.parse(r, d["applies_to"]),
         preprocessing=_preprocessing(r, d["preprocessing"]),
         inputs=_tensors(r, d["inputs"], "inputs"),
         outputs=_tensors(r, d["outputs"], "outputs"),
         decision=_decision(r, d["decision"]),
         artefacts=_artefacts(r, d["artefacts"], folder, verify),
         folder=folder,
+        evidence=_checks(r, parse_evidence, d.get("evidence"), "evidence"),
+        domain=_checks(r, parse_domain, d.get("domain"), "domain"),
     )
     _cross_checks(r, manifest)
     return manifest
@@ -386,3 +367,24 @@ def _relative(file: Path, folder: Path, manifest: Path) -> str:
         return file.relative_to(folder).as_posix()
     except ValueError:
         raise ManifestError(f"{file} is outside the model folder of {manifest}; write it into {folder}.") from None
+
+
+def override_applies_to(manifest: Manifest, changes: Any, source: str = "config") -> Manifest:
+    """``manifest`` with a site's ``applies_to`` overrides (config ``[models.<name>.applies_to]``).
+
+    Each key given replaces the manifest's key whole (a ``kernels`` table
+    replaces the manifest's ``kernels``), validated exactly like a manifest;
+    errors are one sentence (:class:`~edge_agent.errors.ConfigError`).
+    """
+    r = _Reader(source, config=True)
+    field = f"models.{manifest.name}.applies_to"
+    return replace(manifest, applies_to=applies_to.override(r, manifest.applies_to, changes, field))
+
+
+def check_applies_to_override(name: str, changes: Any, source: str = "config") -> None:
+    """Validate a site's ``[models.<name>.applies_to]`` table on its own (no manifest at hand)."""
+    r = _Reader(source, config=True)
+    field = f"models.{name}.applies_to"
+    if not isinstance(changes, dict):
+        raise r.fail(field, "must be a table of applies_to keys")
+    applies_to.parse(r, {"modality": ["CT"], **changes}, field)

@@ -18,7 +18,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.inference.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
+from edge_agent.inference import applicability
+from edge_agent.inference.applicability import Refusal
+from edge_agent.inference.manifest import (
+    MANIFEST_NAME, Manifest, ManifestError, load_manifest, override_applies_to,
+)
 from edge_agent.inference.runner import Runner, RunnerError, make_runner
 from edge_agent.preprocess import prepare_slices
 
@@ -202,21 +206,21 @@ def applies(manifest: Manifest, info: Any) -> bool:
             or any(word in descriptions for word in rule.description_keywords))
 
 
-def _slice_reason(manifest: Manifest, info: Any) -> str | None:
-    """Reasons visible on any one slice: thickness, gantry tilt."""
-    rule = manifest.applies_to
-    thickness = getattr(info, "slice_thickness", None)
-    if rule.slice_thickness_mm is not None and thickness is not None:
-        lo, hi = rule.slice_thickness_mm
-        if not lo <= float(thickness) <= hi:
-            return (f"slice thickness {float(thickness):g} mm is outside the {lo:g}–{hi:g} mm model "
-                    f"{manifest.name} accepts")
-    tilt = abs(float(getattr(info, "gantry_tilt", 0.0) or 0.0))
-    if getattr(info, "tilt_corrected", False):
-        tilt = 0.0
-    if rule.max_gantry_tilt_deg is not None and tilt > rule.max_gantry_tilt_deg:
-        return (f"gantry tilt {tilt:g}° is beyond the {rule.max_gantry_tilt_deg:g}° model {manifest.name} "
-                "accepts and was not corrected")
+def _slice_reason(manifest: Manifest, info: Any) -> Refusal | None:
+    """The first applicability rule that refuses ``info`` (header only, any one slice shows it), or None."""
+    return applicability.refusal(manifest.applies_to, info, manifest.name)
+
+
+def _coverage_reason(model: Model, series: Any) -> str | None:
+    """Too few slices or too short a coverage for ``model`` (a plain str), or None."""
+    rule = model.manifest.applies_to
+    n = len(getattr(series, "sop_instance_uids", ()) or ())
+    if n < rule.min_slices:
+        return f"{n} slice{'s' if n != 1 else ''} is fewer than the {rule.min_slices} model {model.name} needs"
+    cover = coverage_mm(series)
+    if cover < rule.min_coverage_mm:
+        return (f"the series covers {cover:.0f} mm, less than the {rule.min_coverage_mm:g} mm model "
+                f"{model.name} needs")
     return None
 
 
@@ -253,13 +257,18 @@ class ModelSet:
     @classmethod
     def load(cls, engines_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None, *,
              device: int = 0, names: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
-             verify: bool = True, gpu_preprocess: bool = True, zero_copy: str = "auto") -> "ModelSet":
+             verify: bool = True, gpu_preprocess: bool = True, zero_copy: str = "auto",
+             overrides: dict[str, dict] | None = None) -> "ModelSet":
         """Load every model folder (``<name>/manifest.json``) under ``engines_dir``.
 
         ``engines_dir`` may also be one model folder. None = the shipped
         models (``edge_agent.engines``). ``names`` keeps only those models.
         ``gpu_preprocess``: TensorRT runners prepare stored pixels on the GPU.
         ``zero_copy``: auto | on | off, mapped pinned memory for TensorRT runners.
+        ``overrides``: ``{model name: {applies_to key: value}}``, a site's
+        ``[models.<name>.applies_to]`` (``Config.applies_to_overrides()``);
+        each key replaces the manifest's. Naming a model that is not in
+        ``engines_dir`` is an error (a typo would otherwise go unnoticed).
         Runners are created but not activated.
         """
         if engines_dir is None:
@@ -273,6 +282,13 @@ class ModelSet:
         folders = [root] if (root / MANIFEST_NAME).is_file() else sorted(
             p for p in root.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
         manifests = [load_manifest(f, verify=verify) for f in folders]
+        if overrides:
+            unknown = sorted(set(overrides) - {m.name for m in manifests})
+            if unknown:
+                raise ManifestError(f"The config sets [models.{unknown[0]}] but {root} has no model named "
+                                    f"{unknown[0]!r} (there are: {', '.join(m.name for m in manifests) or 'none'}).")
+            manifests = [override_applies_to(m, overrides[m.name], "config") if overrides.get(m.name) else m
+                         for m in manifests]
         if names:
             unknown = sorted(set(names) - {m.name for m in manifests})
             if unknown:
@@ -299,27 +315,59 @@ class ModelSet:
         return cls(models)
 
     def route(self, info: Any) -> list[tuple[Model, str | None]]:
-        """The models that apply to ``info`` (a Slice or a Series), each with a rejection reason or None.
+        """The models that apply to ``info`` (a Slice or a Series), each with a refusal reason or None.
 
-        The reason covers what one slice shows (thickness, tilt); use
-        :meth:`check_series` for a complete series.
+        The reason covers what the header of one slice shows: the
+        applicability rules (kernel, thickness, tilt, contrast, gating, kVp,
+        age, QA; docs/MANIFEST.md), as a :class:`Refusal` (a ``str`` that
+        also carries its ``rule``). Use :meth:`check_series` for a complete
+        series.
         """
         return [(m, _slice_reason(m.manifest, info)) for m in self.models if applies(m.manifest, info)]
 
     def check_series(self, model: Model, series: Any) -> str | None:
-        """Why ``model`` cannot analyse this complete series (None when it can)."""
+        """Why ``model`` cannot analyse this complete series (None when it can).
+
+        An applicability refusal comes back as a :class:`Refusal`; too few
+        slices or too short a coverage as a plain ``str``.
+        """
         reason = _slice_reason(model.manifest, series)
         if reason:
             return reason
-        rule = model.manifest.applies_to
-        n = len(getattr(series, "sop_instance_uids", ()) or ())
-        if n < rule.min_slices:
-            return f"{n} slice{'s' if n != 1 else ''} is fewer than the {rule.min_slices} model {model.name} needs"
-        cover = coverage_mm(series)
-        if cover < rule.min_coverage_mm:
-            return (f"the series covers {cover:.0f} mm, less than the {rule.min_coverage_mm:g} mm model "
-                    f"{model.name} needs")
-        return None
+        return _coverage_reason(model, series)
+
+    def explain(self, info: Any) -> list[dict]:
+        """Per model, every rule checked on ``info`` and its verdict (``edge-agent infer --explain``).
+
+        Each entry: ``model``, ``version``, ``outcome`` (``applies`` |
+        ``not_for_this_series`` (routing) | ``refused`` (an applicability
+        rule) | ``incomplete`` (coverage)), ``reason`` (None when it
+        applies), ``rules``: ``[{rule, result, detail}]`` with ``result``
+        ``matched`` | ``not_matched`` | ``refused`` | ``not_checked``.
+        No patient attribute is named, Patient Age included.
+        """
+        out = []
+        for model in self.models:
+            m = model.manifest
+            checks = applicability.checks(m.applies_to, info, m.name)
+            rules = applicability.routing_checks(m.applies_to, info) + [c.to_dict() for c in checks]
+            routed = applies(m, info)
+            refusal = next((c.detail for c in checks if c.result == "refused"), None)
+            coverage = None
+            if getattr(info, "sop_instance_uids", None) is not None:
+                coverage = _coverage_reason(model, info)
+                rules.append({"rule": "coverage", "result": "refused" if coverage else "matched",
+                              "detail": coverage or "enough slices and coverage"})
+            outcome = ("not_for_this_series" if not routed else "refused" if refusal else
+                       "incomplete" if coverage else "applies")
+            reason = None
+            if outcome == "not_for_this_series":
+                reason = next(r["detail"] for r in rules if r["result"] == "not_matched")
+            elif outcome != "applies":
+                reason = str(refusal or coverage)
+            out.append({"model": m.name, "version": m.version, "outcome": outcome, "reason": reason,
+                        "rules": rules})
+        return out
 
     def close(self) -> None:
         """Deactivate every active runner (call from the thread that used them)."""

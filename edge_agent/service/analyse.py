@@ -20,6 +20,7 @@ import numpy as np
 from edge_agent.alerts.payloads import DISCLAIMER
 from edge_agent.decision.series import ModelOutcome, ScoredSlice, SeriesContext, decide_model, series_result
 from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.applicability import Refusal
 from edge_agent.inference.models import Model, ModelSet
 
 log = logging.getLogger("edge_agent.analyse")
@@ -125,8 +126,9 @@ def analyse_series(series: Any, models: ModelSet, *, slice_probabilities: bool =
         reason = models.check_series(model, series)
         if reason is None:
             outcomes.append(_run_model(model, series, timings, backend, slice_probabilities))
-        else:
-            outcomes.append(ModelOutcome(model.manifest, "rejected", reason, backend=backend))
+        else:  # not made for this series (an applicability rule): skipped; cannot decide on it: rejected
+            outcomes.append(ModelOutcome(model.manifest, "skipped" if isinstance(reason, Refusal) else "rejected",
+                                         reason, backend=backend))
     result = series_result(
         series_instance_uid=series.series_instance_uid, study_instance_uid=series.study_instance_uid,
         slices=len(getattr(series, "sop_instance_uids", ()) or ()), outcomes=outcomes,

@@ -204,12 +204,12 @@ class Agent:
         cfg = self.config.inference
         return ModelSet.load(Path(cfg.engines) if cfg.engines else None, backend=cfg.backend,
                              threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off",
-                             zero_copy=cfg.zero_copy)
+                             zero_copy=cfg.zero_copy, overrides=self.config.applies_to_overrides())
 
     def _mode_for(self, model_name: str) -> str:
         """live | shadow for one model: its [models.<name>] mode, else inference.mode."""
-        model = getattr(self.config, "models", {}).get(model_name) if hasattr(self.config, "models") else None
-        return getattr(model, "mode", None) or self.config.inference.mode
+        model = self.config.models.get(model_name)
+        return (model.mode if model is not None else "") or self.config.inference.mode
 
     def _on_file(self, item) -> None:
         self.metrics.files_seen.inc()

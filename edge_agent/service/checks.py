@@ -26,7 +26,8 @@ def check_config(cfg: Config) -> list[str]:
     from edge_agent.inference.models import ModelSet
 
     engines = Path(cfg.inference.engines) if cfg.inference.engines else None
-    models = ModelSet.load(engines, backend=cfg.inference.backend, threads=cfg.inference.threads or None)
+    models = ModelSet.load(engines, backend=cfg.inference.backend, threads=cfg.inference.threads or None,
+                           overrides=cfg.applies_to_overrides())
     try:
         names = [m.manifest.name + " " + m.manifest.version for m in models.models]
     finally:
@@ -34,6 +35,8 @@ def check_config(cfg: Config) -> list[str]:
     if not names:
         raise ConfigError("no models found; point inference.engines / --engines at a folder of model folders.")
     lines.append(f"models: {', '.join(names)}")
+    for name, changes in sorted(cfg.applies_to_overrides().items()):
+        lines.append(f"models.{name}.applies_to (site overrides): {', '.join(sorted(changes))}")
     lines.append(f"broker: {cfg.mqtt.broker or 'embedded (127.0.0.1)'}; delivery: {cfg.mqtt.delivery}")
     if cfg.dicom.port:
         tls = "plain TCP"

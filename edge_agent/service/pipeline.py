@@ -32,6 +32,7 @@ from edge_agent.alerts.payloads import DISCLAIMER, alert_id, build_alert, utc_is
 from edge_agent.decision.series import (
     AlertAction, ModelOutcome, SeriesContext, decide_model, final_actions, preliminary_actions, series_result,
 )
+from edge_agent.inference.applicability import Refusal
 from edge_agent.service.analyse import no_model_reason
 from edge_agent.service.state import AlertState, Outcome, SeriesStore, SliceScore
 
@@ -457,8 +458,9 @@ class SeriesPipeline:
             series.slices = max(series.slices, len(scores))
             reason = reason or self._coverage_problem(model, series, scores)
             backend, mode = getattr(model.runner, "backend", None), self._mode_for(manifest.name)
-            if reason:
-                outcomes.append(ModelOutcome(manifest, "rejected", reason, backend=backend, mode=mode))
+            if reason:  # not made for this series (an applicability rule): skipped; cannot decide: rejected
+                status = "skipped" if isinstance(reason, Refusal) else "rejected"
+                outcomes.append(ModelOutcome(manifest, status, reason, backend=backend, mode=mode))
                 continue
             outcome = decide_model(manifest, scores, backend=backend, mode=mode, context=series_context(series.info))
             outcomes.append(outcome)

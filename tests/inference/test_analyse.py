@@ -64,13 +64,16 @@ def test_no_model_applies_is_skipped(models):
     assert result["reason"] == "no model applies to this series (modality CT, body part KNEE)"
 
 
-def test_too_few_slices_and_thick_slices_are_rejected_with_reason(models):
+def test_too_few_slices_are_rejected_and_thick_slices_skipped_with_reason(models):
+    """Rejected: the model applies but cannot decide on what arrived; skipped: it was not made for the series
+    (an applicability rule, issue 12)."""
     result = analyse_series(make_series(n=3, hot=()), models)
     assert result["status"] == "rejected"
     assert result["reason"] == "3 slices is fewer than the 4 model tiny_ich needs"
     assert result["models"][0]["status"] == "rejected"
     result = analyse_series(make_series(thickness=8.0), models)
-    assert result["status"] == "rejected" and "slice thickness 8 mm" in result["reason"]
+    assert result["status"] == "skipped" and "slice thickness 8 mm" in result["reason"]
+    assert result["models"][0]["status"] == "skipped"
 
 
 def test_series_warnings_and_left_out_files_are_carried(models):
