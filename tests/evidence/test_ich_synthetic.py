@@ -1,0 +1,169 @@
+"""ICH blood evidence on slices drawn here, with volumes checked against independent geometry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_agent.evidence import (DomainSpec, EvidenceError, EvidenceSpec, parse_domain, parse_evidence,
+                                 series_domain, series_evidence, slice_features)
+
+from .drawn import PX, cylinder_slice, head_slice
+
+SPEC = parse_evidence({"kind": "ich_blood"})
+HEAD = parse_domain({"kind": "head"})
+THICK = 5.0
+
+
+def run(slices, px=PX, thickness=THICK, spec=SPEC, dom=HEAD):
+    feats = [slice_features(s, (px, px), spec, dom) for s in slices]
+    pos = [i * thickness for i in range(len(slices))]
+    ipp = [(-100.0, -100.0, p) for p in pos]
+    ev = series_evidence(spec, feats, pos, thickness, ipp, (1, 0, 0, 0, 1, 0), (px, px))
+    return feats, ev, (series_domain(dom, feats) if dom is not None else None)
+
+
+def test_parse_defaults_and_errors():
+    assert parse_evidence(None) is None and parse_domain(None) is None
+    assert parse_evidence({"kind": "ich_blood"}) == EvidenceSpec("ich_blood")
+    assert parse_evidence({"kind": "ich_blood", "blood_hu": [55, 85]}).blood_hu == (55.0, 85.0)
+    assert parse_domain({"kind": "chest", "min_lung_fraction": 0.2}) == DomainSpec("chest", min_lung_fraction=0.2)
+    with pytest.raises(EvidenceError, match="evidence.kind"):
+        parse_evidence({"kind": "tumour"})
+    with pytest.raises(EvidenceError, match="evidence.min_diameter_mm"):
+        parse_evidence({"kind": "ich_blood", "min_diameter_mm": 4})      # a lung_blob setting
+    with pytest.raises(EvidenceError, match="evidence.blood_hu"):
+        parse_evidence({"kind": "ich_blood", "blood_hu": [90, 50]})
+    with pytest.raises(EvidenceError, match="evidence.min_volume_ml"):
+        parse_evidence({"kind": "ich_blood", "min_volume_ml": "0.3"})
+    with pytest.raises(EvidenceError, match="domain.kind"):
+        parse_domain({"kind": "ich_blood"})
+    with pytest.raises(EvidenceError, match="domain.min_skull_fraction"):
+        parse_domain({"kind": "head", "min_skull_fraction": 2})
+    assert str(EvidenceError("x.")).endswith(".")
+    assert json.dumps(SPEC.to_dict()) and "min_diameter_mm" not in SPEC.to_dict()
+
+
+def test_normal_head_has_no_blood_and_is_in_domain():
+    rng = np.random.default_rng(1)
+    feats, ev, dom = run([head_slice(rng, a=60 + 3 * k, b=75 + 3 * k)[0] for k in range(6)])
+    assert not ev.present and ev.volume_ml == 0.0
+    assert "acute-blood density" in ev.reason
+    assert dom.in_domain, dom.reason
+    assert all(len(json.dumps(f)) < 1200 for f in feats)
+
+
+def test_disc_of_blood_volume_matches_geometry():
+    """A 20 mm disc of 70 HU on 4 of 6 slices: 4 × π·10² mm² × 5 mm = 6.28 mL."""
+    rng = np.random.default_rng(2)
+    slices = []
+    for k in range(6):
+        img, x, y, d = head_slice(rng)
+        if 1 <= k <= 4:
+            img[np.hypot(x - 15, y + 10) < 10.0] = 70.0 + rng.normal(0, 3, img.shape)[np.hypot(x - 15, y + 10) < 10.0]
+        slices.append(img)
+    _, ev, _ = run(slices)
+    assert ev.present, ev.reason
+    expected = 4 * np.pi * 10.0 ** 2 * THICK / 1000.0
+    assert ev.volume_ml == pytest.approx(expected, rel=0.15)
+    assert sorted(ev.slices) == [1, 2, 3, 4]
+    # bbox in patient coordinates: IPP (-100, -100) + 0.5 mm pixels; disc centre at (x=15, y=-10) mm
+    lo, hi = ev.bbox_mm["min"], ev.bbox_mm["max"]
+    assert lo[0] == pytest.approx(15 - 10 - 0.25, abs=2.0) and hi[0] == pytest.approx(15 + 10 - 0.25, abs=2.0)
+    assert lo[1] == pytest.approx(-10 - 10 - 0.25, abs=2.0) and hi[1] == pytest.approx(-10 + 10 - 0.25, abs=2.0)
+    assert lo[2] == 5.0 and hi[2] == 20.0
+    assert ev.diameter_mm == pytest.approx(20.0, abs=2.5)
+    assert json.dumps(ev.to_dict())
+
+
+def test_small_speck_below_minimum_volume():
+    """4 mm disc on one 5 mm slice: 0.06 mL < 0.3 mL."""
+    rng = np.random.default_rng(3)
+    slices = [head_slice(rng)[0] for _ in range(3)]
+    _, x, y, _ = head_slice(rng)
+    slices[1][np.hypot(x, y) < 2.0] = 75.0
+    _, ev, _ = run(slices)
+    assert not ev.present
+
+
+@pytest.mark.parametrize("thickness_mm", [5.0, 6.0, 8.0, 10.0])
+def test_subdural_crescent_against_the_inner_table_counts(thickness_mm):
+    """A crescent 5–10 mm thick, ~130 mm long and 20 mm high on the inner table (≈ 7–14 mL).
+
+    Only the part beyond the bone margin (2.5 mm from the partial-volume edge) is evidence, so the
+    evidence volume of a thin subdural is a small fraction of its true volume — but it counts.
+    """
+    rng = np.random.default_rng(4)
+    slices = []
+    for k in range(6):
+        img, x, y, d = head_slice(rng)
+        theta = np.arctan2(y, x)
+        if 1 <= k <= 4:
+            depth = thickness_mm * np.sqrt(np.clip(1 - ((theta - 0.3) / 0.9) ** 2, 0, 1))
+            m = (d < 0) & (d > -depth)
+            img[m] = 65.0 + rng.normal(0, 3, int(m.sum()))
+        slices.append(img)
+    _, ev, _ = run(slices)
+    assert ev.present, ev.reason
+    assert 0.3 <= ev.volume_ml
+
+
+def test_scalp_haematoma_is_not_intracranial():
+    rng = np.random.default_rng(5)
+    slices = []
+    for _ in range(4):
+        img, x, y, d = head_slice(rng)
+        m = (d > 6.0) & (d < 20.0) & (np.hypot(x - 60, y + 40) < 30)   # lens of 70 HU outside the skull
+        img[m] = 70.0 + rng.normal(0, 3, int(m.sum()))
+        slices.append(img)
+    feats, ev, _ = run(slices)
+    assert not ev.present and ev.volume_ml == 0.0
+
+
+def test_calcification_and_its_rim_do_not_count():
+    """Pineal / choroid calcifications (250 HU core, 60–90 HU partial-volume halo)."""
+    rng = np.random.default_rng(6)
+    slices = []
+    for _ in range(4):
+        img, x, y, d = head_slice(rng)
+        for cx, cy in ((0, 20), (-15, 25), (15, 25)):
+            r = np.hypot(x - cx, y - cy)
+            img[r < 4.0] = 75.0
+            img[r < 2.5] = 250.0
+        slices.append(img)
+    _, ev, _ = run(slices)
+    assert not ev.present, ev.reason
+
+
+def test_blood_without_a_skull_is_not_evidence():
+    rng = np.random.default_rng(7)
+    img, x, y, d = head_slice(rng)
+    img[d > -1] = -1024.0      # skull stripped (e.g. a derived map)
+    img[np.hypot(x, y) < 10] = 70.0
+    _, ev, dom = run([img] * 3)
+    assert not ev.present
+    assert not dom.in_domain and "skull" in dom.reason
+
+
+def test_qa_cylinder_is_out_of_domain_and_has_no_blood():
+    rng = np.random.default_rng(8)
+    slices = [cylinder_slice(rng, inserts=(k % 2 == 0)) for k in range(6)]
+    _, ev, dom = run(slices)
+    assert not ev.present
+    assert not dom.in_domain and "phantom" in dom.reason
+
+
+def test_miscalibrated_head_is_out_of_domain():
+    rng = np.random.default_rng(9)
+    slices = [head_slice(rng, brain=-20.0)[0] for _ in range(4)]    # brain median ≈ 0 HU
+    _, _, dom = run(slices)
+    assert not dom.in_domain and "HU" in dom.reason
+
+
+def test_empty_and_odd_inputs():
+    feats, ev, dom = run([np.full((64, 64), -1024.0, np.float32)] * 2, px=1.0)
+    assert not ev.present and not dom.in_domain
+    with pytest.raises(ValueError):
+        series_evidence(SPEC, feats, [0.0], 5.0)
