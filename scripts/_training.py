@@ -83,7 +83,7 @@ def build_dataset(task: Task, n_cases: int, seed0: int, workers: int = 2) -> tup
             xs.append(x)
             ys.append(y)
             metas.extend(m)
-            if (i + 1) % 200 == 0:
+            if (i + 1) % 250 == 0:
                 log(f"  rendered {i + 1}/{n_cases} cases ({time.time() - t0:.0f} s)")
     x, y = np.concatenate(xs), np.concatenate(ys)
     np.savez(path, x=x, y=y, meta=np.asarray(metas, dtype=object))
@@ -189,55 +189,110 @@ def _lr_at(frac: float, lr: float) -> float:
     return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - 0.1) / 0.9))))
 
 
-def train(task: Task, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int = 64, lr: float = 3e-3,
-          width: int = 16, seed: int = 0, budget_s: float = 900.0, min_positive: float = 0.0):
-    """Train with AdamW; the LR schedule follows the share of steps or of ``budget_s`` spent, whichever is
-    larger, so a run on a busy machine still anneals and ends within its wall-time budget.
-    ``min_positive`` oversamples positive slices up to that share of each epoch."""
+def init_from_onnx(model, path: Path) -> None:
+    """Initialise a :func:`make_model` network from an exported model.onnx of the same architecture.
+
+    The exporter folds every BatchNorm into its convolution (weight + bias); the BatchNorms are set to
+    the identity (weight 1, running mean 0, running variance 1 - eps) and carry the folded bias, so the
+    network computes exactly the exported function while its BatchNorms stay in eval mode
+    (``freeze_bn`` in :func:`train`)."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    blocks = list(model.features)
+    if len(convs) != len(blocks):
+        raise ValueError(f"{path}: {len(convs)} convolutions, the model has {len(blocks)}")
+    with torch.no_grad():
+        for node, block in zip(convs, blocks):
+            conv, bn = block[0], block[1]
+            conv.weight.copy_(torch.from_numpy(inits[node.input[1]].copy()))
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(torch.from_numpy(inits[node.input[2]].copy()))
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+        model.head.weight.copy_(torch.from_numpy(inits["model.head.weight"].copy()))
+        model.head.bias.copy_(torch.from_numpy(inits["model.head.bias"].copy()))
+
+
+def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 64, lr: float = 3e-3,
+          width: int = 16, seed: int = 0, min_positive: float = 0.0, weights: np.ndarray | None = None,
+          mine_at: float | None = None, mine_top: float = 0.2, mine_factor: int = 2,
+          init: Path | None = None):
+    """Train with AdamW for exactly ``steps`` optimizer steps (warm-up + cosine LR over the steps), so a run
+    is reproducible whatever the machine's load. ``min_positive`` oversamples positive slices up to that
+    share of the pool; ``weights`` (per slice, ≥ 1) repeats slices in the pool (hard negatives by
+    design); ``mine_at`` (share of the steps) scores every training negative once and repeats the
+    hardest ``mine_top`` share of them ``mine_factor`` times more for the rest of the run (online
+    hard-negative mining). ``init``: start from that model.onnx (:func:`init_from_onnx`; BatchNorms
+    frozen) instead of random weights."""
     import torch
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     rng = np.random.default_rng(seed)
     model = make_model(x.shape[1], width)
+    if init is not None:
+        init_from_onnx(model, init)
+        log(f"initialised from {init}")
+
+    def set_train():
+        model.train()
+        if init is not None:   # fine-tuning: keep the BatchNorms as the fixed affine maps they were
+            for mod in model.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.eval()
+
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    pool = np.arange(len(y))
+    reps = np.ones(len(y), np.int64) if weights is None else np.maximum(np.round(weights), 1).astype(np.int64)
+    pool = np.repeat(np.arange(len(y)), reps)
     pos = np.flatnonzero(y > 0.5)
-    extra = int(max(0.0, (min_positive * len(y) - len(pos)) / max(1e-9, 1 - min_positive)))
-    if extra and len(pos):
-        pool = np.concatenate([pool, np.random.default_rng(seed + 1).choice(pos, extra)])
+
+    def _with_positives(pool):
+        n_pos = int(np.isin(pool, pos).sum())
+        extra = int(max(0.0, (min_positive * len(pool) - n_pos) / max(1e-9, 1 - min_positive)))
+        if extra and len(pos):
+            pool = np.concatenate([pool, np.random.default_rng(seed + 1).choice(pos, extra)])
+        return pool
+
+    pool = _with_positives(pool)
     batch = min(batch, len(pool))
-    per_epoch = max(1, len(pool) // batch)
-    steps = epochs * per_epoch
     loss_fn = torch.nn.BCEWithLogitsLoss()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     t0 = time.time()
-    step = 0
-    done = False
-    for epoch in range(epochs):
-        model.train()
-        order = rng.permutation(pool)
-        total = 0.0
-        for i in range(per_epoch):
-            frac = max(step / steps, (time.time() - t0) / budget_s)
-            if frac >= 1.0:
-                done = True
-                break
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(frac, lr)
-            idx = torch.from_numpy(order[i * batch:(i + 1) * batch])
-            xb = augment(xt[idx], rng)
-            logits = model(xb)[:, 0]
-            loss = loss_fn(logits, yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            total += float(loss.detach())
-        log(f"epoch {epoch + 1}/{epochs} loss {total / max(1, i):.4f} step {step}/{steps} ({time.time() - t0:.0f} s)")
-        if done:
-            log("time budget spent; stopped")
-            break
+    order, cursor, total, seen = rng.permutation(pool), 0, 0.0, 0
+    mined = False
+    for step in range(steps):
+        if mine_at is not None and not mined and step >= int(mine_at * steps):
+            mined = True
+            model.eval()
+            neg = np.flatnonzero(y < 0.5)
+            p = predict(model, x[neg])
+            hard = neg[np.argsort(-p)[: int(mine_top * len(neg))]]
+            log(f"hard-negative mining at step {step}: {len(hard)} negatives (p >= {p[np.argsort(-p)][len(hard) - 1]:.3f}) "
+                f"repeated x{mine_factor + 1}")
+            pool = np.concatenate([pool, np.repeat(hard, mine_factor)])
+            order, cursor = rng.permutation(pool), 0
+        if cursor + batch > len(order):
+            order, cursor = rng.permutation(pool), 0
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step / steps, lr)
+        idx = torch.from_numpy(order[cursor:cursor + batch])
+        cursor += batch
+        set_train()
+        xb = augment(xt[idx], rng)
+        logits = model(xb)[:, 0]
+        loss = loss_fn(logits, yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        seen += 1
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log(f"step {step + 1}/{steps} loss {total / seen:.4f} ({time.time() - t0:.0f} s)")
+            total, seen = 0.0, 0
     model.eval()
     return model
 
@@ -307,8 +362,12 @@ def choose_decision(series_probs: list[np.ndarray], positive: np.ndarray, target
 # --------------------------------------------------------------------------- export
 
 
-def export(task: Task, model, out_dir: Path, decision: dict, version: str, extra_card: str) -> dict:
-    """Write model.onnx, manifest.json and README.md into ``out_dir``; returns the manifest."""
+def export(task: Task, model, out_dir: Path, decision: dict, version: str, extra_card: str,
+           description: str | None = None) -> dict:
+    """Write model.onnx, manifest.json and README.md into ``out_dir``; returns the manifest.
+
+    An existing manifest.json keeps all its keys except ``decision``, ``artefacts``, ``version`` and
+    ``description`` (so a hand-edited ``applies_to`` survives retraining)."""
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -326,7 +385,7 @@ def export(task: Task, model, out_dir: Path, decision: dict, version: str, extra
         "schema": 1,
         "name": task.name,
         "version": version,
-        "description": f"{task.label} (trained on synthetic phantoms; not a medical device)",
+        "description": description or f"{task.label} (trained on synthetic phantoms; not a medical device)",
         "synthetic_training": True,
         "findings": [{"code": task.finding, "label": task.label, "severity": task.severity}],
         **task.manifest_extra,
@@ -336,7 +395,14 @@ def export(task: Task, model, out_dir: Path, decision: dict, version: str, extra
         "decision": decision,
         "artefacts": {"onnx": {"path": "model.onnx", "sha256": sha}},
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    path = out_dir / "manifest.json"
+    if path.exists():
+        # keep what other tools own (applies_to, evidence, ...): update only the training's own keys
+        current = json.loads(path.read_text())
+        for key in ("decision", "artefacts", "version", "description"):
+            current[key] = manifest[key]
+        manifest = current
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
     (out_dir / "README.md").write_text(extra_card.format(validation=validation, decision=decision,
                                                          size_kb=onnx_path.stat().st_size // 1024))
     return manifest

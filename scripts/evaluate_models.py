@@ -8,6 +8,8 @@ down by finding type and size, and the preprocessing + inference time of a
 32-slice series. Run with the project venv:
 
     .venv/bin/python scripts/evaluate_models.py [--model ich|lung_nodule|all] [--series 60]
+    .venv/bin/python scripts/evaluate_models.py --compare /tmp/old_ich engines/ich --labels old new \
+        --series 50 --confounders 20     # same fresh phantoms, old vs new, per-confounder FP rates
 
 ``--dicom`` routes every series through DICOM files on disk and
 edge_agent.dicom.read_series (slower; checks the reader too).
@@ -174,6 +176,216 @@ def choose(name: str, n_neg: int, n_pos: int, workers: int, target: float) -> di
     return decision
 
 
+# --------------------------------------------------------------------------- ich: old vs new, confounders
+
+CONFOUNDER_GROUPS = (
+    # name, how the fresh negative series is made
+    ("skull base only", {"base_only": True}),
+    ("calcification", {"force": {"calcification": True, "dense_artery": True}}),
+    ("scalp haematoma", {"force": {"scalp_haematoma": True}}),
+    ("atrophy / old infarct", {"force": {"atrophy": True, "infarct": True, "pv_lucency": True}}),
+    ("QA cylinder", {"qa": True}),
+    ("metal streaks", {"force": {"metal": True}}),
+    ("motion", {"force": {"motion": True}}),
+    ("sharp kernel", {"force": {"kernel": "sharp"}}),
+    ("thin slices (0.625-1.25 mm)", {"thin": True}),
+)
+
+
+class _cached:
+    """Cache a phantom job's model input (float16, one preprocessing spec) in $EVAL_CACHE, so that a later
+    run scores new models on exactly the same phantoms without rendering them again."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, args):
+        cache = os.environ.get("EVAL_CACHE")
+        spec = PreprocessSpec.from_dict(json.loads(os.environ["EVAL_SPEC"]))
+        name = self.fn.__name__ + "_" + "_".join(str(int(a)) for a in args) + ".npz"
+        path = Path(cache) / name if cache else None
+        if path is not None and path.exists():
+            d = np.load(path, allow_pickle=True)
+            return (d["x"].astype(np.float32), d["labels"], *d["rest"].tolist())
+        hu, spacing, labels, *rest = self.fn(args)
+        x = prepare_slices(hu, spacing[1:], spec).astype(np.float16)
+        if path is not None:
+            rest_arr = np.empty(len(rest), dtype=object)
+            rest_arr[:] = rest
+            np.savez(path, x=x, labels=labels, rest=rest_arr)
+        return (x.astype(np.float32), labels, *rest)
+
+
+def _conf_phantom(args):
+    """A fresh negative series of one confounder group: (hu, spacing, labels, details)."""
+    gi, seed = args
+    name, how = CONFOUNDER_GROUPS[gi]
+    if how.get("qa"):
+        from edge_agent.phantoms import qa_phantom
+
+        ph = qa_phantom(seed)
+        return ph.volume_hu, ph.spacing, ph.slice_labels, ph.details
+    if how.get("base_only"):
+        from edge_agent.phantoms.head import generate_head
+
+        gen = generate_head(seed, bleed=None, volume_ml=None, slices=None, thickness_mm=None, matrix=512,
+                            only=lambda acq, bz, rng: [k for k, z in enumerate(acq.z_positions) if z < -15.0]
+                            or [0])
+        acq = gen["acq"]
+        hu = np.stack(gen["images"]).astype(np.float32)
+        hu[:, acq.outside_mask()] = -1024.0
+        np.maximum(hu, -1024.0, out=hu)
+        return hu, (acq.thickness, acq.pixel_spacing, acq.pixel_spacing), np.zeros(len(hu), bool), {}
+    thickness = None
+    if how.get("thin"):
+        thickness = float(np.random.default_rng([seed, 5]).choice([0.625, 1.0, 1.25]))
+    ph = head_phantom(seed, bleed=None, thickness_mm=thickness, force=how.get("force"))
+    return ph.volume_hu, ph.spacing, ph.slice_labels, ph.details
+
+
+def _ich_main_phantom(args):
+    seed, positive, i = args
+    ph = head_phantom(seed, bleed=BLEED_TYPES[i % len(BLEED_TYPES)] if positive else None)
+    return ph.volume_hu, ph.spacing, ph.slice_labels, ph.finding, ph.details
+
+
+def _load_dir(folder: Path):
+    import onnxruntime as ort
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(folder / manifest["artefacts"]["onnx"]["path"]), opts,
+                                   providers=["CPUExecutionProvider"])
+    return manifest, session
+
+
+def _series_score(probs: np.ndarray, dec: dict) -> float:
+    return top_k_mean(probs, int(dec.get("k", 1))) if dec["rule"] == "top_k_mean" else float(np.max(probs))
+
+
+def _alerts(probs: np.ndarray, dec: dict) -> tuple[bool, bool]:
+    pre = dec.get("preliminary")
+    early = pre is not None and int((probs >= pre["threshold"]).sum()) >= pre["min_slices"]
+    return _series_score(probs, dec) >= float(dec["threshold"]), early
+
+
+def bootstrap_auc(scores, labels, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap CI of the AUC, resampling positives and negatives separately."""
+    rng = np.random.default_rng(seed)
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    vals = []
+    for _ in range(n):
+        p = pos[rng.integers(len(pos), size=len(pos))]
+        q = neg[rng.integers(len(neg), size=len(neg))]
+        vals.append(auc(np.concatenate([p, q]), np.r_[np.ones(len(p), bool), np.zeros(len(q), bool)]))
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def bootstrap_slice_auc(rows, n: int = 300, seed: int = 1) -> tuple[float, float]:
+    """95 % CI of the slice-level AUC, resampling whole series (slices of a series are correlated)."""
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n):
+        pick = rng.integers(len(rows), size=len(rows))
+        p = np.concatenate([rows[i][0] for i in pick])
+        y = np.concatenate([rows[i][1] for i in pick])
+        if y.any() and (~y).any():
+            vals.append(auc(p, y))
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    z = 1.96
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, c - h)), float(min(1.0, c + h))
+
+
+def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: int, workers: int) -> str:
+    """Score the same fresh phantoms with every model folder and print side-by-side tables."""
+    models = [_load_dir(f) for f in folders]
+    specs = {json.dumps(m["preprocessing"], sort_keys=True) for m, _ in models}
+    if len(specs) != 1:
+        raise SystemExit("--compare needs models with the same preprocessing")
+    os.environ["EVAL_SPEC"] = specs.pop()
+    if os.environ.get("EVAL_CACHE"):
+        Path(os.environ["EVAL_CACHE"]).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    def score_all(x):
+        return [s.run(["probability"], {"input": x})[0][:, 0] for _m, s in models]
+
+    main = []    # (probs per model, slice labels, finding, details)
+    jobs = [(EVAL_SEED0 + i, i % 2 == 0, i // 2) for i in range(2 * n_series)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        for x, sl, finding, details in pool.imap(_cached(_ich_main_phantom), jobs, chunksize=2):
+            main.append((score_all(x), sl, finding, details))
+        conf = {g: [] for g in range(len(CONFOUNDER_GROUPS))}
+        cjobs = [(g, EVAL_SEED0 + 200_000 + 1000 * g + i) for g in range(len(CONFOUNDER_GROUPS)) for i in range(n_conf)]
+        for (g, _seed), (x, sl, details) in zip(cjobs, pool.imap(_cached(_conf_phantom), cjobs, chunksize=1)):
+            conf[g].append(score_all(x))
+    gen_s = time.time() - t0
+    y = np.array([r[2] is not None for r in main])
+    ge1 = np.array([r[2] is not None and r[3].get("volume_ml", 0) >= 1.0 for r in main])
+    out = [f"### ich — same fresh phantoms, {len(folders)} models ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+           f"{platform.machine()} {os.cpu_count()} CPUs)", "",
+           f"{int(y.sum())} bleed + {int((~y).sum())} normal series (seeds {EVAL_SEED0}+, bleed types cycled, "
+           f"0.3-60 mL log-uniform); {n_conf} fresh negative series per confounder group (seeds "
+           f"{EVAL_SEED0 + 200_000}+); phantoms from the generator as of this run.", "",
+           "| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    rows_by = {}
+    for mi, (m, _s) in enumerate(models):
+        dec = m["decision"]
+        scores = np.array([_series_score(r[0][mi], dec) for r in main])
+        alerts = np.array([_alerts(r[0][mi], dec)[0] for r in main])
+        early = np.array([_alerts(r[0][mi], dec)[1] for r in main])
+        a = auc(scores, y)
+        lo, hi = bootstrap_auc(scores, y)
+        sel = ge1 | ~y
+        a1 = auc(scores[sel], y[sel])
+        srows = [(r[0][mi], r[1]) for r in main]
+        slice_p = np.concatenate([p for p, _ in srows])
+        slice_y = np.concatenate([l for _, l in srows])
+        sa = auc(slice_p, slice_y)
+        slo, shi = bootstrap_slice_auc(srows)
+        neg_slice = np.concatenate([r[0][mi] for r in main if r[2] is None])
+        neg_sorted = np.sort(scores[~y])
+        thr95 = neg_sorted[int(np.ceil(0.95 * len(neg_sorted))) - 1] if len(neg_sorted) else 1.0
+        s95 = float((scores[ge1] > thr95).mean()) if ge1.any() else float("nan")
+        rows_by[mi] = {
+            "decision": f"{dec['rule']} k={dec.get('k', 1)} ≥ {dec['threshold']}; pre {dec.get('preliminary')}",
+            "series AUC [95 % CI]": f"{a:.3f} [{lo:.3f}, {hi:.3f}]",
+            "series AUC, bleeds ≥ 1 mL": f"{a1:.3f}",
+            "sensitivity (all bleeds)": f"{alerts[y].mean():.3f} ({int(alerts[y].sum())}/{int(y.sum())})",
+            "sensitivity (≥ 1 mL)": f"{alerts[ge1].mean():.3f} ({int(alerts[ge1].sum())}/{int(ge1.sum())})",
+            "ROC: sensitivity (≥ 1 mL) at specificity ≥ 0.95 (metric, not a rule)": f"{s95:.3f}",
+            "specificity (normal heads)": f"{1 - alerts[~y].mean():.3f} ({int((~alerts[~y]).sum())}/{int((~y).sum())})",
+            "preliminary warning on normal heads": f"{int(early[~y].sum())}/{int((~y).sum())}",
+            "slice AUC bleed vs normal slices [95 % CI]": f"{sa:.3f} [{slo:.3f}, {shi:.3f}]",
+            "bleed slices called positive (p ≥ threshold)": f"{(slice_p[slice_y] >= dec['threshold']).mean():.3f}",
+            "median slice p, normal heads": f"{np.median(neg_slice):.3f}",
+        }
+        for g, (gname, _how) in enumerate(CONFOUNDER_GROUPS):
+            al = [_alerts(p[mi], dec) for p in conf[g]]
+            k = sum(x[0] for x in al)
+            lo_, hi_ = wilson(k, len(al))
+            med = np.median(np.concatenate([p[mi] for p in conf[g]]))
+            rows_by[mi][f"FP: {gname}"] = (f"{k}/{len(al)} = {k / len(al):.2f} [{lo_:.2f}, {hi_:.2f}]; "
+                                          f"pre {sum(x[1] for x in al)}; median p {med:.2f}")
+    for key in rows_by[0]:
+        out.append(f"| {key} | " + " | ".join(rows_by[mi][key] for mi in range(len(models))) + " |")
+    out.append("")
+    out.append(f"(FP = series alerted by the model's own shipped rule, Wilson 95 % CI; 'pre' = preliminary "
+               f"warnings; median p over all slices of the group; phantom generation and scoring took {gen_s:.0f} s)")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["ich", "lung_nodule", "all"], default="all")
@@ -183,7 +395,16 @@ def main() -> None:
     ap.add_argument("--choose-decision", action="store_true",
                     help="re-choose k/thresholds on validation seeds and write them into the manifest, then stop")
     ap.add_argument("--target-specificity", type=float, default=0.98)
+    ap.add_argument("--compare", nargs="+", type=Path, metavar="DIR",
+                    help="ich only: model folders (manifest.json + model.onnx) to score on the same fresh phantoms, "
+                         "with per-confounder false-positive rates")
+    ap.add_argument("--labels", nargs="+", help="column names for --compare")
+    ap.add_argument("--confounders", type=int, default=20, help="fresh negative series per confounder group")
     args = ap.parse_args()
+    if args.compare:
+        print(compare_ich(args.compare, args.labels or [str(f) for f in args.compare], args.series,
+                          args.confounders, args.workers))
+        return
     names = ["ich", "lung_nodule"] if args.model == "all" else [args.model]
     if args.choose_decision:
         for name in names:

@@ -2,7 +2,7 @@
 
 A dev tool, not part of the package: run with the PyTorch CPU venv,
 
-    /work/torchvenv/bin/python scripts/train_lung_nodule.py [--cases 2200] [--epochs 6]
+    /work/torchvenv/bin/python scripts/train_lung_nodule.py [--cases 2200] [--steps 500]
 
 Fixed seeds; ≤ 15 min on 2 cores. Writes engines/lung_nodule/{model.onnx,manifest.json,README.md}.
 """
@@ -34,6 +34,11 @@ APPLIES_TO = {
         "min_slices": 8,
         "min_coverage_mm": 40.0,
         "max_gantry_tilt_deg": 30.0,
+        "kernels": {"refuse_kinds": ["bone"], "unknown": "allow"},
+        "cardiac_gating": "refuse",
+        "qa": "refuse",
+        "kvp": [70.0, 140.0],
+        "patient_age_years": [18.0, None],
     }
 }
 
@@ -97,15 +102,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cases", type=int, default=2200)
     ap.add_argument("--val", type=int, default=30, help="validation series of each class")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=500, help="optimizer steps (the budget; reproducible)")
     ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--budget", type=float, default=480.0, help="seconds of training wall time at most")
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args()
     t0 = time.time()
     x, y, _ = build_dataset(TASK, args.cases, TRAIN_SEED0)
     log(f"train slices {len(y)} (positive {int(y.sum())})")
-    model = train(TASK, x, y, epochs=args.epochs, width=args.width, budget_s=args.budget, min_positive=0.4)
+    model = train(TASK, x, y, steps=args.steps, width=args.width, min_positive=0.4)
     val = build_series(TASK, args.val, VAL_SEED0)
     probs = [predict(model, xs) for xs, _, _ in val]
     positive = np.array([d["finding"] is not None for _, _, d in val])

@@ -26,11 +26,11 @@ import numpy as np
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.phantoms._geometry import AIR_HU, Acquisition
 from edge_agent.phantoms.chest import MIN_LABEL_AREA_MM2 as CHEST_MIN_AREA, NODULE_TYPES, generate_chest
-from edge_agent.phantoms.head import BLEED_TYPES, MIN_LABEL_AREA_MM2, generate_head
+from edge_agent.phantoms.head import BLEED_TYPES, MIN_LABEL_AREA_MM2, generate_head, head_confounders
 
 __all__ = [
     "BLEED_TYPES", "NODULE_TYPES", "KINDS", "Phantom", "head_phantom", "chest_phantom", "make_phantom",
-    "write_phantom",
+    "write_phantom", "qa_phantom",
 ]
 
 KINDS = ("ich", "normal", "chest", "nodule")
@@ -84,28 +84,42 @@ def _finish(gen: dict, kind: str, finding: str | None, details: dict, labels: np
 
 
 def head_phantom(seed: int, *, bleed: str | None = "random", volume_ml: float | None = None,
-                 slices: int | None = None, thickness_mm: float | None = None, matrix: int = 512) -> Phantom:
+                 slices: int | None = None, thickness_mm: float | None = None, matrix: int = 512,
+                 force: dict | None = None) -> Phantom:
     """A non-contrast head CT; ``bleed`` is "random", None or one of :data:`BLEED_TYPES`.
 
     ``volume_ml`` fixes the haemorrhage volume (default log-uniform 0.3–60 mL);
     ``slices``/``thickness_mm`` fix the series length and slice thickness
-    (default: 2–5 mm slices covering 120–165 mm). Deterministic per seed.
+    (default: 0.6–5 mm slices covering 120–165 mm, at most 80 slices). ``force`` switches confounders
+    on or off (:mod:`edge_agent.phantoms.head`). Deterministic per seed.
     """
     if bleed is not None and bleed != "random" and bleed not in BLEED_TYPES:
         raise ValueError(f"bleed must be None, 'random' or one of {BLEED_TYPES}, not {bleed!r}")
     gen = generate_head(seed, bleed=bleed, volume_ml=volume_ml, slices=slices, thickness_mm=thickness_mm,
-                        matrix=matrix)
+                        matrix=matrix, force=force)
     b = gen["bleed"]
     areas = gen["areas"]
     a = gen["anatomy"]
-    details = {"confounders": sorted({c[3] for c in a["calcifications"]})
-               + (["streaks"] if gen["acq"].extras["streaks"] else [])}
+    details = {"confounders": head_confounders(gen), "kernel": gen["acq"].extras["recon"]["kernel"],
+               "recon": gen["acq"].extras["recon"]["recon"]}
     if b is not None:
         details.update(bleed_type=b["type"], bleed_hu=round(b["hu"], 1),
                        volume_ml=round(float(gen["amounts"].sum()) * gen["acq"].thickness / 1000.0, 3),
                        requested_volume_ml=round(b["requested_ml"], 3))
     labels = areas >= MIN_LABEL_AREA_MM2
     return _finish(gen, "head", "ich" if b is not None and labels.any() else None, details, labels, seed)
+
+
+def qa_phantom(seed: int, *, slices: int | None = None, thickness_mm: float | None = None, matrix: int = 512,
+               force: dict | None = None) -> Phantom:
+    """A physical QA phantom (water/acrylic cylinder with inserts) scanned with a head protocol: never ICH."""
+    from edge_agent.phantoms.qa import generate_qa
+
+    gen = generate_qa(seed, slices=slices, thickness_mm=thickness_mm, matrix=matrix, force=force)
+    details = {"confounders": ["qa_phantom"], "modules": gen["modules"],
+               "kernel": gen["acq"].extras["recon"]["kernel"], "recon": gen["acq"].extras["recon"]["recon"]}
+    labels = np.zeros(len(gen["images"]), bool)
+    return _finish(gen, "head", None, details, labels, seed)
 
 
 def chest_phantom(seed: int, *, nodule: str | None = "random", diameter_mm: float | None = None,

@@ -172,11 +172,21 @@ def streak(shape: tuple[int, int], p0: tuple[float, float], p1: tuple[float, flo
 
 
 def apply_scanner(img: np.ndarray, acq: Acquisition, seed: int, k: int) -> np.ndarray:
-    """Add noise and the vendor's calibration quirks to a noiseless slice."""
+    """Add noise and the vendor's calibration quirks to a noiseless slice.
+
+    With ``acq.extras["recon"]`` (head phantoms) the kernel's sharpening/smoothing and noise texture
+    of :mod:`edge_agent.phantoms._scanner` are used instead of plain correlated Gaussian noise."""
     tissue = img > -950
     img = np.where(tissue, (img * acq.hu_scale) + acq.hu_offset, img)
-    img += slice_noise(acq, seed, k, img.shape)
-    return img
+    recon = acq.extras.get("recon")
+    if recon is None:
+        img += slice_noise(acq, seed, k, img.shape)
+        return img
+    from edge_agent.phantoms._scanner import apply_recon, texture_noise
+
+    img = apply_recon(img.astype(np.float32), recon)
+    noise = texture_noise(np.random.default_rng([seed, 7919, k]), img.shape, recon)
+    return (img + noise * np.float32(acq.noise_sd)).astype(np.float32)
 
 
 def make_headers(rng: np.random.Generator, vendor: Vendor, *, body_part: str, study: str, series: str,
@@ -202,11 +212,12 @@ def make_headers(rng: np.random.Generator, vendor: Vendor, *, body_part: str, st
 def sample_acquisition(rng: np.random.Generator, *, spacing_range: tuple[float, float],
                        thickness: float | None, slices: int | None, coverage: tuple[float, float],
                        z_range: tuple[float, float], matrix: int, shift_mm: float, yaw: float, pitch: float,
-                       noise: tuple[float, float]) -> Acquisition:
+                       noise: tuple[float, float], thickness_choices=(2.0, 2.5, 3.0, 4.0, 5.0),
+                       thickness_p=None) -> Acquisition:
     """Draw a scan: field of view, slice thickness and count, pose of the phantom, noise, vendor."""
     px = float(rng.uniform(*spacing_range)) * 512.0 / matrix
     if thickness is None:
-        thickness = float(rng.choice([2.0, 2.5, 3.0, 4.0, 5.0]))
+        thickness = float(rng.choice(list(thickness_choices), p=thickness_p))
     if slices is None:
         slices = int(np.clip(round(rng.uniform(*coverage) / thickness), 8, 80))
     extent = slices * thickness

@@ -42,7 +42,10 @@ def test_head_has_skull_ring_and_brain_values():
 
 @pytest.mark.parametrize("bleed", BLEED_TYPES)
 def test_each_bleed_type_is_hyperdense_on_its_labelled_slices(bleed):
-    ph = head_phantom(202, bleed=bleed, volume_ml=12.0, slices=30, thickness_mm=5.0)
+    # a standard kernel without motion or metal: a bone kernel's edge enhancement and motion ghosts change
+    # the HU of blood next to bone by design (they are tested below as confounders)
+    ph = head_phantom(202, bleed=bleed, volume_ml=12.0, slices=30, thickness_mm=5.0,
+                      force={"kernel": "standard", "motion": False, "metal": False})
     assert ph.finding == "ich" and ph.details["bleed_type"] == bleed
     assert ph.slice_labels.any()
     assert ph.details["volume_ml"] > 2.0
@@ -126,3 +129,56 @@ def test_varies_field_of_view_thickness_and_vendor():
     assert len({p.spacing[0] for p in phs}) >= 3
     assert len({p.headers.manufacturer for p in phs}) >= 3
     assert {p.headers.signed for p in phs} == {True, False}
+
+
+# --------------------------------------------------------------------------- confounders (hard negatives)
+
+
+def test_scalp_haematoma_is_blood_outside_the_skull_and_labelled_negative():
+    ph = head_phantom(404, bleed=None, slices=20, thickness_mm=5.0, matrix=128,
+                      force={"scalp_haematoma": True, "kernel": "standard", "motion": False, "metal": False})
+    assert ph.finding is None and not ph.slice_labels.any()
+    assert "scalp_haematoma" in ph.details["confounders"]
+    blood = (_true_hu(ph, ph.volume_hu) > 45) & (_true_hu(ph, ph.volume_hu) < 95)
+    assert blood.sum() > 50   # there is blood-density tissue in the series, and it is not ICH
+
+
+def test_forced_confounders_are_reported_and_deterministic():
+    force = {"atrophy": True, "infarct": True, "calcification": True, "metal": True, "motion": True,
+             "kernel": "sharp"}
+    a = head_phantom(505, bleed=None, slices=6, matrix=96, force=force)
+    b = head_phantom(505, bleed=None, slices=6, matrix=96, force=force)
+    assert np.array_equal(a.volume_hu, b.volume_hu) and a.details == b.details
+    for name in ("atrophy", "old_infarct", "metal", "motion", "sharp_kernel", "pineal"):
+        assert name in a.details["confounders"], name
+    assert a.finding is None
+    off = head_phantom(505, bleed=None, slices=6, matrix=96, force={k: False for k in force if k != "kernel"})
+    assert not {"atrophy", "old_infarct", "metal", "motion"} & set(off.details["confounders"])
+
+
+def test_skull_base_has_air_fat_and_partial_volume_bone():
+    from edge_agent.phantoms.head import generate_head
+
+    gen = generate_head(606, bleed=None, volume_ml=None, slices=None, thickness_mm=5.0, matrix=192,
+                        only=lambda acq, bz, rng: [int(np.argmin(np.abs(acq.z_positions - z))) for z in (-40.0, -30.0)],
+                        force={"kernel": "standard", "motion": False, "metal": False})
+    img = np.stack(gen["images"])
+    assert (img < -500).sum() > 20              # sinus / air cells
+    assert ((img > -150) & (img < -40)).sum() > 20   # orbital fat
+    assert ((img > 100) & (img < 400)).sum() > 100   # partial-volume bone (the pseudo-bleed of 5 mm slices)
+
+
+def test_qa_phantom_is_a_negative_head_series():
+    from edge_agent.phantoms import qa_phantom
+
+    a = qa_phantom(7, slices=5, thickness_mm=2.5, matrix=128)
+    b = qa_phantom(7, slices=5, thickness_mm=2.5, matrix=128)
+    assert np.array_equal(a.volume_hu, b.volume_hu)
+    assert a.kind == "head" and a.finding is None and not a.slice_labels.any() and a.headers.body_part == "HEAD"
+    water = _true_hu(a, a.volume_hu[2][64 - 10:64 + 10, 64 - 10:64 + 10])
+    assert -30 < np.median(water) < 30
+
+
+def test_head_slices_span_thin_and_thick_reconstructions():
+    thick = {head_phantom(s, bleed=None, slices=2, matrix=32).spacing[0] for s in range(40)}
+    assert min(thick) < 1.5 and max(thick) >= 4.0
