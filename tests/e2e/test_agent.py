@@ -18,6 +18,10 @@ from agent_helpers import PHI
 from support.dcmtk import dcmtk
 from edge_agent.service.simulator import Scanner, render
 
+# A routine head series (5 mm, standard kernel, no motion or metal): what these tests send must be a scan
+# the ICH model applies to (thin or sharp-kernel heads are skipped by its applicability rules, by design).
+ROUTINE = {"thickness_mm": 5.0, "force": {"kernel": "standard", "motion": False, "metal": False}}
+
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -163,7 +167,7 @@ def test_c_store_from_a_real_dicom_client(broker, collector, agent_factory, tmp_
                "EDGE_AGENT_DICOM_TLS_CA": str(pki.ca_cert)}
         tls_flags = ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca_cert)]
     agent = agent_factory(broker.url, "--dicom-port", str(port), "--ae-title", "EDGE_TEST", env=env).start()
-    phantom, paths = render("ich", 61, tmp_path / "send")
+    phantom, paths = render("ich", 61, tmp_path / "send", **ROUTINE)
     proc = subprocess.run([dcmtk("storescu"), "-aec", "EDGE_TEST", "-aet", "SCANNER", *tls_flags, "127.0.0.1",
                            str(port), *map(str, paths)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -184,7 +188,9 @@ def test_metrics_and_healthz_of_a_running_agent(broker, collector, agent_factory
 
     port = free_port()
     agent = agent_factory(broker.url, "--metrics-port", str(port)).start()
-    scanner = Scanner(agent.watch, ["ich"], rate=40, style="rename", seed=71)
+    # the demo's clearly visible 12 mL bleed: this test is about metrics, not about the model's sensitivity
+    scanner = Scanner(agent.watch, ["ich"], rate=40, style="rename", seed=7,
+                      phantom_kwargs={"ich": {**ROUTINE, "volume_ml": 12.0}})
     scanner.run()
     sim = scanner.series[0]
     final_result(collector, sim.series_instance_uid, len(sim.delivered))
