@@ -289,3 +289,27 @@ def test_live_outcomes_are_recorded_for_report_with_statuses(engines, tmp_path):
     assert (row["mode"], row["series"], row["analysed"], row["rejected"], row["alerted"]) == ("live", 2, 1, 1, 1)
     assert row["reasons"] == {"2 slices is fewer than the 4 model tiny_ich needs": 1}
     assert row["latency_s_p50"] is not None and row["latency_s_p50"] >= 0
+
+
+def test_a_series_the_model_was_not_made_for_is_skipped_with_the_rule_in_the_daemon_too(tmp_path):
+    """Applicability in the streaming path: a bone-kernel head is skipped (no slice scored, no alert)."""
+    root = tmp_path / "engines"
+    write_model_folder(root / "tiny_ich", applies_to={
+        "modality": ["CT"], "body_part": ["HEAD"], "min_slices": 4, "min_coverage_mm": 10.0,
+        "kernels": {"refuse_kinds": ["bone"]}},
+        decision={"rule": "top_k_mean", "k": 2, "threshold": 0.9, "preliminary": {"min_slices": 1, "threshold": 0.6}})
+    out = RecordingOutputs()
+    pipeline = make_pipeline(root, tmp_path, out)
+    try:
+        headers = SeriesHeaders(series_description="HEAD 5mm", body_part="HEAD", study_description="CT HEAD",
+                                extra={"ConvolutionKernel": "BONE"})
+        _, paths = series_files(tmp_path, [70] * 6, headers=headers)
+        for p in paths:
+            pipeline.submit(ingested(p))
+        wait(lambda: out.results)
+    finally:
+        pipeline.stop()
+    [result] = out.results
+    assert result["status"] == "skipped" and "BONE" in result["reason"] and result["findings"] == []
+    assert result["models"][0]["status"] == "skipped"
+    assert out.alerts == []  # 70 HU slices would have alerted had they been scored
