@@ -112,6 +112,7 @@ class Ingest:
         self._verdicts = Verdicts(s, self._ledger, self._tracker, watch_dir, self._counters,
                                   self._on_file, self._on_rejected)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ingest-decode")
+        self._decoder.warm()
         try:
             self._observer = self._start_observer()
         except BaseException:

@@ -43,15 +43,17 @@ NATIVE_SYNTAXES = frozenset({
 })
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     """Worker initializer: exit with the agent, and import the DICOM stack before the first file.
 
     A worker holds both ends of its task queue, so it never sees EOF when the
-    agent is killed (``kill -9``); it watches its parent instead.
+    agent is killed (``kill -9``); it watches its parent instead. The agent's
+    pid is passed in, not read here: an agent killed while the worker was
+    still starting would otherwise leave it watching init.
     """
+    if os.getppid() != parent:
+        os._exit(0)
     import edge_agent.dicom  # noqa: F401
-
-    parent = os.getppid()
 
     def watch_parent() -> None:
         while os.getppid() == parent:
@@ -78,6 +80,11 @@ def _read_in_worker(path: Path, stored_only: bool) -> list[Slice]:
         raise BadFile(str(path), failure_reason(exc)) from None
 
 
+def _ready() -> bool:
+    """A no-op run in each worker by :meth:`Decoder.warm` (the import of this module is the work)."""
+    return True
+
+
 class Decoder:
     """``read(path)`` → slices, in worker processes (``processes`` > 0) or in the caller's thread."""
 
@@ -92,8 +99,18 @@ class Decoder:
         with self._lock:
             if self._pool is None:
                 context = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self._processes, mp_context=context, initializer=_worker_init)
+                self._pool = ProcessPoolExecutor(self._processes, mp_context=context, initializer=_worker_init,
+                                                 initargs=(os.getpid(),))
             return self._pool
+
+    def warm(self) -> None:
+        """Start the worker processes now, in the background: the first compressed file of the day must not
+        wait for a spawn and its imports (seconds on a small board)."""
+        if self._processes <= 0:
+            return
+        pool = self._get_pool()
+        for _ in range(self._processes):
+            pool.submit(_ready)
 
     def read(self, path: Path) -> list[Slice]:
         """Read and decode one file; raises what ``read_file`` raises.
