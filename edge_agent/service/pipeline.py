@@ -180,6 +180,7 @@ class SeriesPipeline:
             self._error = exc
             self._ready.set()
             return
+        self._warm()
         self._ready.set()
         next_prune = 0.0
         try:
@@ -202,6 +203,19 @@ class SeriesPipeline:
                 self.models.close()
             finally:
                 self.store.close()
+
+    def _warm(self) -> None:
+        """Do the first-use work now (runner sessions, the evidence code), not while the first bleed waits."""
+        for model in self.models:
+            try:
+                model.ensure_active()
+                if getattr(model.manifest, "evidence", None) or getattr(model.manifest, "domain", None):
+                    import edge_agent.evidence.chest  # noqa: F401, PLC0415
+                    import edge_agent.evidence.domain  # noqa: F401, PLC0415
+                    import edge_agent.evidence.head  # noqa: F401, PLC0415
+                    import edge_agent.evidence.series  # noqa: F401, PLC0415
+            except Exception as exc:  # noqa: BLE001 - it is tried again, per series, on first use
+                log.warning("model %s could not be prepared at start (%s); trying again on first use", model.name, exc)
 
     def _step(self) -> None:
         items = self._take()
