@@ -28,7 +28,7 @@ import numpy as np
 from edge_agent.errors import EdgeAgentError
 from edge_agent.evidence._grid import make_grid
 
-__all__ = ["EvidenceError", "EvidenceSpec", "DomainSpec", "Evidence", "DomainVerdict", "parse_evidence",
+__all__ = ["preload", "EvidenceError", "EvidenceSpec", "DomainSpec", "Evidence", "DomainVerdict", "parse_evidence",
            "parse_domain", "slice_features", "series_evidence", "series_domain"]
 
 
@@ -78,8 +78,7 @@ class EvidenceSpec:
     grid_mm: float | None = None   # analysis grid (mm); None: 1.25 for heads, 1.5 for chests
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if k == "kind" or k in _KEYS[self.kind]}
+        return _spec_dict(self)
 
 
 @dataclass(frozen=True)
@@ -104,8 +103,7 @@ class DomainSpec:
     grid_mm: float | None = None   # analysis grid (mm); None: 1.25 for heads, 1.5 for chests
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if k == "kind" or k in _KEYS[self.kind]}
+        return _spec_dict(self)
 
 
 _ICH = {"blood_hu", "bone_hu", "calcification_hu", "bone_margin_mm", "min_component_mm2", "min_compartment_mm2",
@@ -121,6 +119,17 @@ _FRACTIONS = {"max_fat_air_fraction", "min_roundness", "max_pleural_contact", "m
               "cylinder_axis_ratio", "cylinder_fill", "max_water_fraction", "min_lung_fraction",
               "min_lung_slices", "max_edge_cut"}
 _SIGNED = {"solid_hu", "max_shift_hu"}
+
+
+def _spec_dict(spec) -> dict:
+    """A spec as its manifest block: ``kind`` and the keys of that kind (pairs as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()
+            if k == "kind" or k in _KEYS[spec.kind]}
+
+
+def preload() -> None:
+    """Import the analysis modules now (the agent does it at start, not on the first slice)."""
+    from edge_agent.evidence import chest, domain, head, series  # noqa: F401, PLC0415
 
 
 def _parse(cls, d: dict | None, block: str):

@@ -210,10 +210,9 @@ class SeriesPipeline:
             try:
                 model.ensure_active()
                 if getattr(model.manifest, "evidence", None) or getattr(model.manifest, "domain", None):
-                    import edge_agent.evidence.chest  # noqa: F401, PLC0415
-                    import edge_agent.evidence.domain  # noqa: F401, PLC0415
-                    import edge_agent.evidence.head  # noqa: F401, PLC0415
-                    import edge_agent.evidence.series  # noqa: F401, PLC0415
+                    from edge_agent.evidence import preload
+
+                    preload()
             except Exception as exc:  # noqa: BLE001 - it is tried again, per series, on first use
                 log.warning("model %s could not be prepared at start (%s); trying again on first use", model.name, exc)
 
