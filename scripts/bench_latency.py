@@ -32,70 +32,23 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as paho
-import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from support.mosquitto import MosquittoBroker  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The shared harness (re-exported here: scripts/soak.py imports these names from this module).
+from _harness import (DEVICE, ROOT, SITE, AgentProcess, MosquittoBroker, Sent, Subscriber,  # noqa: E402,F401
+                      Template, log_problems, make_templates, patch, replay, wait_until, write_like_scanner)
 
 from edge_agent.service.demo import parse_utc  # noqa: E402
-from edge_agent.service.simulator import write_bytes  # noqa: E402
 
-SITE, DEVICE = "bench", "ct1"
 BASELINE_TOPIC = "bench-baseline/results"
-
-
-# --- phantom templates and their replay -------------------------------------------------------
-@dataclass
-class Template:
-    kind: str
-    seed: int
-    paths: list[Path]            # slice order (lowest position first)
-    labels: list[bool]
-    uids: list[list[str]]        # per file: the UIDs to patch (study, series, FoR, SOP)
-    probs: np.ndarray | None = None
-
-
-@dataclass
-class Sent:
-    """One replayed series as delivered."""
-    kind: str
-    template: int
-    series_uid: str
-    folder: Path
-    order: list[int] = field(default_factory=list)      # slice indices in delivery order
-    done_at: list[float] = field(default_factory=list)  # completion time of each delivered file
-
-
-def make_templates(staging: Path, kinds: list[tuple[str, int]], slices: int) -> list[Template]:
-    import pydicom
-
-    from edge_agent.service.simulator import render
-
-    out = []
-    for kind, seed in kinds:
-        phantom, paths = render(kind, seed, staging / f"{kind}-{seed}", slices=slices)
-        uids = []
-        for p in paths:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            uids.append([str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.FrameOfReferenceUID),
-                         str(ds.SOPInstanceUID)])
-        out.append(Template(kind, seed, paths, [bool(x) for x in phantom.slice_labels], uids))
-    return out
 
 
 def score_templates(templates: list[Template], engines: Path | None) -> object:
@@ -131,159 +84,6 @@ def model_line(engines: Path | None) -> str:
         if validation or line.startswith("- Validation"):
             validation.append(line.strip("- ").strip())
     return f"ICH model {version}, model.onnx sha256 {sha}…; {' '.join(validation)}"
-
-
-def patch(uid: str, replay: int, k: int) -> str:
-    """Same-length new UID: the last 10 digits of the (38-digit) last component replaced."""
-    return uid[:-10] + f"9{replay:05d}{k:04d}"
-
-
-def write_like_scanner(data: bytes, dst: Path, style: str, pause: float, staging: Path) -> float:
-    """``simulator.write_bytes``: in place in two chunks, dot-temp + rename, or moved in from ``staging``.
-
-    ``movein``: written (fsynced) into a folder beside the watch folder, then renamed into it — inotify
-    reports only ``created`` for it (no ``closed``), the case the stable-file wait exists for.
-    """
-    return write_bytes(data, dst, style, pause, staging)
-
-
-def replay(t: Template, index: int, replay_id: int, target: Path, rate: float, style: str,
-           stop: threading.Event, staging: Path, on_file=None, on_start=None) -> Sent:
-    """Deliver one template as a new series, shuffled, at ``rate`` slices/s."""
-    mapping: dict[str, str] = {}
-    for uids in t.uids:
-        for u in uids:
-            mapping.setdefault(u, patch(u, replay_id, len(mapping)))
-    series_uid = mapping[t.uids[0][1]]
-    folder = target / f"{t.kind}-{replay_id:05d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    sent = Sent(t.kind, index, series_uid, folder)
-    if on_start:
-        on_start(sent)
-    order = list(range(len(t.paths)))
-    random.Random(replay_id).shuffle(order)
-    interval = 1.0 / rate
-    next_at = time.monotonic() + interval  # the cadence runs on across series
-    for i in order:
-        if stop.is_set():
-            break
-        delay = next_at - time.monotonic()
-        if delay > 0 and stop.wait(delay):
-            break
-        next_at += interval
-        data = t.paths[i].read_bytes()
-        for u in t.uids[i]:
-            data = data.replace(u.encode(), mapping[u].encode())
-        done = write_like_scanner(data, folder / t.paths[i].name, style, min(0.05, interval / 4), staging)
-        sent.order.append(i)
-        sent.done_at.append(done)
-        if on_file:
-            on_file(sent, done)
-    return sent
-
-
-# --- broker traffic -------------------------------------------------------------------------------
-class Subscriber:
-    """Stamps the arrival (``time.time()``) of every message on the agent's and the baseline's topics."""
-
-    def __init__(self, url: str):
-        host, port = url.split("://")[1].split(":")
-        self.lock = threading.Lock()
-        self.messages: list[tuple[float, str, dict]] = []
-        self.status: dict = {}
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency", protocol=paho.MQTTv5)
-        self.client.on_connect = lambda c, *a: c.subscribe([("edge-agent/#", 1), ("bench-baseline/#", 1)])
-        self.client.on_message = self._on_message
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        now = time.time()
-        try:
-            payload = json.loads(msg.payload) if msg.payload else {}
-        except ValueError:
-            return
-        with self.lock:
-            if msg.topic.endswith("/status"):
-                self.status = payload
-            else:
-                self.messages.append((now, msg.topic, payload))
-
-    def of(self, leaf: str) -> list[tuple[float, dict]]:
-        with self.lock:
-            return [(t, p) for t, topic, p in self.messages
-                    if topic.startswith("edge-agent/") and topic.endswith("/" + leaf)]
-
-    def first(self, leaf: str, series_uid: str) -> tuple[float, dict] | None:
-        for t, p in self.of(leaf):
-            uid = p.get("study", {}).get("series_instance_uid") or p.get("result", {}).get("series_instance_uid") \
-                or p.get("series_instance_uid")
-            if uid == series_uid:
-                return t, p
-        return None
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-class AgentProcess:
-    """``python -m edge_agent run`` with its RSS (process tree) sampled every ``period`` seconds."""
-
-    def __init__(self, root: Path, broker_url: str, settle: float, env: dict[str, str], engines: Path | None):
-        self.watch, self.state, self.log = root / "incoming", root / "state", root / "agent.log"
-        self.watch.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "edge_agent", "run", "--watch", str(self.watch), "--state-dir",
-                str(self.state), "--broker", broker_url, "--settle", str(settle), "--site", SITE,
-                "--device", DEVICE, "--delivery", "broker"] + (["--engines", str(engines)] if engines else [])
-        env = dict(os.environ, EDGE_AGENT_MQTT_HEARTBEAT_INTERVAL="1", **env)
-        with open(self.log, "w") as fh:
-            self.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
-        while "edge-agent running" not in self.log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the agent did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        self.ps = psutil.Process(self.proc.pid)
-        self.samples: list[tuple[float, float, float, float]] = []  # (t, rss total MB, rss main MB, cpu s)
-        self._stop = threading.Event()
-        self.sample()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-        self._thread.start()
-
-    def sample(self) -> None:
-        try:
-            procs = [self.ps] + self.ps.children(recursive=True)
-            rss = main = cpu = 0.0
-            for p in procs:
-                try:
-                    r = p.memory_info().rss / 2**20
-                    c = p.cpu_times()
-                except psutil.Error:
-                    continue
-                rss += r
-                cpu += c.user + c.system
-                if p is self.ps:
-                    main = r
-            self.samples.append((time.time(), rss, main, cpu))
-        except psutil.Error:
-            pass
-
-    def _loop(self) -> None:
-        while not self._stop.wait(1.0):
-            self.sample()
-
-    def stop(self) -> None:
-        if getattr(self, "_stop", None) is not None:
-            self._stop.set()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # --- the baseline: series-at-a-time after the quiet period ---------------------------------------
@@ -358,21 +158,6 @@ def row(name: str, values_s: list[float]) -> str:
         return f"  {name:<46} {'n=0':>5}"
     return (f"  {name:<46} {len(ms):>5} {pct(ms, 50):>8.0f} {pct(ms, 90):>8.0f} {pct(ms, 99):>8.0f} "
             f"{max(ms):>8.0f}")
-
-
-def log_problems(log: Path) -> list[str]:
-    """The agent's ERROR lines and quarantines (there should be none)."""
-    return [line for line in log.read_text(errors="replace").splitlines()
-            if " ERROR " in line or "quarantined" in line or "Traceback" in line]
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def latency_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Template], rule, style: str,
@@ -637,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{int((t.probs >= rule.preliminary.threshold).sum())}")
     print(f"  rendered and scored in {time.monotonic() - t_start:.0f} s; ICH rule {rule}")
     broker = MosquittoBroker(work / "mqtt", persistence=False).start()
-    sub = Subscriber(broker.url)
+    sub = Subscriber(broker.url, topics=("edge-agent/#", "bench-baseline/#"))
     out: dict = {"latency": [], "soak": None}
     try:
         if not args.skip_latency:
