@@ -20,6 +20,9 @@ payload, an alert):
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 # Nesting depth of DICOM sequences we read (the fast header path stops here; pydicom's recursive parser
@@ -70,3 +73,15 @@ def describe(exc: BaseException) -> str:
     except BaseException:  # noqa: BLE001
         return type(exc).__name__
 
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the disk is full: SQLite's SQLITE_FULL, ENOSPC, EDQUOT."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -13,6 +13,7 @@ Environment variables: ``EDGE_AGENT_<SECTION>_<FIELD>`` (upper case), e.g.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import sys
@@ -40,6 +41,8 @@ class AgentSection:
     device: str = _f("ct1", "Device name (usually the scanner): the third level of every MQTT topic.")
     state_dir: str = _f("/var/lib/edge-agent", "Folder for the ledger, series state, outbox and quarantine.")
     log_json: bool = _f(False, "Log JSON lines instead of plain text.")
+    summary_interval: float = _f(900.0, "Seconds between one-line activity summaries in the log (series, files, "
+                                 "alerts, quarantined in the last interval); 0: none.")
 
 
 @dataclass
@@ -49,7 +52,9 @@ class IngestSection:
     poll_interval: float = _f(1.0, "Seconds between polls when polling.")
     stable_seconds: float = _f(0.5, "A file its writer neither closed nor renamed into the folder (polled shares, "
                                "open writers) counts once its size and mtime were unchanged this long.")
-    retry_timeout: float = _f(30.0, "Keep retrying a file that does not decode this long, then quarantine it.")
+    retry_timeout: float = _f(30.0, "Keep retrying a file that does not decode this long, then quarantine it (one "
+                              "that more bytes cannot make DICOM, with no 'DICM' after the 128-byte preamble, is "
+                              "quarantined at once).")
     rescan_interval: float = _f(60.0, "Seconds between reconciliation rescans of the whole folder.")
     delete_after_processing: bool = _f(False, "Delete input files once their series is final (retention).")
     quarantine_dir: str = _f("", "Quarantine folder (default: <state_dir>/quarantine).")
@@ -111,6 +116,16 @@ class DicomSection:
 
 
 @dataclass
+class PacsSection:
+    destinations: list = _f([], "Where each final result goes as a DICOM SR and Key Object Selection, by C-STORE: "
+                            "AET@host:port entries, each its own durable queue (docs/RESULTS.md); empty: none.")
+    ae_title: str = _f("EDGE_AGENT", "Our calling AE title towards the destinations.")
+    dead_after: float = _f(86400.0, "Seconds an object keeps being retried (back-off) before it becomes a dead "
+                           "letter, kept and retried only by hand.")
+    retry_max: float = _f(300.0, "Longest wait (s) between two tries of a destination that fails.")
+
+
+@dataclass
 class MetricsSection:
     port: int = _f(0, "Prometheus /metrics and /healthz port (0: disabled).")
     bind: str = _f("127.0.0.1", "Address the metrics server listens on.")
@@ -143,6 +158,7 @@ class Config:
     mqtt: MqttSection = field(default_factory=MqttSection)
     dicom: DicomSection = field(default_factory=DicomSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    pacs: PacsSection = field(default_factory=PacsSection)
     models: dict = field(default_factory=dict)  # {name: ModelSettings}, from [models.<name>] tables
 
     # -- derived paths -------------------------------------------------------
@@ -224,8 +240,8 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
             _apply_models(cfg, values, source)
             continue
         if section not in types:
-            raise ConfigError(f"unknown section [{section}] in {source}; known sections: "
-                              f"{', '.join((*SECTIONS, MODELS))}.")
+            raise ConfigError(f"unknown section [{section}] in {source};{did_you_mean(section, (*SECTIONS, MODELS))}"
+                              f" known sections: {', '.join((*SECTIONS, MODELS))}.")
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] in {source} must be a table of settings.")
         obj = getattr(cfg, section)
@@ -233,8 +249,8 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
         known = {f.name: f for f in fields(obj)}
         for name, value in values.items():
             if name not in known:
-                raise ConfigError(f"unknown setting {section}.{name} in {source}; "
-                                  f"known: {', '.join(known)}.")
+                raise ConfigError(f"unknown setting {section}.{name} in {source};"
+                                  f"{did_you_mean(name, known, prefix=section + '.')} known: {', '.join(known)}.")
             value = _coerce(section, name, value, hints[name], source)
             choices = known[name].metadata.get("choices")
             if choices and value not in choices:
@@ -258,7 +274,8 @@ def _apply_models(cfg: Config, tables: Any, source: str) -> None:
         settings = cfg.models.setdefault(name, ModelSettings())
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"unknown setting models.{name}.{key} in {source}; known: {', '.join(known)}.")
+                raise ConfigError(f"unknown setting models.{name}.{key} in {source};"
+                                  f"{did_you_mean(key, known, prefix=f'models.{name}.')} known: {', '.join(known)}.")
             if key == "applies_to":
                 check_applies_to_override(name, value, source)
                 settings.applies_to = {**settings.applies_to, **value}
@@ -291,9 +308,52 @@ def load_file(path: str | Path) -> dict:
     return data
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict:
-    """``EDGE_AGENT_<SECTION>_<FIELD>`` variables as a nested dict (secrets excluded)."""
+def did_you_mean(name: str, candidates, *, prefix: str = "") -> str:
+    """`` did you mean X?`` for the closest candidate (``""`` when none is close): one wording for every typo."""
+    candidates = list(candidates)
+    longer = sorted((c for c in candidates if c.startswith(name) and len(name) >= 3), key=len)  # a cut-off name
+    close = longer[:1] or difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" did you mean {prefix}{close[0]}?" if close else ""
+
+
+ENV_PREFIX = "EDGE_AGENT_"
+# EDGE_AGENT_ variables that are not EDGE_AGENT_<SECTION>_<KEY> config keys, yet mean something:
+# the MQTT secrets and TLS paths (edge_agent/alerts/settings.py; each also as <NAME>_FILE naming a file),
+# and knobs of the project's own tests and CI (tests/alerts/test_chaos.py, .ci/run).
+ENV_EXTRAS = frozenset({
+    *(f"EDGE_AGENT_MQTT_{name}{suffix}" for name in ("USERNAME", "PASSWORD", "CA_FILE", "CERT_FILE", "KEY_FILE")
+      for suffix in ("", "_FILE")),
+    "EDGE_AGENT_CHAOS_SECONDS", "EDGE_AGENT_CHAOS_SEED", "EDGE_AGENT_CI_VENV",
+})
+
+
+def env_keys() -> dict[str, tuple[str, str]]:
+    """``{EDGE_AGENT_<SECTION>_<FIELD>: (section, field)}`` for every config key."""
+    return {f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}": (section, f.name)
+            for section, cls in _section_types().items() for f in fields(cls)}
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    """Refuse an ``EDGE_AGENT_`` variable that names no config key (a typo would be ignored silently)."""
     environ = os.environ if environ is None else environ
+    known = env_keys()
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or name in ENV_EXTRAS:
+            continue
+        # Compared without the common prefix, which would make every name look close to every other.
+        hint = did_you_mean(name[len(ENV_PREFIX):], [k[len(ENV_PREFIX):] for k in (*known, *ENV_EXTRAS)],
+                            prefix=ENV_PREFIX)
+        raise ConfigError(f"unknown environment variable {name};{hint} an {ENV_PREFIX} variable must name a "
+                          f"config key as {ENV_PREFIX}<SECTION>_<KEY> (README, Configuration); rename or unset it.")
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict:
+    """``EDGE_AGENT_<SECTION>_<FIELD>`` variables as a nested dict (secrets excluded).
+
+    Raises :class:`ConfigError` for an ``EDGE_AGENT_`` variable that names no key (:func:`check_environment`).
+    """
+    environ = os.environ if environ is None else environ
+    check_environment(environ)
     out: dict[str, dict] = {}
     types = _section_types()
     for section, cls in types.items():
@@ -325,6 +385,9 @@ def validate(cfg: Config) -> None:
                           ("mqtt", "receipt_timeout"), ("mqtt", "heartbeat_interval")):
         if getattr(getattr(cfg, section), name) <= 0:
             raise ConfigError(f"{section}.{name} must be greater than 0.")
+    if cfg.agent.summary_interval < 0:
+        raise ConfigError("agent.summary_interval must be 0 (no summaries) or more seconds, "
+                          f"got {cfg.agent.summary_interval:g}.")
     for section, name in (("series", "queue_size"), ("series", "batch")):
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"{section}.{name} must be at least 1.")
@@ -341,6 +404,15 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"agent.{name} must be a non-empty MQTT topic level without '/', '+' or '#', got {value!r}.")
     if len(cfg.dicom.ae_title) > 16 or not cfg.dicom.ae_title.strip():
         raise ConfigError("dicom.ae_title must be 1-16 characters (DICOM PS3.5 AE value representation).")
+    if len(cfg.pacs.ae_title) > 16 or not cfg.pacs.ae_title.strip():
+        raise ConfigError("pacs.ae_title must be 1-16 characters (DICOM PS3.5 AE value representation).")
+    if cfg.pacs.dead_after <= 0 or cfg.pacs.retry_max <= 0:
+        raise ConfigError("pacs.dead_after and pacs.retry_max must be greater than 0 seconds.")
+    if cfg.pacs.destinations:
+        from edge_agent.results.destination import parse_destination  # noqa: PLC0415 - only when set
+
+        for text in cfg.pacs.destinations:
+            parse_destination(text)
     if bool(cfg.dicom.tls_cert) != bool(cfg.dicom.tls_key):
         raise ConfigError("dicom.tls_cert and dicom.tls_key go together; set both for DICOM TLS, or neither.")
     if cfg.dicom.tls_ca and not cfg.dicom.tls_cert:

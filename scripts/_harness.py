@@ -24,6 +24,7 @@ paho clients on the broker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -227,11 +228,11 @@ class AgentProcess:
         self.state = Path(state) if state else self.root / "state"
         self.site, self.device = site, device
         self.watch.mkdir(parents=True, exist_ok=True)
-        self.args = [*edge_agent_command(), *(["-v"] if verbose else []), "run", "--watch", str(self.watch), "--state-dir",
-                     str(self.state), "--broker", broker_url, "--settle", str(settle), "--site", site,
+        self.args = [*edge_agent_command(), *(["-v"] if verbose else []), "run", "--watch", str(self.watch),
+                     "--state-dir", str(self.state), "--broker", broker_url, "--settle", str(settle), "--site", site,
                      "--device", device, "--delivery", delivery, *extra] + \
                     (["--engines", str(engines)] if engines else [])
-        self.env = dict(os.environ, EDGE_AGENT_MQTT_HEARTBEAT_INTERVAL="1", **env)
+        self.env = dict(os.environ, **{"EDGE_AGENT_MQTT_HEARTBEAT_INTERVAL": "1", **env})
         self.period, self.start_timeout = period, start_timeout
         self.samples: list[tuple[float, float, float, float]] = []  # (t, rss total MB, rss main MB, cpu s)
         self.proc: subprocess.Popen | None = None
@@ -446,12 +447,14 @@ class Consumer:
             self.deliveries.append(Delivery(time.time(), msg.topic, key[0], key[1], p.get("state", "?"),
                                             p.get("study", {}).get("series_instance_uid", ""), n > 0))
             if self.receipts:
-                receipt = json.dumps({"schema": "edge-agent/receipt/1", "alert_id": key[0], "revision": key[1],
-                                      "consumer": self.name,
-                                      "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())})
-                topic = msg.topic.rsplit("/", 1)[0] + "/receipts"
-                self._due.append((time.monotonic() + self.receipt_delay, topic, receipt.encode()))
+                self._due.append((time.monotonic() + self.receipt_delay, *self._receipt(msg.topic, *key)))
                 self._wake.notify_all()
+
+    def _receipt(self, alert_topic: str, alert_id: str, revision: int) -> tuple[str, bytes]:
+        """(topic, payload) of the receipt for one alert revision: docs/ALERTS.md, edge-agent/receipt/1."""
+        receipt = {"schema": "edge-agent/receipt/1", "alert_id": alert_id, "revision": revision,
+                   "consumer": self.name, "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+        return alert_topic.rsplit("/", 1)[0] + "/receipts", json.dumps(receipt).encode()
 
     def _send_loop(self) -> None:
         with self.lock:
@@ -487,6 +490,15 @@ class Consumer:
                     out[d.alert_id] = d
         return out
 
+    def resend_receipts(self) -> int:
+        """Send a receipt for every (alert_id, revision) received so far (a consumer catching up)."""
+        with self.lock:
+            topics = {(d.alert_id, d.revision): d.topic for d in self.deliveries}
+            for (alert_id, revision), topic in topics.items():
+                self._due.append((time.monotonic(), *self._receipt(topic, alert_id, revision)))
+            self._wake.notify_all()
+            return len(topics)
+
     def pending_receipts(self) -> int:
         with self.lock:
             return len(self._due)
@@ -501,8 +513,14 @@ class Consumer:
 
 
 # --- the state folder, read-only ------------------------------------------------------------------
-def _ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+@contextlib.contextmanager
+def _ro(path: Path):
+    """A read-only connection, closed on exit (``with sqlite3.connect()`` only ends the transaction)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def integrity(state: Path) -> dict[str, str]:

@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from edge_agent.preprocess import PreprocessSpec, prepare_slices  # noqa: E402
+from edge_agent.progress import echo, track  # noqa: E402 - bars on stderr, on a terminal only
 
 TRAIN_SEED0, VAL_SEED0, EVAL_SEED0 = 1_000_000, 2_000_000, 3_000_000
 CACHE = Path(os.environ.get("EDGE_TRAIN_CACHE", "/tmp/edge-agent-train"))
@@ -51,7 +52,7 @@ class Task:
 
 
 def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
+    echo(f"{time.strftime('%H:%M:%S')} {msg}")  # above any progress bar, never through it
 
 
 # --------------------------------------------------------------------------- data
@@ -79,7 +80,8 @@ def build_dataset(task: Task, n_cases: int, seed0: int, workers: int = 2) -> tup
     args = [(task, seed0 + i) for i in range(n_cases)]
     xs, ys, metas = [], [], []
     with mp.get_context("fork").Pool(workers) as pool:
-        for i, (x, y, m) in enumerate(pool.imap(_case, args, chunksize=8)):
+        for i, (x, y, m) in enumerate(track(pool.imap(_case, args, chunksize=8), f"rendering {task.name}", "case",
+                                            total=n_cases)):
             xs.append(x)
             ys.append(y)
             metas.extend(m)
@@ -107,7 +109,8 @@ def build_series(task: Task, n_each: int, seed0: int, workers: int = 2) -> list[
         return list(d["series"])
     args = [(task, seed0 + i, i % 2 == 0) for i in range(2 * n_each)]
     with mp.get_context("fork").Pool(workers) as pool:
-        out = list(pool.imap(_series_case, args, chunksize=2))
+        out = list(track(pool.imap(_series_case, args, chunksize=2), f"rendering {task.name} validation series",
+                         "series", total=len(args)))
     arr = np.empty(len(out), dtype=object)
     arr[:] = out
     np.savez(path, series=arr)
@@ -220,14 +223,14 @@ def init_from_onnx(model, path: Path) -> None:
 def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 64, lr: float = 3e-3,
           width: int = 16, seed: int = 0, min_positive: float = 0.0, weights: np.ndarray | None = None,
           mine_at: float | None = None, mine_top: float = 0.2, mine_factor: int = 2,
-          init: Path | None = None):
+          init: Path | None = None, progress: Callable[[int, float], None] | None = None):
     """Train with AdamW for exactly ``steps`` optimizer steps (warm-up + cosine LR over the steps), so a run
     is reproducible whatever the machine's load. ``min_positive`` oversamples positive slices up to that
     share of the pool; ``weights`` (per slice, ≥ 1) repeats slices in the pool (hard negatives by
     design); ``mine_at`` (share of the steps) scores every training negative once and repeats the
     hardest ``mine_top`` share of them ``mine_factor`` times more for the rest of the run (online
     hard-negative mining). ``init``: start from that model.onnx (:func:`init_from_onnx`; BatchNorms
-    frozen) instead of random weights."""
+    frozen) instead of random weights. ``progress(step, loss)`` is called after every step (a progress bar)."""
     import torch
 
     torch.manual_seed(seed)
@@ -290,6 +293,8 @@ def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 
         opt.step()
         total += float(loss.detach())
         seen += 1
+        if progress is not None:
+            progress(step, float(loss.detach()))
         if (step + 1) % 100 == 0 or step + 1 == steps:
             log(f"step {step + 1}/{steps} loss {total / seen:.4f} ({time.time() - t0:.0f} s)")
             total, seen = 0.0, 0

@@ -31,6 +31,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_agent import phantoms  # noqa: E402
+from edge_agent.progress import track  # noqa: E402 - a bar on stderr when it is a terminal
 from edge_agent.evidence import (  # noqa: E402
     parse_domain, parse_evidence, series_domain, series_evidence, slice_features)
 
@@ -79,7 +80,7 @@ def main() -> int:
     def add(name, res, extra=""):
         groups.setdefault(name, []).append((res, extra))
 
-    for i in range(n):
+    for i in track(range(n), "evaluate_evidence", "set of groups"):
         for j, bt in enumerate(phantoms.BLEED_TYPES):
             ph = phantoms.head_phantom(seed + 10 * i + j, bleed=bt)
             if ph.finding:

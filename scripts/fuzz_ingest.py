@@ -10,6 +10,13 @@ watch folder. See edge_agent/ingest/fuzz.py for what counts as a violation.
 
     .venv/bin/python scripts/fuzz_ingest.py --seed 1 --inputs 10000
     .venv/bin/python scripts/fuzz_ingest.py --seed 2 --inputs 500 --live 200 --keep /tmp/fuzz
+    .venv/bin/python scripts/fuzz_ingest.py --seed 3 --inputs 0 --live 0 --agent 1000
+
+``--agent N``: N more mutated files into the watch folder of a real ``edge-agent
+run`` (a real Mosquitto started here), then a bleed series: the agent must
+still be alive, every file must be in its ledger (accepted, duplicate,
+excluded or quarantined), the bleed series must alert, and every SQLite file
+must pass ``integrity_check``.
 
 Prints a table (inputs, accepted, rejected by reason class, max time per
 file, peak RSS, violations) and exits 1 if there was any violation.
@@ -30,6 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edge_agent.dicom.mutate import mutate, seed_files  # noqa: E402
 from edge_agent.ingest import Ingest, IngestSettings  # noqa: E402
@@ -67,6 +75,63 @@ def live(workdir: Path, seed: int, count: int) -> tuple[dict, list[str]]:
     return stats, problems
 
 
+def through_agent(workdir: Path, seed: int, count: int) -> tuple[dict, list[str]]:
+    """``count`` mutated files into a running ``edge-agent run``, then a bleed series that must alert."""
+    import threading
+
+    from _harness import (AgentProcess, MosquittoBroker, Subscriber, decide_templates, integrity, ledger_files,
+                          make_templates, replay, wait_until)
+
+    problems: list[str] = []
+    templates = make_templates(workdir / "templates", [("ich", s) for s in (301, 302, 303)], 30, thickness_mm=5.0,
+                               force={"kernel": "standard", "motion": False, "metal": False})
+    decide_templates(templates)
+    bleed = next((t for t in templates if t.positive), None)
+    if bleed is None:
+        return {}, ["agent: no bleed template that infer alerts on (the model changed?)"]
+    broker = MosquittoBroker(workdir / "mqtt", persistence=False).start()
+    sub = Subscriber(broker.url, client_id="fuzz-agent")
+    agent = AgentProcess(workdir / "agent", broker.url, 2.0, {"EDGE_AGENT_INGEST_RETRY_TIMEOUT": "1"}, None)
+    out: dict = {}
+    try:
+        rng = random.Random(seed)
+        seeds = [p.read_bytes() for p in seed_files(workdir / "agent-seeds", seed)]
+        fuzz_dir = agent.watch / "fuzz"
+        fuzz_dir.mkdir()
+        written = []
+        for k in range(count):
+            path = fuzz_dir / f"IM{k:06d}.dcm"
+            path.write_bytes(mutate(rng.choice(seeds), rng)[1])
+            written.append(str(path))
+        judged = wait_until(lambda: set(written) <= set(ledger_files(agent.state)), 120 + count * 0.5, 1.0)
+        ledger = ledger_files(agent.state)
+        states: dict[str, int] = {}
+        for path in written:
+            state = ledger.get(path, ("missing", None, None))[0]
+            states[state] = states.get(state, 0) + 1
+        if not judged:
+            problems.append(f"agent: {states.get('missing', 0)} of {count} files not in the ledger")
+        bad = [r for path in written for st, r, _ in [ledger.get(path, ("", None, None))]
+               if st == "quarantined" and r and not fuzz.is_sentence(r)]
+        problems += [f"agent: reason is not a sentence: {r[:200]!r}" for r in bad[:20]]
+        sent = replay(bleed, 0, 777, agent.watch, 20.0, "inplace", threading.Event(), workdir / "staging")
+        alerted = wait_until(lambda: sub.first("alerts", sent.series_uid) is not None, 120, 0.5)
+        alive = agent.proc is not None and agent.proc.poll() is None
+        if not alerted:
+            problems.append("agent: the bleed series sent after the fuzzed files did not alert")
+        if not alive:
+            problems.append("agent: the agent died")
+        out = {"written": count, "states": states, "bleed_alerted": alerted, "alive": alive}
+    finally:
+        agent.stop()
+        sub.close()
+        broker.stop()
+    checks = integrity(agent.state)
+    problems += [f"agent: {name} integrity_check: {verdict}" for name, verdict in checks.items() if verdict != "ok"]
+    out["integrity"] = checks
+    return out, problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
@@ -76,6 +141,8 @@ def main() -> int:
                         help="every n-th batch is scanned with worker processes (0: never)")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="a file slower than this is a violation")
     parser.add_argument("--live", type=int, default=500, help="inputs through a running Ingest afterwards")
+    parser.add_argument("--agent", type=int, default=0,
+                        help="inputs through a running edge-agent run (with a broker) afterwards, then a bleed series")
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     args = parser.parse_args()
     faulthandler.enable()  # a decoder that aborts the process (C++ std::terminate) still names the file
@@ -91,6 +158,8 @@ def main() -> int:
                           max_seconds=args.max_seconds, process_every=args.process_every)
         stats, problems = live(workdir, args.seed, args.live) if args.live else ({}, [])
         report.violations.extend(problems)
+        agent_stats, problems = through_agent(workdir, args.seed, args.agent) if args.agent else ({}, [])
+        report.violations.extend(problems)
         report.peak_rss_mb = fuzz._peak_rss_mb()
     finally:
         if args.keep is None:
@@ -103,6 +172,12 @@ def main() -> int:
         print(f"| live ingest          | {args.live} written, {stats['files_seen']} judged: "
               f"{stats['accepted']} accepted, {stats['duplicates']} duplicates, {stats['excluded']} excluded, "
               f"{stats['quarantined']} quarantined ({stats['conflicts']} conflicts) |")
+    if agent_stats:
+        print(f"| edge-agent run       | {agent_stats['written']} written: "
+              + ", ".join(f"{n} {state}" for state, n in sorted(agent_stats["states"].items()))
+              + f"; bleed series afterwards alerted: {'yes' if agent_stats['bleed_alerted'] else 'NO'}; agent alive: "
+              f"{'yes' if agent_stats['alive'] else 'NO'}; integrity_check: "
+              + ", ".join(f"{k} {v}" for k, v in agent_stats["integrity"].items()) + " |")
     print("mutations (first of each input):", dict(report.mutations.most_common()))
     for line in report.violations[:50]:
         print("VIOLATION", line)

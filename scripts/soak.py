@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_latency import AgentProcess, Subscriber, make_templates, model_line, replay  # noqa: E402
-from bench_latency import MosquittoBroker  # noqa: E402
+from _harness import AgentProcess, MosquittoBroker, Subscriber, decide_templates, make_templates, replay  # noqa: E402,E501
+from bench_latency import model_line  # noqa: E402
 
 JUNK = ("text", "truncated", "empty")
 
@@ -70,8 +71,8 @@ class Sampler:
     def outbox_depth(self) -> int:
         path = self.agent.state / "outbox.sqlite3"
         try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                return int(db.execute("SELECT COUNT(*) FROM outbox WHERE state IN ('pending','inflight')")
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:  # closed, not only
+                return int(db.execute("SELECT COUNT(*) FROM outbox WHERE state IN ('pending','inflight')")  # ended
                            .fetchone()[0])
         except sqlite3.Error:
             return -1
@@ -106,23 +107,6 @@ class Sampler:
     def _loop(self) -> None:
         while not self.stop.wait(self.period):
             self.sample()
-
-
-def expected_alerts(templates: list) -> list[bool]:
-    """Whether ``infer``'s offline path (the same models, whole series) alerts on each template."""
-    from edge_agent.dicom import read_series
-    from edge_agent.inference.models import ModelSet
-    from edge_agent.service.analyse import analyse_series
-
-    models = ModelSet.load(None)
-    try:
-        out = []
-        for t in templates:
-            result = analyse_series(read_series([t.paths[0].parent])[0], models)
-            out.append(any(f.get("positive") for f in result.get("findings", [])))
-        return out
-    finally:
-        models.close()
 
 
 def slope_per_hour(rows: list[dict], key: str) -> float:
@@ -166,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     # routine head protocols (5 mm, standard kernel), the series the ICH model is made for
     templates = make_templates(work / "templates", kinds, args.slices, thickness_mm=5.0,
                                force={"kernel": "standard", "motion": False, "metal": False})
-    expected = expected_alerts(templates)
+    decide_templates(templates)  # what infer (offline, the whole series, the same models) decides
+    expected = [t.positive for t in templates]
     for t, e in zip(templates, expected):
         print(f"  template {t.kind}-{t.seed}: {len(t.paths)} slices, {sum(t.labels)} with blood; "
               f"offline (infer) decision: {'alert' if e else 'no alert'}")

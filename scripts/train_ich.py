@@ -27,6 +27,7 @@ from edge_agent.phantoms import head_phantom, qa_phantom
 from edge_agent.phantoms.head import MIN_LABEL_AREA_MM2, generate_head
 from edge_agent.phantoms.qa import generate_qa
 from edge_agent.preprocess import PreprocessSpec
+from edge_agent.progress import progress, track
 
 SPEC = PreprocessSpec(windows=((40.0, 80.0), (80.0, 200.0), (600.0, 2800.0)), size=(128, 128),
                       pixel_spacing_mm=1.8, dtype="float32")
@@ -176,11 +177,16 @@ def main() -> None:
     TASK.manifest_extra = _existing_applies_to(args.out)
     x, y, meta = build_dataset(TASK, args.cases, TRAIN_SEED0)
     log(f"train slices {len(y)} (positive {int(y.sum())}) in {time.time() - t0:.0f} s")
-    model = train(TASK, x, y, steps=args.steps, batch=args.batch, width=args.width, min_positive=0.35,
-                  mine_at=0.5, init=args.init, lr=args.lr)
+    with progress(args.steps, "training ich", "step") as bar:
+        def step_done(step: int, loss: float) -> None:
+            bar.update()
+            bar.describe(f"loss {loss:.3f}")
+
+        model = train(TASK, x, y, steps=args.steps, batch=args.batch, width=args.width, min_positive=0.35,
+                      mine_at=0.5, init=args.init, lr=args.lr, progress=step_done)
     log(f"trained {args.steps} steps ({time.time() - t0:.0f} s since start)")
     val = build_series(TASK, args.val, VAL_SEED0)
-    probs = [predict(model, xs) for xs, _, _ in val]
+    probs = [predict(model, xs) for xs, _, _ in track(val, "validating", "series")]
     positive = np.array([d["finding"] is not None for _, _, d in val])
     decision = choose_decision(probs, positive, target_specificity=0.97)
     log(f"decision {decision}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 
@@ -62,7 +63,8 @@ class PublisherLink:
         self._events.put(("receipt", client, message.payload))
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._events.put(("connect_failed", client))
+        # paho calls this inside its ``except OSError``: hand the error over, so the warning can say why.
+        self._events.put(("connect_failed", client, sys.exc_info()[1]))
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         self._events.put(("socket_open", client))
@@ -106,7 +108,8 @@ class PublisherLink:
         """'connected', 'fallback' (retrying with the next protocol) or 'refused'."""
         self._connack_wait_since = None
         if not reason_code.is_failure:
-            log.info("connected to MQTT broker %s (MQTT %s)", self.settings.url, self.protocol)
+            # at DEBUG: the publisher tells it on the operator's edge_agent.broker logger
+            log.debug("connected to MQTT broker %s (MQTT %s)", self.settings.url, self.protocol)
             self._connected.set()
             self.status_mids.clear()
             self.client.subscribe(self.settings.topic("receipts"), qos=1)

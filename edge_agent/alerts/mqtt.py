@@ -32,11 +32,16 @@ CONSUMER_SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 class _QuietPahoFilter(logging.Filter):
-    """paho logs 'Client is not connected' as an error on every loop while the broker is down; we report
-    outages ourselves, once."""
+    """paho logs 'Client is not connected' as an error on every loop while the broker is down, and a socket
+    error on every failed attempt; we report outages ourselves, at a bounded rate (socket errors with -vv)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Client is not connected")
+        message = record.getMessage()
+        if message.startswith("Client is not connected"):
+            return False
+        if message.startswith(("failed to receive on socket", "failed to send on socket")):
+            return _paho_log.isEnabledFor(logging.DEBUG)
+        return True
 
 
 _paho_log = logging.getLogger("edge_agent.alerts.paho")

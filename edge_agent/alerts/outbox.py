@@ -13,13 +13,12 @@ view through their own connection.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
+from edge_agent.durable import DurableDB, connect
 from edge_agent.errors import EdgeAgentError
 
 ACTIVE_STATES = ("pending", "inflight", "acked")
@@ -68,18 +67,7 @@ class OutboxRow:
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    try:
-        if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5.0)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-    except (sqlite3.Error, OSError) as exc:
-        raise OutboxError(f"Cannot open the alert outbox {path} ({exc}); check the state directory "
-                          "exists, is writable and is on a local disk.") from exc
-    return conn
+    return connect(path, what="alert outbox", error=OutboxError, readonly=readonly)
 
 
 class Outbox:
@@ -87,32 +75,21 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._conn = _connect(self.path)
-        self._conn.executescript(_SCHEMA)
-        self._durable = True
+        self._db = DurableDB(self.path, what="alert outbox", error=OutboxError, schema=_SCHEMA)
+        self._conn = self._db.conn
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
-    @contextlib.contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[None]:
+    def transaction(self, durable: bool = True):
         """One write transaction; COMMIT on success, ROLLBACK on error.
 
         ``durable`` (new alerts and results) commits with ``synchronous=FULL``: the WAL is fsync'd before
         COMMIT returns. State transitions (in flight, acked, done) commit with ``NORMAL``: safe against a
         crash of the process, and after a power cut the worst case is that a message goes out again, which
-        consumers deduplicate. Any later FULL commit fsyncs those earlier WAL frames too.
+        consumers deduplicate (edge_agent/durable.py).
         """
-        if durable != self._durable:
-            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._durable = durable
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        return self._db.transaction(durable)
 
     def reset_inflight(self) -> int:
         """At start: rows left in flight by a previous run go back to pending (their PUBACK never came)."""
@@ -139,13 +116,19 @@ class Outbox:
             " WHERE message_key=?", (revision, topic, payload, delivery, now, now, message_key))
         return "updated"
 
-    def due(self, limit: int, now: float | None = None) -> list[OutboxRow]:
-        """Oldest first: pending rows, and acked rows whose receipt is overdue, due by ``now``."""
+    def due(self, limit: int, now: float | None = None, horizon: float | None = None) -> list[OutboxRow]:
+        """Oldest first: pending rows, and acked rows whose receipt is overdue, due by ``now``.
+
+        ``horizon``: the furthest ahead any deadline is ever set. A deadline beyond ``now + horizon``
+        was set before the wall clock stepped back (an NTP step, a wrong RTC fixed): it is due now,
+        or an alert would wait as long as the step.
+        """
         now = time.time() if now is None else now
+        beyond = now + horizon if horizon is not None else float("inf")
         rows = self._conn.execute(
             "SELECT seq, message_key, kind, revision, topic, payload, delivery, state, attempts FROM outbox"
-            " WHERE state IN ('pending', 'acked') AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-            (now, limit)).fetchall()
+            " WHERE state IN ('pending', 'acked') AND (next_attempt_at <= ? OR next_attempt_at > ?)"
+            " ORDER BY seq LIMIT ?", (now, beyond, limit)).fetchall()
         return [OutboxRow(*r) for r in rows]
 
     def has_pending(self) -> bool:
@@ -214,7 +197,7 @@ def _counts(conn: sqlite3.Connection, finished: dict | None = None) -> dict:
     oldest = conn.execute("SELECT min(created_at) FROM outbox WHERE state IN ('pending','inflight','acked')"
                           ).fetchone()[0]
     depth = sum(by_state[s] for s in ACTIVE_STATES)
-    return {"depth": depth, "by_state": by_state,
+    return {"depth": depth, "by_state": by_state, "oldest_created_at": oldest,
             "oldest_pending_age_s": None if oldest is None else max(0.0, round(time.time() - oldest, 3))}
 
 

@@ -9,6 +9,12 @@ transaction (group commit) before their callers return; then PUBACKs,
 receipts and connection events are applied and due rows are published oldest
 first within a small in-flight window. Topics, payloads and the two delivery
 modes: docs/ALERTS.md.
+
+Broker trouble is told on the ``edge_agent.broker`` logger (shown at the
+default verbosity, see :mod:`edge_agent.logs`): a WARNING at the first failed
+connection attempt with what to check, repeated at most every
+:attr:`AlertPublisher.broker_warning_interval` seconds while it lasts, and one
+INFO line when the broker is back, with the outbox backlog.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import json
 import logging
 import queue
 import random
+import socket
 import sqlite3
+import ssl
 import threading
 import time
 from concurrent.futures import Future
@@ -33,8 +41,13 @@ from edge_agent.alerts.outbox import Outbox, OutboxError, OutboxRow
 from edge_agent.alerts.payloads import build_status, encode, validate_payload
 from edge_agent.alerts.settings import MqttSettings
 from edge_agent.errors import EdgeAgentError
+from edge_agent.logs import BROKER_LOG
 
 log = logging.getLogger(__name__)
+broker_log = logging.getLogger(BROKER_LOG)
+
+#: While the broker cannot be reached, its warning is repeated at most this often (seconds).
+BROKER_WARNING_INTERVAL_S = 60.0
 
 _BATCH = 512
 _PRUNE_DONE_AFTER_S = 7 * 24 * 3600
@@ -44,6 +57,87 @@ class PublisherNotRunning(EdgeAgentError):
     """raise_alert/publish_result was called while the publisher is not running."""
 
 
+def connect_failure_reason(exc: BaseException | None, tls: bool = False) -> str:
+    """Why one connection attempt failed, in words (from the OSError paho met, when it was handed over)."""
+    if exc is None:
+        return "no connection"
+    if tls and isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
+        return "the connection was reset during the TLS handshake; is it a plain MQTT port (then use mqtt://)?"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the broker's TLS certificate was not accepted: {exc.verify_message or exc.reason or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"the TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return "the host name does not resolve"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    if isinstance(exc, TimeoutError):
+        return "no answer: timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class BrokerTrouble:
+    """How long the broker has been out of reach, and when to say so again (publisher thread only).
+
+    :meth:`attempt_failed` answers ``"first"`` at the first failed attempt of an
+    outage, ``"repeat"`` when ``interval`` seconds have passed since it was last
+    told, else None (the caller logs at DEBUG then). :meth:`back` ends it.
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self.since: float | None = None      # monotonic start of the outage (None: no outage)
+        self.attempts = 0                    # failed attempts in this outage
+        self.last_reason = ""
+        self._told_at: float | None = None   # when the outage was last told (None: not yet)
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def lost(self) -> None:
+        """An established connection dropped (the link warned already): the outage starts now."""
+        if self.since is None:
+            self.since, self.attempts, self._told_at = self._clock(), 0, None
+
+    def attempt_failed(self, reason: str) -> str | None:
+        now = self._clock()
+        if self.since is None:
+            self.since, self.attempts, self._told_at = now, 0, None
+        self.attempts += 1
+        self.last_reason = reason
+        if self._told_at is None:
+            self._told_at = now
+            return "first"
+        if now - self._told_at >= self.interval:
+            self._told_at = now
+            return "repeat"
+        return None
+
+    def back(self) -> tuple[float, int] | None:
+        """The broker answers again: (outage seconds, failed attempts), or None when there was no outage."""
+        if self.since is None:
+            return None
+        out = (self._clock() - self.since, self.attempts)
+        self.since, self.attempts, self._told_at, self.last_reason = None, 0, None, ""
+        return out
+
+    def duration(self) -> str:
+        return _duration(0.0 if self.since is None else self._clock() - self.since)
+
+
 def backoff_delay(base: float, attempt: int, cap: float, rng: random.Random) -> float:
     """Exponential backoff with jitter: base * 2**(attempt-1), capped at ``cap``, times a factor in [1, 1.25]."""
     delay = min(cap, base * (2 ** max(0, min(attempt - 1, 30))))
@@ -51,10 +145,21 @@ def backoff_delay(base: float, attempt: int, cap: float, rng: random.Random) -> 
 
 
 class AlertPublisher:
-    """Durable alert delivery: outbox first, then MQTT QoS 1 until acknowledged (see docs/ALERTS.md)."""
+    """Durable alert delivery: outbox first, then MQTT QoS 1 until acknowledged (see docs/ALERTS.md).
+
+    ``on_delivery(state, kind)`` is called on the publisher thread
+    when a row reaches its end: ``confirmed`` (a consumer's receipt made an
+    alert done) or ``rejected`` (the broker refused it for good); the agent
+    counts these in ``edge_agent_alerts_total``. ``on_alarm(sentence)`` gets
+    every alarm.
+    """
+
+    #: Seconds between repeated "cannot reach the broker" warnings while an outage lasts.
+    broker_warning_interval: float = BROKER_WARNING_INTERVAL_S
 
     def __init__(self, settings: MqttSettings, outbox_path: Path,
-                 on_alarm: Callable[[str], None] | None = None) -> None:
+                 on_alarm: Callable[[str], None] | None = None,
+                 on_delivery: Callable[[str, str], None] | None = None) -> None:
         if settings.url is None:
             raise EdgeAgentError("The alert publisher needs a broker URL; start the embedded broker first or "
                                  "pass --broker mqtt://host:port.")
@@ -62,6 +167,7 @@ class AlertPublisher:
         self.outbox_path = Path(outbox_path)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._alarms = Alarms(on_alarm, settings.alarm_depth, settings.alarm_oldest_age_s)
+        self._on_delivery = on_delivery
         self._link = PublisherLink(settings, self._events)
         self._stop = threading.Event()
         self._flush_deadline = 0.0
@@ -73,9 +179,19 @@ class AlertPublisher:
         self._lock = threading.Lock()          # guards _snapshot and _counters
         self._snapshot: dict = {"depth": 0, "by_state": {}, "oldest_pending_age_s": None}
         self._counters: dict = {}
+        # No deadline is ever set further ahead than this (backoff_delay's cap with its jitter); one that
+        # is was set before the wall clock stepped back, and is due now (Outbox.due).
+        self._horizon = 1.25 * max(settings.retry_max_delay, settings.receipt_timeout) + 5.0
+        # (created_at, monotonic time first seen, its age then) of the oldest undelivered row: its age
+        # goes on on the monotonic clock, so a wall-clock step neither raises nor hides the age alarm.
+        self._oldest: tuple[float, float, float] | None = None
         self._rng = random.Random()
         # Owned by the publisher thread only:
-        self._inflight: dict[int, tuple[int, int, str, int]] = {}  # mid -> (seq, revision, delivery, attempts)
+        # mid -> (seq, revision, delivery, attempts, kind)
+        self._inflight: dict[int, tuple[int, int, str, int, str]] = {}
+        self._trouble: BrokerTrouble | None = None   # made when the thread starts (the interval may be set)
+        self._ever_connected = False
+        self._connack_seen = False   # a CONNACK answered the current connection attempt
         self._late_events: list = []
         self._last_refresh = 0.0
         self._last_full_count = 0.0
@@ -187,6 +303,7 @@ class AlertPublisher:
             self._started.set()
             return
         self._started.set()
+        self._trouble = BrokerTrouble(self.broker_warning_interval)
         try:
             self._loop(outbox)
         except Exception:  # noqa: BLE001 - last boundary of the thread
@@ -276,7 +393,8 @@ class AlertPublisher:
         if self._link.connected and len(self._inflight) < self.settings.inflight_window:
             due = outbox.next_due_at()
             if due is not None:
-                wait = min(wait, max(0.0, due - time.time()))
+                ahead = due - time.time()
+                wait = min(wait, 0.0 if ahead > self._horizon else max(0.0, ahead))
         return wait
 
     def _drain(self, wait: float) -> list:
@@ -305,16 +423,47 @@ class AlertPublisher:
         elif kind == "receipt":
             self._handle_receipt(outbox, event[2], now)
         elif kind == "connack":
-            self._handle_connack(event[2])
+            self._connack_seen = True
+            self._handle_connack(outbox, event[2])
         elif kind == "disconnected":
             if self._link.on_disconnected(event[2]):
                 self._inflight.clear()
                 outbox.requeue_inflight(now)
+                self._trouble.lost()
+            elif not self._connack_seen and not self._stop.is_set():
+                # TCP was accepted but the broker hung up before any CONNACK: a TLS port spoken to in plain
+                # MQTT, or a proxy/firewall in between.
+                hint = "" if self.settings.address.tls else "; is it a TLS port (then use mqtts://)?"
+                self._attempt_failed(outbox, f"the broker closed the connection before answering{hint}")
         elif kind == "socket_open":
+            self._connack_seen = False
             self._link.on_socket_open()
         elif kind == "connect_failed":
-            log.info("cannot reach the MQTT broker at %s yet; retrying", self.settings.url)
+            self._attempt_failed(outbox, connect_failure_reason(event[2] if len(event) > 2 else None,
+                                                                self.settings.address.tls))
         return []
+
+    # ------------------------------------------------------------------ broker trouble, told at a bounded rate
+    _CHECK = ("check the host and port in mqtt.broker (--broker), that the broker is running and reachable from "
+              "this machine (firewall), TLS (mqtts:// for a TLS port, mqtt.ca_file, the client certificate) and "
+              "the credentials (mqtt.username, EDGE_AGENT_MQTT_PASSWORD or mqtt.password_file)")
+
+    def _backlog(self, outbox: Outbox) -> int:
+        self._refresh_snapshot(outbox, force=True)
+        return int(self._snapshot.get("depth", 0))
+
+    def _attempt_failed(self, outbox: Outbox, reason: str) -> None:
+        told = self._trouble.attempt_failed(reason)
+        url = self.settings.url
+        if told == "first":
+            broker_log.warning("Cannot reach the MQTT broker at %s (%s): %s; alerts wait in the outbox (%d now) and "
+                               "the agent keeps trying.", url, reason, self._CHECK, self._backlog(outbox))
+        elif told == "repeat":
+            broker_log.warning("Still cannot reach the MQTT broker at %s after %s (%d attempts; last: %s), %d "
+                               "message(s) wait in the outbox: %s.", url, self._trouble.duration(),
+                               self._trouble.attempts, reason, self._backlog(outbox), self._CHECK)
+        else:
+            log.debug("cannot reach the MQTT broker at %s (%s); retrying", url, reason)
 
     def _handle_puback(self, outbox: Outbox, mid: int, reason_code, now: float) -> None:
         if mid in self._link.status_mids:
@@ -323,7 +472,7 @@ class AlertPublisher:
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return  # a PUBACK from before a reconnect: the row was requeued and goes out again
-        seq, revision, delivery, attempts = entry
+        seq, revision, delivery, attempts, kind = entry
         if reason_code.is_failure:
             text = mqtt.reason_text(reason_code)
             if getattr(reason_code, "value", 0) in mqtt.TRANSIENT_PUBACK:
@@ -333,6 +482,7 @@ class AlertPublisher:
             if outbox.mark_rejected(seq, revision, text, now):
                 self._alarms.raise_(f"The broker rejected message {seq} on {self.settings.topic('alerts')} with "
                             f"{text}; fix the broker ACL for this client, the alert is kept as rejected.")
+                self._delivered("rejected", kind)
             return
         receipt_due = None
         if delivery == "receipt":
@@ -349,25 +499,51 @@ class AlertPublisher:
             log.warning("ignoring a malformed receipt on %s: %s", self.settings.topic("receipts"), exc)
             return
         if outbox.confirm(receipt["alert_id"], int(receipt["revision"]), now):
+            self._delivered("confirmed", "alert")
             log.debug("receipt: %s revision %s confirmed by %s", receipt["alert_id"], receipt["revision"],
                       receipt.get("consumer", "?"))
 
-    def _handle_connack(self, reason_code) -> None:
+    def _handle_connack(self, outbox: Outbox, reason_code) -> None:
         self._inflight.clear()
         outcome = self._link.on_connack(reason_code)
         if outcome == "connected":
             self._publish_status("birth")   # retained state re-published after every reconnect
+            back = self._trouble.back()
+            first = not self._ever_connected
+            self._ever_connected = True
+            if back is not None:
+                outage, attempts = back
+                broker_log.info("The MQTT broker at %s is reachable again after %s (%d failed attempt(s)); "
+                                "outbox backlog: %d message(s), sending now.", self.settings.url, _duration(outage),
+                                attempts, self._backlog(outbox))
+            elif first:
+                broker_log.info("Connected to the MQTT broker at %s (MQTT %s); outbox backlog: %d message(s).",
+                                self.settings.url, self._link.protocol, self._backlog(outbox))
         elif outcome == "refused":
-            self._alarms.raise_(f"The MQTT broker {self.settings.url} refused the connection: "
-                                f"{mqtt.reason_text(reason_code)}; check the username, password, client "
-                                "certificate and ACL.")
+            # Refused every reconnect (wrong password): alarmed at the first and then at the warning's slow rate.
+            told = self._trouble.attempt_failed(f"refused: {mqtt.reason_text(reason_code)}")
+            if told is not None:
+                self._alarms.raise_(f"The MQTT broker {self.settings.url} refused the connection: "
+                                    f"{mqtt.reason_text(reason_code)}; check the username, password, client "
+                                    "certificate and ACL.")
+            else:
+                log.debug("the MQTT broker %s refused the connection again (%s)", self.settings.url,
+                          mqtt.reason_text(reason_code))
+
+    def _delivered(self, state: str, kind: str) -> None:
+        if self._on_delivery is None:
+            return
+        try:
+            self._on_delivery(state, kind)
+        except Exception:  # noqa: BLE001 - a broken hook must not stop delivery
+            log.exception("the on_delivery callback failed")
 
     def _publish_due(self, outbox: Outbox) -> None:
         free = self.settings.inflight_window - len(self._inflight)
         if free <= 0:
             return
         now = time.time()
-        for row in outbox.due(free, now):
+        for row in outbox.due(free, now, self._horizon):
             self._publish_row(outbox, row, now)
 
     def _publish_row(self, outbox: Outbox, row: OutboxRow, now: float) -> None:
@@ -377,7 +553,7 @@ class AlertPublisher:
                                     properties=mqtt.publish_properties(self._link.protocol, user_props))
         if info.rc == paho.MQTT_ERR_SUCCESS or info.rc == paho.MQTT_ERR_NO_CONN:
             # NO_CONN: paho queues it in memory; on the disconnect event the row is requeued anyway.
-            self._inflight[info.mid] = (row.seq, row.revision, row.delivery, row.attempts + 1)
+            self._inflight[info.mid] = (row.seq, row.revision, row.delivery, row.attempts + 1, row.kind)
             outbox.mark_inflight(row.seq, now)
             if row.state == "acked":
                 log.info("no receipt yet for %s revision %d; republished (attempt %d)", row.message_key,
@@ -411,6 +587,13 @@ class AlertPublisher:
         self._last_refresh = now
         if full:
             self._last_full_count = now
+        created = counts.pop("oldest_created_at", None)
+        if created is None:
+            self._oldest = None
+        elif self._oldest is None or self._oldest[0] != created:
+            self._oldest = (created, now, counts["oldest_pending_age_s"])
+        else:
+            counts["oldest_pending_age_s"] = round(self._oldest[2] + (now - self._oldest[1]), 3)
         with self._lock:
             self._snapshot = counts
         self._alarms.check_outbox(counts["depth"], counts["oldest_pending_age_s"])

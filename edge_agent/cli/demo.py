@@ -8,9 +8,10 @@ from edge_agent.errors import EdgeAgentError
 
 
 @click.command("demo")
-@click.option("--rate", type=float, default=8.0, show_default=True, help="Simulated scanner speed, slices/s.")
-@click.option("--settle", type=float, default=2.0, show_default=True, help="Quiet period before a result is final.")
-@click.option("--seed", type=int, default=7, show_default=True, help="Phantom seed.")
+@click.option("--rate", type=click.FloatRange(min=0), default=8.0, show_default=True,
+              help="Simulated scanner speed, slices/s (0: as fast as possible).")
+@click.option("--settle", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="Quiet period before a result is final.")
+@click.option("--seed", type=click.IntRange(min=0), default=7, show_default=True, help="Phantom seed (0 or more).")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the demo's files in this folder.")
 @click.option("--mode", type=click.Choice(["live", "shadow"]), default="live", show_default=True,
               help="shadow: the silent trial — results say what would have alerted, no alert is raised.")
@@ -22,8 +23,13 @@ def demo(rate, settle, seed, keep, mode):
     from edge_agent.service.demo import run_demo
 
     if not click.get_current_context().find_root().params.get("verbose"):
-        # The timeline below shows every alert; the daemon's own ALERT log lines would repeat it.
-        logging.getLogger("edge_agent.service.pipeline").setLevel(logging.ERROR)
+        # The timeline below shows every alert; the daemon's own ALERT log lines would repeat it, and its
+        # story (banner, series opened/decided, summary; edge_agent.logs) too: -v shows them.
+        from edge_agent.logs import AGENT_LOG, BROKER_LOG, SERIES_LOG
+
+        for name in ("edge_agent.service.pipeline", AGENT_LOG, SERIES_LOG):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(BROKER_LOG).setLevel(logging.WARNING)  # trouble with the embedded broker still shows
 
     timeline = run_demo(rate=rate, settle=settle, seed=seed, keep=Path(keep) if keep else None, echo=click.echo,
                         mode=mode)

@@ -115,6 +115,65 @@ def broker_check(url: str, timeout: float = 3.0) -> Check:
     return "FAIL", "broker", f"{where} refused the connection ({CONNACK.get(code, code)}); check the broker's config"
 
 
+PACS_STALE_S = 600.0
+
+
+def pacs_queue_check(state_dir: Path) -> list[Check]:
+    """One line per PACS destination of ``<state-dir>/pacs.sqlite3``: delivered, waiting, dead letters."""
+    path = state_dir / "pacs.sqlite3"
+    if not path.is_file():
+        return [("OK", "PACS queue", f"none in {state_dir} (no PACS destination has been configured)")]
+    from edge_agent.results.queue import read_stats
+
+    try:
+        stats = read_stats(path)
+    except Exception as exc:  # noqa: BLE001 - a damaged or locked file is one FAIL line
+        return [("FAIL", "PACS queue", f"{path} cannot be read ({type(exc).__name__}); check the file and its "
+                                       "permissions")]
+    out: list[Check] = []
+    for destination, e in sorted(stats.items()):
+        waiting = e["pending"] + e["sending"]
+        text = f"{e['done']} delivered, {waiting} waiting"
+        if e["oldest_pending_age_s"] is not None:
+            text += f" (oldest {e['oldest_pending_age_s']:.0f} s" + (f", last error: {e['last_error']}" if
+                                                                    e["last_error"] else "") + ")"
+        if e["dead"]:
+            out.append(("FAIL", f"PACS {destination}", f"{text}, {e['dead']} dead letters; fix the destination, "
+                        "then restart the agent with --retry-dead-letters (docs/RESULTS.md)"))
+        elif waiting and (e["oldest_pending_age_s"] or 0) >= PACS_STALE_S:
+            out.append(("WARN", f"PACS {destination}", f"{text}; is the destination up and does it accept us?"))
+        else:
+            out.append(("OK", f"PACS {destination}", text))
+    return out or [("OK", "PACS queue", "empty")]
+
+
+def pacs_echo_check(destination: str, calling_ae_title: str = "EDGE_AGENT", timeout: float = 5.0) -> Check:
+    """A C-ECHO (Verification, PS3.4 A.4) to ``AET@host:port``."""
+    from edge_agent.errors import ConfigError
+    from edge_agent.results.destination import parse_destination
+
+    try:
+        d = parse_destination(destination)
+    except ConfigError as exc:
+        return "FAIL", "PACS echo", str(exc).rstrip(".")
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
+    if not assoc.is_established:
+        why = "rejected the association (check its AE title and that it knows ours)" if assoc.is_rejected else \
+            "did not answer (start it, open the firewall or fix the host and port)"
+        return "FAIL", f"PACS {d}", why
+    status = assoc.send_c_echo()
+    assoc.release()
+    code = getattr(status, "Status", None)
+    if code != 0:
+        return "WARN", f"PACS {d}", f"accepted an association but answered C-ECHO with {code!r}"
+    return "OK", f"PACS {d}", "answered C-ECHO"
+
+
 class _Timex(ctypes.Structure):
     # struct timex (linux/timex.h): 'modes' first, 'status' after offset/freq/maxerror/esterror.
     _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
@@ -181,7 +240,8 @@ def engines_check(folder: Path) -> list[Check]:
     return out
 
 
-def run_checks(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None) -> list[Check]:
+def run_checks(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None,
+               pacs: tuple[str, ...] = ()) -> list[Check]:
     """All checks, in the order they are printed."""
     from edge_agent.inference.trt import health
 
@@ -199,6 +259,9 @@ def run_checks(watch: Path | None, broker: str | None, engines: Path | None, sta
     checks.append(disk_check(state_dir or watch or Path.cwd()))
     if broker is not None:
         checks.append(broker_check(broker))
+    if state_dir is not None:
+        checks.extend(pacs_queue_check(state_dir))
+    checks.extend(pacs_echo_check(d) for d in pacs)
     checks.append(clock_check())
     if engines is None:
         from edge_agent.engines import ENGINES_DIR
@@ -219,10 +282,12 @@ def _guarded(fn: Callable[[], tuple[str, str]]) -> tuple[str, str]:
 @click.option("--watch", type=click.Path(path_type=Path), help="Watch folder to check (exists, permissions, disk).")
 @click.option("--broker", help="Broker URL to try (mqtt://HOST:1883, mqtts://HOST:8883).")
 @click.option("--engines", type=click.Path(path_type=Path), help="Folder of model folders (default: shipped models).")
-@click.option("--state-dir", type=click.Path(path_type=Path), help="State folder to check (writable, disk).")
-def doctor(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None) -> None:
-    """Check this machine: GPU, TensorRT, pycuda, ONNX Runtime, inotify, folders, disk, broker, clock, models."""
-    checks = run_checks(watch, broker, engines, state_dir)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="State folder to check (writable, disk, PACS queue).")
+@click.option("--pacs", multiple=True, metavar="AET@HOST:PORT", help="PACS destination to C-ECHO (repeatable).")
+def doctor(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None,
+           pacs: tuple[str, ...]) -> None:
+    """Check this machine: GPU, TensorRT, pycuda, ONNX Runtime, inotify, folders, disk, broker, PACS, clock, models."""
+    checks = run_checks(watch, broker, engines, state_dir, pacs)
     width = max(len(subject) for _, subject, _ in checks)
     for level, subject, message in checks:
         click.echo(f"{level:<4}  {subject:<{width}}  {message}")

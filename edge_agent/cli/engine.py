@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from edge_agent.errors import ConfigError, EdgeAgentError, MissingDependency
+from edge_agent.progress import echo
 
 
 def _manifest_for(onnx_path: Path, manifest: Path | None, *, required: bool):
@@ -141,19 +142,51 @@ def calibrate(model: Path, data: tuple[Path, ...], output: Path, manifest: Path 
         except (ValueError, AttributeError) as exc:
             raise ConfigError(f"--labels {labels} must be a JSON object of SeriesInstanceUID → true/false "
                               f"({exc}).") from None
-    calib = _read(data, m.preprocessing, None)
-    valid = _read(validation, m.preprocessing, truth) if validation else \
-        [type(s)(s.series_instance_uid, s.inputs, (truth or {}).get(s.series_instance_uid)) for s in calib]
-    click.echo(f"calibrate: {len(calib)} calibration series ({sum(s.inputs.shape[0] for s in calib)} slices), "
-               f"{len(valid)} validation series", err=True)
+    bar = _StageBar()
     try:
-        result = run_calibration(model, output, calib, valid, m.decision, tolerance=tolerance, method=method)
+        bar("reading DICOM series", 0, None)
+        calib = _read(data, m.preprocessing, None)
+        valid = _read(validation, m.preprocessing, truth) if validation else \
+            [type(s)(s.series_instance_uid, s.inputs, (truth or {}).get(s.series_instance_uid)) for s in calib]
+        bar.close()
+        echo(f"calibrate: {len(calib)} calibration series ({sum(s.inputs.shape[0] for s in calib)} slices), "
+             f"{len(valid)} validation series", err=True)
+        result = run_calibration(model, output, calib, valid, m.decision, tolerance=tolerance, method=method,
+                                 progress=bar)
     except CalibrationError as exc:
+        bar.close()
         if exc.comparison is not None:
             _print_comparison(exc.comparison, as_json)    # show what was lost before the refusal
         raise
+    finally:
+        bar.close()
     _print_comparison(result, as_json)
     click.echo(f"wrote {output} (INT8 Q/DQ, symmetric, signed; convert it with --precision int8)")
+
+
+class _StageBar:
+    """A progress bar per calibration stage on a terminal (``progress(stage, done, total)``); nothing elsewhere."""
+
+    def __init__(self) -> None:
+        self._stage: str | None = None
+        self._bar = None
+        self._done = 0
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        from edge_agent.progress import progress
+
+        if stage != self._stage:
+            self.close()
+            self._stage, self._done = stage, 0
+            self._bar = progress(total, f"calibrate: {stage}", "batch" if stage == "calibrating" else "series")
+        if done > self._done:
+            self._bar.update(done - self._done)
+            self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._stage = None, None
 
 
 def _print_comparison(result, as_json: bool) -> None:
@@ -172,6 +205,41 @@ def _print_comparison(result, as_json: bool) -> None:
                    f"({'+' if row['int8_positive'] else '-'})")
 
 
+def _engine_is_known(file: Path, info: dict) -> None:
+    """Refuse an "engine" nothing vouches for: without a matching fingerprint only TensorRT can say what it is.
+
+    A fingerprint whose sha256 matches says what the engine is (TensorRT or not). Without one, TensorRT is
+    asked to deserialize the bytes; where TensorRT is missing the file cannot be inspected at all.
+    """
+    from edge_agent.inference import trt
+    from edge_agent.inference.trt.fingerprint import EngineRefused, sha256_file
+
+    if info.get("fingerprint") is not None:
+        if sha256_file(file) != info["fingerprint"]["engine_sha256"]:
+            raise EngineRefused(f"{file} is not the engine its fingerprint {Path(info['fingerprint_file']).name} "
+                                "describes (its sha256 differs: corrupt or replaced); rebuild it with "
+                                f"'edge-agent convert MODEL.onnx --output {file}'.")
+        return
+    fingerprint = Path(info["fingerprint_file"])
+    what = (f"its fingerprint {fingerprint.name} is unreadable" if fingerprint.exists()
+            else f"no fingerprint {fingerprint.name} beside it says what it is")
+    rebuild = f"rebuild it with 'edge-agent convert MODEL.onnx --output {file}'"
+    if trt.why_unavailable() is not None:
+        raise EngineRefused(f"{file} cannot be inspected: {what}, and TensorRT is not installed here to read the "
+                            f"file itself; inspect it where TensorRT is installed, or {rebuild}.")
+    from edge_agent.errors import EdgeAgentError
+    from edge_agent.inference.trt.describe import _engine_tensors
+
+    try:
+        info["tensors"] = _engine_tensors(file)
+    except EdgeAgentError as exc:
+        raise EngineRefused(f"{file} is not a TensorRT engine this machine can read ({what}): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - pycuda / TensorRT raise untyped errors for foreign bytes
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise EngineRefused(f"{file} is not a TensorRT engine this machine can read ({what}; TensorRT or CUDA "
+                            f"said: {detail}); {rebuild}.") from None
+
+
 @click.command("inspect")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
@@ -180,6 +248,8 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     from edge_agent.inference.trt.describe import describe
 
     info = describe(file)
+    if info["kind"] == "tensorrt-engine":
+        _engine_is_known(file, info)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return

@@ -75,8 +75,12 @@ def infer(paths: tuple[Path, ...], engines: Path | None, backend: str, threads: 
             click.echo(f"edge-agent: left out {path}: {reason}", err=True)
         if not report.series:
             where = str(paths[0]) if len(paths) == 1 else f"the {len(paths)} paths given"
-            raise EdgeAgentError(f"No DICOM image series found in {where}; point infer at CT DICOM files or "
-                                 "folders (left-out files are listed above).")
+            if left_out:
+                raise EdgeAgentError(f"No DICOM image series found in {where}; point infer at CT DICOM files or "
+                                     "folders (left-out files are listed above).")
+            raise EdgeAgentError(f"No DICOM image series found in {where}: "
+                                 f"{'it holds' if len(paths) == 1 else 'they hold'} no files to read (names "
+                                 "starting with '.' are skipped); point infer at CT DICOM files or folders.")
         for series in report.series:
             result = analyse_series(series, models)
             if explain:

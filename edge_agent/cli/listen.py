@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -17,6 +18,17 @@ from pathlib import Path
 import click
 
 from edge_agent.alerts import MqttSettings
+from edge_agent.errors import EdgeAgentError
+
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+MAX_TIMEOUT_S = 365 * 24 * 3600.0       # beyond this a wait overflows the platform's time_t
+
+
+def _a_number(ctx, param, value):
+    """Refuse nan, which every range check lets through."""
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number of seconds.", ctx=ctx, param=param)
+    return value
 
 
 def format_alert(payload: dict, status: str) -> str:
@@ -31,6 +43,29 @@ def format_alert(payload: dict, status: str) -> str:
     if payload.get("disclaimer"):
         line += "\n    " + payload["disclaimer"]
     return line
+
+
+def check_store(store: Path) -> None:
+    """Refuse a --store the listener cannot use, before anything is created or connected.
+
+    The folder must exist (a typo must not create folders), and an existing file must be a SQLite
+    database (an empty file is fine: SQLite makes it one).
+    """
+    parent = store.parent
+    if not parent.is_dir():
+        raise EdgeAgentError(f"The folder of --store {store} does not exist ({parent}); create it first or give a "
+                             "path in an existing folder.")
+    if not store.exists():
+        return
+    try:
+        with open(store, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise EdgeAgentError(f"--store {store} cannot be read ({exc.strerror or exc}); check its permissions or "
+                             "give another path.") from None
+    if head and head != SQLITE_MAGIC:
+        raise EdgeAgentError(f"--store {store} is not a SQLite database; give a new file name (the listener creates "
+                             "it) or a store an earlier 'edge-agent listen' wrote.")
 
 
 def listener_settings(config_path: Path | None, **flags) -> MqttSettings:
@@ -66,14 +101,19 @@ def listener_settings(config_path: Path | None, **flags) -> MqttSettings:
               help="Deduplication store (SQLite); with it the session survives restarts.")
 @click.option("--no-receipts", is_flag=True, help="Do not send receipts (the agent keeps republishing).")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Exit after N alerts (new or updated).")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Exit after S seconds.")
+@click.option("--timeout", type=click.FloatRange(min=0, max=MAX_TIMEOUT_S), default=None, callback=_a_number,
+              help="Exit after S seconds (at most a year; without it: until stopped).")
 @click.option("--consumer", default=None, help="Name sent in receipts and used in the client id.")
 @click.option("--protocol", type=click.Choice(["auto", "5", "3.1.1"]), default=None, help="[default: auto]")
 def listen(url, config_path, prefix, site, device, group, json_lines, store, no_receipts, count, timeout, consumer,
            protocol):
     """Subscribe to alerts, print each once, and send receipts so the agent stops republishing."""
     from edge_agent.alerts.consumer import AlertListener
+    from edge_agent.config import check_environment
 
+    check_environment()  # a typo in EDGE_AGENT_MQTT_PASSWORD & co. must not pass silently (with --config too)
+    if store is not None:
+        check_store(store)
     settings = listener_settings(config_path, url=url, prefix=prefix, protocol=protocol)
     url = settings.url
     shown = 0
@@ -94,7 +134,11 @@ def listen(url, config_path, prefix, site, device, group, json_lines, store, no_
 
     listener = AlertListener(settings, on_alert=on_alert, store_path=store, send_receipts=not no_receipts,
                              site=site, device=device, group=group, consumer=consumer)
-    listener.start()
+    try:
+        listener.start()
+    except sqlite3.Error as exc:  # a damaged database behind a valid header, a read-only file, ...
+        raise EdgeAgentError(f"--store {store} cannot be used as the deduplication store ({exc}); move it aside "
+                             "or give another path.") from None
     previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         if not json_lines:

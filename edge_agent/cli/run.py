@@ -28,9 +28,14 @@ from edge_agent.errors import EdgeAgentError
 @click.option("--ae-title", help="AE title of the C-STORE receiver.")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics and /healthz on this port.")
 @click.option("--delivery", type=click.Choice(["receipt", "broker"]), help="When an alert counts as delivered.")
-@click.option("--check", is_flag=True, help="Validate the configuration and exit.")
+@click.option("--pacs", "pacs", multiple=True, metavar="AET@HOST:PORT",
+              help="Send each final result as DICOM SR + key images to this C-STORE destination (repeatable).")
+@click.option("--retry-dead-letters", is_flag=True,
+              help="At start, send the PACS dead letters (given up after pacs.dead_after) again.")
+@click.option("--check", is_flag=True, help="Check the configuration, folders, models, ports and broker; then exit "
+              "(non-zero if anything fails). Changes nothing.")
 def run(config_file, watch, broker, site, device, engines, backend, state_dir, settle, poll, poll_interval,
-        dicom_port, ae_title, metrics_port, delivery, check):
+        dicom_port, ae_title, metrics_port, delivery, pacs, retry_dead_letters, check):
     """Run the agent: watch, analyse slices as they arrive, alert over MQTT.
 
     Settings: defaults < --config file < EDGE_AGENT_* environment < these flags.
@@ -44,6 +49,7 @@ def run(config_file, watch, broker, site, device, engines, backend, state_dir, s
         "mqtt": {"broker": broker, "delivery": delivery},
         "dicom": {"port": dicom_port, "ae_title": ae_title},
         "metrics": {"port": metrics_port},
+        "pacs": {"destinations": list(pacs) or None},
     }
     cfg = load_config(config_file, overrides=overrides)
     if cfg.agent.log_json:
@@ -51,12 +57,11 @@ def run(config_file, watch, broker, site, device, engines, backend, state_dir, s
 
         use_json()
     if check:
-        from edge_agent.service.checks import check_config
-
-        for line in check_config(cfg):
-            click.echo(line)
-        click.echo("configuration OK")
+        _check(cfg)
         return
+    _state_folder(cfg)
+    if retry_dead_letters:
+        _retry_dead_letters(cfg)
 
     from edge_agent.service.app import Agent
 
@@ -84,3 +89,59 @@ def run(config_file, watch, broker, site, device, engines, backend, state_dir, s
         agent.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _check(cfg) -> None:
+    """``--check``: one line per check, OK lines on stdout, FAIL lines on stderr; non-zero exit if any fails."""
+    from edge_agent.errors import ConfigError
+    from edge_agent.service.preflight import run_preflight
+
+    checks = run_preflight(cfg)
+    for c in checks:
+        click.echo(c.line, err=not c.ok)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(checks)} checks failed ({', '.join(c.what for c in failed)}); fix "
+                          "what the FAIL line" + ("s say" if len(failed) > 1 else " says") + " and run --check again.")
+    click.echo(f"configuration OK: {len(checks)} checks passed")
+
+
+def _retry_dead_letters(cfg) -> None:
+    """Dead PACS deliveries back to pending, with a fresh dead-letter clock (docs/RESULTS.md)."""
+    from edge_agent.results.queue import PacsQueue
+
+    path = cfg.state_dir / "pacs.sqlite3"
+    if not path.is_file():
+        click.echo(f"no PACS queue in {cfg.state_dir}: no dead letters to retry", err=True)
+        return
+    queue = PacsQueue(path)
+    try:
+        n = queue.retry_dead()
+    finally:
+        queue.close()
+    click.echo(f"{n} PACS dead letter(s) queued again", err=True)
+
+
+def _state_folder(cfg) -> None:
+    """Create the state folder only where its parent exists, and say so when it is new."""
+    state = cfg.state_dir
+    try:
+        if state.is_dir():
+            return
+        parent_exists = state.parent.is_dir()
+    except OSError as exc:  # a folder above it this user cannot enter
+        raise EdgeAgentError(f"The state folder {state} cannot be looked at by this user ({exc.strerror}); fix the "
+                             "permissions of the folders above it or pass --state-dir (agent.state_dir).") from None
+    if not parent_exists:
+        raise EdgeAgentError(f"The state folder {state} does not exist and neither does its parent {state.parent}; "
+                             f"create it (mkdir -p {state}) or pass --state-dir (agent.state_dir).")
+    try:
+        state.mkdir()
+    except FileExistsError:
+        raise EdgeAgentError(f"The state folder {state} is a file, not a folder; pass --state-dir "
+                             "(agent.state_dir) with a folder.") from None
+    except OSError as exc:
+        raise EdgeAgentError(f"The state folder {state} cannot be created ({exc.strerror}); pass --state-dir "
+                             "(agent.state_dir) with a writable folder.") from None
+    logging.getLogger("edge_agent").warning("created the state folder %s (ledger, outbox, series state, "
+                                            "quarantine); pass --state-dir to keep them elsewhere", state)

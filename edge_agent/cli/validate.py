@@ -11,7 +11,6 @@ or written (series are ``#index`` and a UID hash). docs/VALIDATION.md.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -26,20 +25,25 @@ EPILOG = ("Labels: DIR/positive/... and DIR/negative/... (or DIR/<finding>/posit
 
 
 class _Progress:
-    """One line per series on stderr (rewritten in place on a terminal)."""
+    """One line per series on stderr; on a terminal also a bar (edge_agent.progress) below those lines."""
 
     def __init__(self, enabled: bool):
+        from edge_agent.progress import progress
+
         self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
+        self.bar = progress(None, "validate", "series", enabled=None if enabled else False)
 
     def __call__(self, n: int, total: int, entry, text: str) -> None:
         if not self.enabled:
             return
-        line = f"validate: [{n}/{total}] series #{entry.index} ({entry.hash}): {text}"
-        if self.tty:
-            click.echo("\r\033[K" + line, err=True, nl=n == total)
-        else:
-            click.echo(line, err=True)
+        from edge_agent.progress import echo
+
+        self.bar.set_total(total)
+        echo(f"validate: [{n}/{total}] series #{entry.index} ({entry.hash}): {text}", err=True)
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 @click.command("validate", epilog=EPILOG)
@@ -101,7 +105,11 @@ def validate(model_dir: Path | None, data_dir: Path, labels_csv: Path | None, ou
         if not quiet:
             click.echo(f"validate: {len(index.series)} series found, {len({u for u, _ in labels.series})} labelled; "
                        f"models: {', '.join(f'{m.name} {m.manifest.version}' for m in models)}", err=True)
-        targets = run_validation(index, labels, models, progress=_Progress(not quiet))
+        shown = _Progress(not quiet)
+        try:
+            targets = run_validation(index, labels, models, progress=shown)
+        finally:
+            shown.close()
     finally:
         models.close()
     report = build_report(index, labels, targets, max_false_alarms=max_false_alarms, what_if=what_if)

@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
@@ -37,6 +37,13 @@ from edge_agent.dicom.reader import read_file, to_hu
 SERIAL_BELOW = 16  # fewer files than this are read in-process: a pool costs more than it saves
 # JPEG (1.2.840.10008.1.2.4.5x-.70), JPEG-LS (.80/.81), JPEG 2000 (.90-.93), HTJ2K (.201-.203).
 _HEAVY_PREFIXES = ("1.2.840.10008.1.2.4.",)
+# Syntaxes only gdcm decodes here (pylibjpeg-libjpeg is GPL and not installed): JPEG baseline, extended
+# and lossless. gdcm can abort the whole process on damaged data (an uncaught C++ exception), which no
+# Python boundary catches, so such files are decoded in worker processes however few there are.
+ABORT_PRONE = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                         "1.2.840.10008.1.2.4.70"})
+CRASHED = ("made the decoder process crash (its compressed pixel data are damaged, or it needs more memory "
+           "than there is); resend it or ask for another transfer syntax")
 log = logging.getLogger(__name__)
 
 
@@ -67,17 +74,22 @@ def choose_mode(files: list[str], workers: int, executor: str = "auto") -> str:
     """``"serial"``, ``"thread"`` or ``"process"`` for reading ``files``.
 
     ``auto`` picks processes when sampled files use a JPEG-family syntax
-    (decoders that hold the GIL), threads otherwise.
+    (decoders that hold the GIL), threads otherwise. Files only gdcm decodes
+    (:data:`ABORT_PRONE`) are read in worker processes whatever their number,
+    unless threads are asked for.
     """
     if executor not in ("auto", "thread", "process"):
         raise ValueError(f"executor must be 'auto', 'thread' or 'process', not {executor!r}")
-    if workers <= 1 or len(files) < SERIAL_BELOW:
-        return "serial"
-    if executor != "auto":
+    small = workers <= 1 or len(files) < SERIAL_BELOW
+    if not small and executor != "auto":
         return executor if executor != "process" or processes_possible() else "thread"
-    sample = files[:: max(1, len(files) // 3)][:3]
-    heavy = any(fastpath.transfer_syntax(p).startswith(_HEAVY_PREFIXES) for p in sample)
-    return "process" if heavy and processes_possible() else "thread"
+    if not small and processes_possible() and any(
+            fastpath.transfer_syntax(p).startswith(_HEAVY_PREFIXES) for p in files[:: max(1, len(files) // 3)][:3]):
+        return "process"
+    if executor != "thread" and processes_possible() and any(
+            fastpath.transfer_syntax(p) in ABORT_PRONE for p in files):
+        return "process"  # a gdcm crash then costs one file, not this process
+    return "serial" if small else "thread"
 
 
 def processes_possible() -> bool:
@@ -194,21 +206,60 @@ def scan_in_processes(files: list[str], workers: int, resample_tilt: bool) -> tu
         for s in slices:
             groups.setdefault(s.series_instance_uid, []).append(s)
     series = []
+    pools = _Pools(workers)
     try:
-        with _process_pool(workers) as pool:
-            for series_uid in sorted(groups):
-                own = [r for r in rejected if r.series_instance_uid == series_uid]
-                item, series_rejected = _decode_series(pool, workers, groups.pop(series_uid), own, resample_tilt)
-                rejected.extend(r for r in series_rejected if r not in own)
-                if item is not None:
-                    series.append(item)
-    except (BrokenProcessPool, OSError) as exc:
-        log.warning("decode worker processes failed (%s); reading with threads instead", type(exc).__name__)
+        pools.get()
+    except OSError as exc:
+        log.warning("decode worker processes cannot start (%s); reading with threads instead", describe(exc))
         return None
+    try:
+        for series_uid in sorted(groups):
+            own = [r for r in rejected if r.series_instance_uid == series_uid]
+            item, series_rejected = _decode_series(pools, workers, groups.pop(series_uid), own, resample_tilt)
+            rejected.extend(r for r in series_rejected if r not in own)
+            if item is not None:
+                series.append(item)
+    finally:
+        pools.close()
     return series, rejected
 
 
-def _decode_series(pool: Executor, workers: int, slices: list[Slice], rejected: list[Rejected],
+class _Pools:
+    """The worker processes of one scan, rebuilt after a worker died (a decoder crash)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers, self._pool = workers, None
+
+    def get(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = _process_pool(self.workers)
+        return self._pool
+
+    def broken(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _decode_isolated(pools: _Pools, tasks: list, series_uid: str) -> list[Rejected | None]:
+    """After a worker died: each file alone, so the one that kills its worker is the one rejected."""
+    out: list[Rejected | None] = []
+    for task in tasks:
+        try:
+            out.append(pools.get().submit(_decode_into, task).result())
+        except BrokenProcessPool:
+            pools.broken()
+            log.error("a decode worker process died while reading %s; it is left out", task[0])
+            out.append(Rejected(task[0], CRASHED, "bad", series_uid))
+    return out
+
+
+def _decode_series(pools: _Pools, workers: int, slices: list[Slice], rejected: list[Rejected],
                    resample_tilt: bool) -> tuple[Series | None, list[Rejected]]:
     """Plan one series from headers, decode it in the pool into a shared volume, finish it.
 
@@ -225,7 +276,12 @@ def _decode_series(pool: Executor, workers: int, slices: list[Slice], rejected: 
             slots.setdefault(s.path, {})[s.frame] = k
         tasks = [(path, volume_path, shape, frames) for path, frames in slots.items()]
         chunk = max(1, min(4, len(tasks) // (8 * workers)))
-        failures = [r for r in pool.map(_decode_into, tasks, chunksize=chunk) if r is not None]
+        try:
+            results = list(pools.get().map(_decode_into, tasks, chunksize=chunk))
+        except BrokenProcessPool:
+            pools.broken()
+            results = _decode_isolated(pools, tasks, ordered[0].series_instance_uid)
+        failures = [r for r in results if r is not None]
     finally:
         os.unlink(volume_path)
     if failures:

@@ -17,6 +17,13 @@ import onnxruntime as ort
 from edge_agent.inference.manifest import TensorSpec
 from edge_agent.inference.runner import Runner, RunnerError
 
+#: Session config for judging a Q/DQ model on ORT CPU: run its Q/DQ arithmetic as written (DQ → float op → Q, what
+#: TensorRT's INT8 computes) instead of fusing it into ORT's QLinearConv/QGemm. Those fused kernels run u8 x s8 on
+#: x86, and on CPUs without VNNI (AVX2 only) their int16 pair sums saturate with full 8-bit weights; since ORT 1.21
+#: they are used for Conv/Gemm with a float bias too (QuantizeBias False no longer keeps them out), which turned a
+#: 0.01 loss into a 0.21 one on such CPUs. Unknown keys are ignored by older ORT, which did not fuse these anyway.
+ORT_QDQ_CONFIG = {"session.disable_quant_qdq": "1"}
+
 # Preference order when providers are chosen automatically.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _DEVICE_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -91,6 +98,8 @@ class OnnxRuntimeRunner(Runner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
+        for key, value in ORT_QDQ_CONFIG.items():  # an INT8 (Q/DQ) model computes as written, on every CPU
+            options.add_session_config_entry(key, value)
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         options.log_severity_level = 3  # errors only: provider fallbacks are reported via .providers

@@ -9,10 +9,11 @@ dynamic quantisation — onnx-tensorrt ``onnxOpImporters.cpp``), so
 real DICOM series passed through the very same preprocessing as inference
 (:func:`edge_agent.preprocess.prepare_slices`).
 
-The quantised model also runs on ONNX Runtime CPU, which is how
-:func:`compare` measures what quantisation cost: per-slice probability
-differences and agreement, per-series decisions under the manifest's rule,
-and AUC (against known labels, else against the FP32 decisions). A model that
+The quantised model also runs on ONNX Runtime CPU (its Q/DQ arithmetic as
+written, :data:`ORT_QDQ_CONFIG`), which is how :func:`compare` measures what
+quantisation cost: per-slice probability differences and agreement,
+per-series decisions under the manifest's rule, and AUC (against known
+labels, else against the FP32 decisions). A model that
 loses more than ``tolerance`` is refused and not written.
 """
 
@@ -23,7 +24,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -39,6 +40,7 @@ from onnxruntime.quantization import (
 from edge_agent.decision import DecisionRule
 from edge_agent.decision.rules import series_probability
 from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.onnxrt import ORT_QDQ_CONFIG
 from edge_agent.preprocess import PreprocessSpec, prepare_slices
 
 log = logging.getLogger("edge_agent.quantize")
@@ -120,15 +122,22 @@ class _DropMessage(logging.Filter):
 
 
 class _Reader(CalibrationDataReader):
-    """Feeds calibration batches to onnxruntime's calibrator."""
+    """Feeds calibration batches to onnxruntime's calibrator (``progress(done, total)`` after each one)."""
 
-    def __init__(self, input_name: str, batches: Sequence[np.ndarray]):
+    def __init__(self, input_name: str, batches: Sequence[np.ndarray],
+                 progress: Callable[[int, int], None] | None = None):
         self._input_name = input_name
         self._iter = iter(batches)
+        self._total, self._done, self._progress = len(batches), 0, progress
 
     def get_next(self) -> dict | None:
+        if self._progress is not None:  # the calibrator asks for the next batch once the last one has run
+            self._progress(self._done, self._total)
         batch = next(self._iter, None)
-        return None if batch is None else {self._input_name: batch}
+        if batch is None:
+            return None
+        self._done += 1
+        return {self._input_name: batch}
 
 
 def _batches(series: Sequence[SeriesInput], batch: int, max_slices: int | None) -> list[np.ndarray]:
@@ -145,7 +154,8 @@ def _batches(series: Sequence[SeriesInput], batch: int, max_slices: int | None) 
 
 
 def quantize(onnx_in: str | Path, onnx_out: str | Path, calibration: Sequence[SeriesInput], *,
-             method: str = "minmax", batch: int = 8, max_slices: int | None = 512) -> None:
+             method: str = "minmax", batch: int = 8, max_slices: int | None = 512,
+             progress: Callable[[str, int, int], None] | None = None) -> None:
     """Write a symmetric signed INT8 Q/DQ model calibrated on ``calibration`` (TENSORRT_SETTINGS)."""
     if not calibration:
         raise CalibrationError("No calibration series were found; point --data at folders with DICOM series "
@@ -157,7 +167,8 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, calibration: Sequence[Se
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise CalibrationError(f"Calibration supports models with one input; {Path(onnx_in).name} has {len(inputs)}.")
-    reader = _Reader(inputs[0], _batches(calibration, batch, max_slices))
+    reader = _Reader(inputs[0], _batches(calibration, batch, max_slices),
+                     None if progress is None else lambda done, total: progress("calibrating", done, total))
     # onnxruntime logs "consider pre-processing" on the root logger; it does not apply to these models.
     quiet = _DropMessage("pre-processing")
     logging.getLogger().addFilter(quiet)
@@ -188,9 +199,13 @@ def qdq_summary(onnx_path: str | Path) -> dict:
     }
 
 
+
+
 def _session(path: str | Path) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    for key, value in ORT_QDQ_CONFIG.items():
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -212,13 +227,15 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
 
 
 def compare(fp32_path: str | Path, int8_path: str | Path, validation: Sequence[SeriesInput], rule: DecisionRule,
-            tolerance: float = 0.02) -> Comparison:
+            tolerance: float = 0.02, progress: Callable[[str, int, int], None] | None = None) -> Comparison:
     """Run both models on ORT CPU over ``validation`` and judge INT8 against FP32 (see module docstring)."""
     if not validation:
         raise CalibrationError("No validation series were found; point --validation at DICOM series.")
     fp32, int8 = _session(fp32_path), _session(int8_path)
     slice_diffs, slice_same, rows, exact = [], [], [], []
-    for s in validation:
+    for n, s in enumerate(validation):
+        if progress is not None:
+            progress("comparing FP32 and INT8", n, len(validation))
         p32, p8 = _probabilities(fp32, s.inputs), _probabilities(int8, s.inputs)
         slice_diffs.append(np.abs(p32 - p8))
         slice_same.append((p32 >= rule.threshold) == (p8 >= rule.threshold))
@@ -227,6 +244,8 @@ def compare(fp32_path: str | Path, int8_path: str | Path, validation: Sequence[S
         rows.append({"series_instance_uid": s.series_instance_uid, "slices": int(p32.size), "label": s.label,
                      "fp32_probability": round(s32, 6), "int8_probability": round(s8, 6),
                      "fp32_positive": s32 >= rule.threshold, "int8_positive": s8 >= rule.threshold})
+    if progress is not None:
+        progress("comparing FP32 and INT8", len(validation), len(validation))
     diffs, same = np.concatenate(slice_diffs), np.concatenate(slice_same)
     decisions_same = [r["fp32_positive"] == r["int8_positive"] for r in rows]
     if all(r["label"] is not None for r in rows):
@@ -255,8 +274,10 @@ def compare(fp32_path: str | Path, int8_path: str | Path, validation: Sequence[S
 
 def calibrate(onnx_path: str | Path, output: str | Path, calibration: Sequence[SeriesInput],
               validation: Sequence[SeriesInput], rule: DecisionRule, *, tolerance: float = 0.02,
-              method: str = "minmax") -> Comparison:
+              method: str = "minmax", progress: Callable[[str, int, int], None] | None = None) -> Comparison:
     """Quantise, compare with FP32, and write ``output`` only if the INT8 model is within ``tolerance``.
+
+    ``progress(stage, done, total)`` is called as the calibration batches and validation series go by.
 
     Raises :class:`CalibrationError` (nothing written) when it is not.
     """
@@ -266,8 +287,8 @@ def calibrate(onnx_path: str | Path, output: str | Path, calibration: Sequence[S
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        quantize(onnx_path, tmp, calibration, method=method)
-        result = compare(onnx_path, tmp, validation, rule, tolerance)
+        quantize(onnx_path, tmp, calibration, method=method, progress=progress)
+        result = compare(onnx_path, tmp, validation, rule, tolerance, progress=progress)
         if not result.passed:
             error = CalibrationError(f"The INT8 model loses more than the tolerance {tolerance} "
                                      f"({'; '.join(result.failures)}), so {output.name} was not written; calibrate "

@@ -22,15 +22,17 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from edge_agent.boundary import describe, failure_reason, is_fatal
+from edge_agent.boundary import describe, disk_full, failure_reason, is_fatal
 from edge_agent.dicom import BadFile, NotAnImage
 from edge_agent.errors import EdgeAgentError
 from edge_agent.ingest import ledger as L
+from edge_agent.ingest import quarantine as Q
 from edge_agent.ingest.decode import Decoder
 from edge_agent.ingest.settings import IngestedFile, IngestSettings
 from edge_agent.ingest.stable import Candidate, StableTracker
@@ -43,6 +45,11 @@ _T = TypeVar("_T")
 # Files deleted by retention or gone from the folder (and their instances) are remembered this long:
 # a resend within a week is still a duplicate; the ledger stays bounded.
 LEDGER_MEMORY_S = 7 * 24 * 3600.0
+#: A file that this many runs of the agent began to read and never finished (each ended by a crash or
+#: a kill) is quarantined at the next start instead of being read a third time.
+CRASH_LOOP_RUNS = 2
+#: How often an intake paused by a full state disk tries again.
+DISK_FULL_RETRY_S = 2.0
 
 
 class Ingest:
@@ -76,6 +83,12 @@ class Ingest:
         self._filter: PathFilter | None = None
         self._in_flight = 0  # decodes submitted and not yet judged; owned by ingest-main
         self._resume: deque[Path] = deque()  # filled by start(), drained by ingest-main
+        self._run_id = ""
+        self._judged: list[Path] = []  # judged since the last end_reading commit; owned by ingest-main
+        # A full state disk: decoded files wait here (in order) and nothing new is read until a write works.
+        self._held: deque[Decoded] = deque()
+        self._paused_since: float | None = None
+        self._next_try = 0.0
         self._watch_dir_ok = True
 
     # --- lifecycle -----------------------------------------------------
@@ -93,6 +106,8 @@ class Ingest:
         self._results = queue.Queue()
         self._in_flight = 0
         self._resume.clear()
+        self._judged, self._held, self._paused_since = [], deque(), None
+        self._run_id = uuid.uuid4().hex
         watch_dir = Path(os.path.realpath(s.watch_dir))
         for folder, what in ((s.state_dir, "state"), (s.quarantine, "quarantine")):
             try:
@@ -111,6 +126,7 @@ class Ingest:
         self._filter = PathFilter(watch_dir, [s.state_dir, s.quarantine])
         self._verdicts = Verdicts(s, self._ledger, self._tracker, watch_dir, self._counters,
                                   self._on_file, self._on_rejected)
+        self._quarantine_crash_loops()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ingest-decode")
         self._decoder.warm()
         try:
@@ -146,6 +162,11 @@ class Ingest:
             self._pool = None
         self._decoder.close()
         if self._ledger is not None:
+            try:  # what this run was still reading when told to stop did not crash it
+                self._ledger.end_reading(self._judged)
+                self._ledger.interrupted(self._run_id)
+            except Exception as err:  # noqa: BLE001 - a full disk: those files count one run more, no harm
+                log.warning("could not note the files being read at stop (%s)", err)
             self._ledger.close()
             self._ledger = None
         self._verdicts = None
@@ -203,10 +224,12 @@ class Ingest:
         ``retries`` (failed reads retried), ``deleted`` (retention),
         ``events``, ``rescans``, ``rescan_found`` (files no event announced);
         ``pending`` (waiting to be stable or to retry) and ``decoding`` (read
-        or waiting for the pipeline).
+        or waiting for the pipeline); ``disk_full_pauses`` and ``paused`` (1
+        while a full state disk holds the intake).
         """
         out = self._counters.snapshot()
         out["pending"], out["decoding"] = self._tracker.counts()
+        out["paused"] = int(self._paused_since is not None)
         out["files_seen"] = sum(out[k] for k in ("accepted", "duplicates", "excluded", "quarantined"))
         return out
 
@@ -269,31 +292,116 @@ class Ingest:
             while item is not None or not self._results.empty():
                 if item is not None and not self._stop.is_set():
                     self._in_flight -= 1
-                    self._require(self._verdicts).judge(item)
+                    if self._paused_since is None:
+                        self._judge(item)
+                    else:
+                        self._held.append(item)
                 try:
                     item = self._results.get_nowait()
                 except queue.Empty:
                     item = None
-            if not self._stop.is_set():
-                self._guarded(self._submit_due)
+            if self._stop.is_set():
+                break
+            if self._paused_since is not None:
+                if time.monotonic() >= self._next_try:
+                    self._try_resume()
+                continue
+            self._guarded(self._flush_judged)
+            self._guarded(self._submit_due)
+
+    def _judge(self, item: Decoded) -> bool:
+        """Judge one decoded file; on a full state disk hold it and pause the intake (False)."""
+        try:
+            self._require(self._verdicts).judge(item)  # never raises but for a full disk
+        except BaseException as err:  # noqa: BLE001 - judge lets only fatal errors and a full disk through
+            if is_fatal(err) or not disk_full(err):
+                raise
+            self._held.appendleft(item)
+            self._pause()
+            return False
+        self._judged.append(item.path)
+        return True
+
+    def _pause(self) -> None:
+        self._next_try = time.monotonic() + DISK_FULL_RETRY_S
+        if self._paused_since is None:
+            self._paused_since = time.monotonic()
+            self._count("disk_full_pauses")
+            log.error("the state disk is full (%s): file intake paused; new files wait in the watch folder and "
+                      "nothing is lost; free space there and the intake resumes by itself",
+                      self.settings.state_dir)
+
+    def _try_resume(self) -> None:
+        """Judge the held files in order, then read new files again; stays paused while writes fail."""
+        while self._held:
+            if not self._judge(self._held.popleft()):
+                return
+        try:
+            self._flush_judged()
+            self._submit_due()
+        except BaseException as err:  # noqa: BLE001 - as _guarded, but a full disk keeps the pause
+            if is_fatal(err):
+                raise
+            if disk_full(err):
+                self._pause()
+                return
+            log.exception("ingest error while resuming (continuing)")
+        paused_for = time.monotonic() - (self._paused_since or time.monotonic())
+        self._paused_since = None
+        log.warning("the state disk has space again: file intake resumed after %.0f s", paused_for)
+
+    def _flush_judged(self) -> None:
+        """One commit for the files judged since the last one: reading them did not stop the agent."""
+        if self._judged:
+            self._require_ledger().end_reading(self._judged)
+            self._judged = []
+
+    def _quarantine_crash_loops(self) -> None:
+        """At start: quarantine each file that earlier runs began reading twice and never finished.
+
+        A file that makes the process die while it is read (an out-of-memory kill, a decoder that takes
+        the interpreter down) would otherwise be read again after every restart: a crash loop.
+        """
+        ledger, verdicts = self._require_ledger(), self._require(self._verdicts)
+        for path, runs in ledger.crashed_while_reading(CRASH_LOOP_RUNS):
+            try:
+                st = path.stat()
+            except OSError:
+                ledger.end_reading([path])
+                continue
+            verdicts.quarantine(path, (st.st_size, st.st_mtime_ns), Q.UNDECODABLE,
+                                f"the agent stopped {runs} times while reading this file (a crash or an "
+                                "out-of-memory kill), so it is not read again; check the file, and the agent's "
+                                "log around those stops")
+            ledger.end_reading([path])
+            self._tracker.forget(path)
 
     def _submit_due(self) -> None:
         ledger, pool = self._require_ledger(), self._require(self._pool)
         # At most a few decoded files per worker wait for the pipeline: memory stays bounded
         # however slow on_file is.
         room = self._workers * 4 - self._in_flight
-        while room > 0 and self._resume:
-            self._in_flight += 1
-            room -= 1
-            pool.submit(self._decode, self._resume.popleft(), None)
-        if room <= 0:
+        batch: list[tuple[Path, Candidate | None]] = []
+        while room > len(batch) and self._resume:
+            batch.append((self._resume[0], None))
+            self._resume.popleft()
+        if room > len(batch):
+            for cand in self._tracker.due(room - len(batch)):
+                if ledger.is_known(cand.path, cand.size, cand.mtime_ns):
+                    self._tracker.forget(cand.path)  # an event for a file already handled
+                    continue
+                batch.append((cand.path, cand))
+        if not batch:
             return
-        for cand in self._tracker.due(room):
-            if ledger.is_known(cand.path, cand.size, cand.mtime_ns):
-                self._tracker.forget(cand.path)  # an event for a file already handled
-                continue
+        try:  # one commit: a run that dies while reading these leaves them marked (crash-loop guard)
+            ledger.begin_reading([path for path, _ in batch], self._run_id)
+        except BaseException:  # nothing was read: the same files come back at the next call
+            self._resume.extendleft(path for path, cand in reversed(batch) if cand is None)
+            self._tracker.release([cand for _, cand in batch if cand is not None])
+            raise
+        for path, cand in batch:
             self._in_flight += 1
-            pool.submit(self._decode, cand.path, cand)
+            pool.submit(self._decode, path, cand)
 
     def _decode(self, path: Path, cand: Candidate | None) -> None:
         """Runs on a decode thread: read and decode one file, report to ingest-main."""
@@ -327,6 +435,12 @@ class Ingest:
         except BaseException as err:  # noqa: BLE001 - a panic must not end an ingest thread either
             if is_fatal(err):
                 raise
+            if disk_full(err):
+                if threading.current_thread().name == "ingest-main":
+                    self._pause()
+                else:  # rescans and prunes: said once by the pause; they simply try again later
+                    log.debug("ingest %s: the state disk is full", getattr(fn, "__name__", fn))
+                return
             log.exception("ingest error in %s (continuing)", getattr(fn, "__name__", fn))
 
     def _require_ledger(self) -> L.Ledger:

@@ -22,6 +22,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -53,6 +54,8 @@ def _worker_init(parent: int) -> None:
     """
     if os.getppid() != parent:
         os._exit(0)
+    # Ctrl-C reaches the whole process group: the agent stops its workers itself (no tracebacks from them)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import edge_agent.dicom  # noqa: F401
 
     def watch_parent() -> None:

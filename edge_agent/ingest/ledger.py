@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS series (
     done INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL
 );
+-- Files being read: a row is written before a file goes to a decoder and removed once it is judged.
+-- A row left behind by an earlier run means that run ended while reading it (a crash, an OOM kill).
+CREATE TABLE IF NOT EXISTS reading (
+    path TEXT PRIMARY KEY,
+    run TEXT NOT NULL,        -- the Ingest run that read it last
+    runs INTEGER NOT NULL,    -- runs that began reading it and did not finish (the current one included)
+    since REAL NOT NULL
+);
 """
 
 
@@ -252,7 +260,45 @@ class Ledger:
             db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
             db.execute("DELETE FROM series WHERE done = 1 AND updated_at < ? AND series_instance_uid NOT IN "
                        "(SELECT series_instance_uid FROM instances)", (before,))
+            db.execute("DELETE FROM reading WHERE since < ?", (before,))
             return len(paths)
+
+        return self._tx(work)
+
+    # --- files being read (the crash-loop guard) ------------------------
+    def begin_reading(self, paths: Iterable[Path], run: str) -> None:
+        """Note, in one commit, that run ``run`` starts reading ``paths`` (a file counts once per run)."""
+        now = time.time()
+        rows = [(_key(p), run, now) for p in paths]
+        if rows:
+            self._tx(lambda db: db.executemany(
+                "INSERT INTO reading VALUES (?, ?, 1, ?) ON CONFLICT(path) DO UPDATE SET "
+                "runs = reading.runs + (reading.run != excluded.run), run = excluded.run", rows))
+
+    def end_reading(self, paths: Iterable[Path]) -> None:
+        """These files were judged (whatever the verdict): reading them did not stop the agent."""
+        rows = [(_key(p),) for p in paths]
+        if rows:
+            self._tx(lambda db: db.executemany("DELETE FROM reading WHERE path = ?", rows))
+
+    def interrupted(self, run: str) -> None:
+        """A clean stop of ``run``: what it was still reading does not count against those files."""
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE reading SET runs = runs - 1 WHERE run = ?", (run,))
+            db.execute("DELETE FROM reading WHERE runs <= 0")
+
+        self._tx(work)
+
+    def crashed_while_reading(self, min_runs: int) -> list[tuple[Path, int]]:
+        """Files that ``min_runs`` or more earlier runs began reading and never finished, with that count.
+
+        Rows of files judged since (the crash fell between the verdict and its
+        ``end_reading``) are dropped first.
+        """
+        def work(db: sqlite3.Connection) -> list[tuple[Path, int]]:
+            db.execute("DELETE FROM reading WHERE path IN (SELECT path FROM files WHERE updated_at >= reading.since)")
+            return [(Path(_text(p)), n) for p, n in
+                    db.execute("SELECT path, runs FROM reading WHERE runs >= ?", (min_runs,))]
 
         return self._tx(work)
 

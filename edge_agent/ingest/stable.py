@@ -8,7 +8,9 @@ candidate path until its size and mtime have not changed for
 renamed it into place, and it has not changed since), then
 hands it out for decoding. A decoding failure is retried with back-off for
 ``retry_timeout`` seconds (the writer may pause mid-file) before the caller
-quarantines the file.
+quarantines the file — unless more bytes cannot help (:func:`cannot_become_dicom`:
+the file is already past the 128-byte preamble and "DICM" is not there), which
+is quarantined at once.
 
 Thread-safe: watcher, rescan and ingest threads all call it.
 """
@@ -23,10 +25,55 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.dicom.limits import special_kind
+from edge_agent.dicom.limits import open_regular, special_kind
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 5.0
+PREAMBLE = 128          # DICOM PS3.10 7.1: a 128-byte preamble, then the prefix "DICM"
+MAGIC = b"DICM"
+
+
+def cannot_become_dicom(path: Path) -> bool:
+    """True when no further bytes can make ``path`` a DICOM file: retrying it only delays its quarantine.
+
+    The reader takes DICOM Part 10 files only: 128 bytes of preamble (any content), then "DICM". A file
+    that already reaches past the preamble without that prefix is final whatever is appended. Kept for
+    retries: a file that does not reach past the preamble yet, one whose bytes there are a start of "DICM"
+    (a writer that paused), and one whose bytes there are still zero (space allocated, not yet written).
+    Any error reading it: False (the normal retries decide).
+    """
+    try:
+        with open_regular(str(path)) as fh:
+            head = fh.read(PREAMBLE + len(MAGIC))
+    except OSError:
+        return False
+    tail = head[PREAMBLE:]
+    if not tail or MAGIC.startswith(tail) or not tail.strip(b"\0"):
+        return False
+    return True
+
+
+def ends_in_file_meta(path: Path) -> bool:
+    """True when ``path`` has "DICM" but ends before its data set starts: nothing can be judged yet.
+
+    Such a file reads as "no SOP class" (the File Meta Information that names it is cut short); it is
+    still being written, not a non-image object. The meta header's group length (0002,0000), always
+    Explicit VR Little Endian right after "DICM" (PS3.10 7.1), says where the data set starts.
+    """
+    start = PREAMBLE + len(MAGIC)
+    try:
+        with open_regular(str(path)) as fh:
+            head = fh.read(start + 12)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    if head[PREAMBLE:start] != MAGIC:
+        return False
+    if len(head) < start + 12:
+        return True  # not even the group length yet
+    if head[start:start + 6] != b"\x02\x00\x00\x00UL":
+        return False  # no group length: the reader's verdict stands
+    return size <= start + 12 + int.from_bytes(head[start + 8:start + 12], "little")
 
 
 @dataclass
@@ -147,6 +194,12 @@ class StableTracker:
                 self._reset(cand, os.stat(cand.path), time.monotonic())
             except OSError:
                 self._pending.pop(cand.path, None)
+
+    def release(self, cands: list[Candidate]) -> None:
+        """``due`` returned these but they were not read after all: due again at the next call."""
+        with self._lock:
+            for cand in cands:
+                cand.in_flight = False
 
     def failed(self, cand: Candidate, error: str) -> bool:
         """Record a decoding failure; True when ``retry_timeout`` is spent (quarantine it).

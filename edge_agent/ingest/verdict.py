@@ -25,18 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_agent.boundary import is_fatal
+from edge_agent.boundary import disk_full, is_fatal
 from edge_agent.dicom import Slice
 from edge_agent.errors import EdgeAgentError
 from edge_agent.ingest import ledger as L
 from edge_agent.ingest import quarantine as Q
 from edge_agent.ingest.settings import IngestedFile, IngestSettings
-from edge_agent.ingest.stable import Candidate, StableTracker
+from edge_agent.ingest.stable import Candidate, StableTracker, cannot_become_dicom, ends_in_file_meta
+from edge_agent.logs import SERIES_LOG
 
 log = logging.getLogger(__name__)
+story = logging.getLogger(SERIES_LOG)
 
 COUNTERS = ("events", "accepted", "resumed", "duplicates", "conflicts", "excluded", "quarantined",
-            "pipeline_errors", "retries", "deleted", "rescans", "rescan_found")
+            "pipeline_errors", "retries", "deleted", "rescans", "rescan_found", "disk_full_pauses")
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Verdicts:
         try:
             self._judge(item)
         except BaseException as err:  # noqa: BLE001 - a panic must not end ingest-main
-            if is_fatal(err):
+            if is_fatal(err) or disk_full(err):  # a full state disk pauses the intake (Ingest holds the item)
                 raise
             log.exception("ingest failed on %s; it will be retried at the next rescan", item.path)
             self._tracker.forget(item.path)
@@ -114,16 +116,22 @@ class Verdicts:
         if (st.st_size, st.st_mtime_ns) != item.identity or item.identity != cand.identity:
             self._tracker.changed(cand)  # written to while we read it
             return
+        if item.kind == "excluded" and ends_in_file_meta(item.path):  # cut short, not a non-image object
+            item.kind, item.message = "bad", "ends inside its file meta header, so it is not complete yet"
         if item.kind == "excluded":
             self._ledger.record(item.path, *item.identity, L.EXCLUDED, item.message)
             self._counters.add("excluded")
-            log.info("not an image for analysis, recorded and skipped: %s (%s)", item.path, item.message)
+            # the series story (shown at the default verbosity): a file that arrived and is not analysed
+            story.info("excluded %s: it %s; recorded in the ledger, not analysed", item.path, item.message)
         elif item.kind == "bad":
-            if not self._tracker.failed(cand, item.message):
+            if cannot_become_dicom(item.path):  # junk: waiting retry_timeout cannot make it DICOM
+                reason = f"not retried, as no further bytes can make it DICOM: {item.message}"
+            elif not self._tracker.failed(cand, item.message):
                 self._counters.add("retries")
                 return
-            reason = (f"the file was still not a complete, decodable DICOM image after "
-                      f"{self.settings.retry_timeout:g} s: {item.message}")
+            else:
+                reason = (f"the file was still not a complete, decodable DICOM image after "
+                          f"{self.settings.retry_timeout:g} s: {item.message}")
             self.quarantine(item.path, item.identity, Q.UNDECODABLE, reason)
         elif item.kind == "ok":
             self._accept(item, resume=False)
@@ -177,6 +185,8 @@ class Verdicts:
             dest: Path | str = Q.quarantine_file(path, quarantine_dir=self.settings.quarantine,
                                                  watch_dir=self._watch_dir, reason=reason, category=category)
         except OSError as err:  # no copy and no sidecar: the ledger still says why, so it is not retried forever
+            if disk_full(err):  # the quarantine is full: try again when there is space, as for the ledger
+                raise
             dest = "the ledger only"
             log.error("cannot write the quarantine copy or sidecar of %s (%s); recorded in the ledger only",
                       path, err.strerror or err)

@@ -5,6 +5,12 @@ pipeline (loads and activates the models in its own thread) → ingest (resume,
 rescan, watch) → C-STORE receiver → metrics server → systemd ``READY=1``.
 Stop: the reverse — intake first, then the queued files are scored, the
 outbox flushes what it can and publishes ``offline``.
+
+Once everything is up, a start-up banner names every endpoint (broker,
+embedded broker, DICOM receiver, metrics, watch and state folders, inference
+mode, models); every ``agent.summary_interval`` seconds one line sums up what
+happened since the last one. Both go to the ``edge_agent.agent`` logger, shown
+at the default verbosity (:mod:`edge_agent.logs`).
 """
 
 from __future__ import annotations
@@ -12,12 +18,44 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from edge_agent.config import Config
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.logs import AGENT_LOG
 
 log = logging.getLogger(__name__)
+story = logging.getLogger(AGENT_LOG)
+
+
+class Tally:
+    """Counts since the last summary (thread-safe): ``add`` from any thread, ``take`` empties it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter = Counter()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def take(self) -> Counter:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        return counts
+
+
+def _every(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 class _Outputs:
@@ -42,6 +80,15 @@ class _Outputs:
         for listener in list(self.app.result_listeners):
             listener(result)
 
+    def store_results(self, result: dict, study, info: dict, models: list) -> None:
+        """A final analysed result → its SR and KOS, queued for every PACS destination (pipeline thread)."""
+        pacs = self.app.pacs
+        if pacs is None:
+            return
+        from edge_agent.results.algorithm import algorithm_of
+
+        pacs.submit(result, study, {m.manifest.name: algorithm_of(m) for m in models}, info.get("body_part") or "")
+
     def series_done(self, series_instance_uid: str) -> None:
         if self.app.ingest is not None:
             self.app.ingest.mark_series_done(series_instance_uid)
@@ -51,6 +98,7 @@ class _Outputs:
             self.app.metrics.observe(stage, seconds)
 
     def count(self, name: str, state: str | None = None) -> None:
+        self.app.tally.add(f"{name}:{state}")
         m = self.app.metrics
         if m is None:
             return
@@ -68,6 +116,7 @@ class Agent:
         self.config = config
         self.broker = None
         self.publisher = None
+        self.pacs = None
         self.pipeline = None
         self.ingest = None
         self.receiver = None
@@ -76,6 +125,9 @@ class Agent:
         self.metrics_server = None
         self.notifier = None
         self.result_listeners: list = []
+        self.tally = Tally()  # what happened since the last summary line
+        self._next_summary = 0.0
+        self._ingest_before: dict = {}  # the ingest's counters at the last summary (for excluded/duplicates)
         self._stats_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._started: list[tuple[str, object]] = []
@@ -99,6 +151,9 @@ class Agent:
         if not watch.is_dir():  # before anything starts: one sentence, nothing half-started
             raise EdgeAgentError(f"The watch folder {watch} does not exist; create it or pass the right folder "
                                  "with --watch.")
+        if cfg.agent.summary_interval < 0:
+            raise ConfigError(f"agent.summary_interval must be 0 (no summary) or a number of seconds, got "
+                              f"{cfg.agent.summary_interval:g}.")
         state = cfg.state_dir
         try:
             state.mkdir(parents=True, exist_ok=True)
@@ -126,15 +181,32 @@ class Agent:
             protocol=protocol, client_id=cfg.mqtt.client_id or None, prefix=cfg.mqtt.prefix,
             site=cfg.agent.site, device=cfg.agent.device, delivery=cfg.mqtt.delivery,
             receipt_timeout=cfg.mqtt.receipt_timeout, heartbeat_interval=cfg.mqtt.heartbeat_interval)
-        self.publisher = AlertPublisher(settings, state / "outbox.sqlite3", on_alarm=self._alarm)
+        self.publisher = AlertPublisher(settings, state / "outbox.sqlite3", on_alarm=self._alarm,
+                                        on_delivery=self._delivered)
         self.publisher.start()
         self._started.append(("publisher", self.publisher))
+
+        study_header = None
+        if cfg.pacs.destinations:  # DICOM results into the study, delivered by C-STORE (docs/RESULTS.md)
+            from edge_agent.results.delivery import PacsDelivery
+            from edge_agent.results.destination import parse_destination
+            from edge_agent.results.sender import SenderSettings
+            from edge_agent.results.study import read_study_header
+
+            self.pacs = PacsDelivery(
+                state / "pacs.sqlite3", [parse_destination(d) for d in cfg.pacs.destinations],
+                SenderSettings(calling_ae_title=cfg.pacs.ae_title, dead_after=cfg.pacs.dead_after,
+                               retry_max=cfg.pacs.retry_max),
+                site=cfg.agent.site, device=cfg.agent.device, on_event=self._pacs_event)
+            self.pacs.start()
+            self._started.append(("pacs", self.pacs))
+            study_header = read_study_header
 
         self.pipeline = SeriesPipeline(
             self._load_models, state / "series.sqlite3", _Outputs(self), site=cfg.agent.site,
             device=cfg.agent.device, settle=cfg.series.settle, max_open=cfg.series.max_open,
             queue_size=cfg.series.queue_size, batch=cfg.series.batch, heartbeat=self.heartbeats.beat,
-            mode_for=self._mode_for)
+            mode_for=self._mode_for, study_header=study_header)
         self.pipeline.start()
         self._started.append(("pipeline", self.pipeline))
 
@@ -170,6 +242,10 @@ class Agent:
             self.metrics_server.start()
             self._started.append(("metrics", self.metrics_server))
 
+        self._banner(ingest_settings)
+        if cfg.agent.summary_interval > 0:
+            self._next_summary = time.monotonic() + cfg.agent.summary_interval
+            self._ingest_before = self.ingest.stats()
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
 
@@ -212,18 +288,35 @@ class Agent:
         return (model.mode if model is not None else "") or self.config.inference.mode
 
     def _on_file(self, item) -> None:
+        self.tally.add("files")
         self.metrics.files_seen.inc()
         # "decode": from the scanner's last write to the file decoded and claimed (stable wait included)
         self.metrics.observe("decode", max(0.0, item.complete_at - (item.written_at or item.received_at)))
         self.pipeline.submit(item)
 
     def _on_rejected(self, path, reason: str) -> None:
+        self.tally.add("quarantined")
         self.metrics.files_quarantined.inc()
-        log.warning("quarantined %s: %s", path, reason)
+        # No log line here: the ingest logs each quarantine once, with where the copy went.
 
     def _alarm(self, message: str) -> None:
-        log.error("ALARM: %s", message)
-        self.metrics.alerts.labels(state="rejected").inc()
+        # Logged (ERROR "ALARM: ...") by the publisher's Alarms already; an alarm is not an alert's state
+        # (a deep outbox or a refused connection rejects no alert): counted for the summary only.
+        self.tally.add("alarms")
+
+    def _delivered(self, state: str, kind: str) -> None:
+        """An outbox row reached its end (publisher thread): ``confirmed`` by a receipt, or ``rejected``."""
+        if kind != "alert":
+            return
+        self.tally.add(f"alerts:{state}")
+        if self.metrics is not None:
+            self.metrics.alerts.labels(state=state).inc()
+
+    def _pacs_event(self, destination: str, outcome: str) -> None:
+        """A C-STORE outcome (sender thread): done, retry or dead."""
+        self.tally.add(f"pacs:{outcome}")
+        if self.metrics is not None:
+            self.metrics.pacs_stores.labels(destination=destination, outcome=outcome).inc()
 
     def _stats_loop(self) -> None:
         while not self._stop.wait(1.0):
@@ -234,13 +327,117 @@ class Agent:
 
     def _update_stats(self) -> None:
         self.heartbeats.beat("stats")
+        interval = self.config.agent.summary_interval
+        if interval > 0 and time.monotonic() >= self._next_summary:
+            self._next_summary = time.monotonic() + interval
+            self._summary(interval)
         outbox = self.publisher.stats()
         self.metrics.set_outbox(outbox.get("depth", 0), outbox.get("oldest_pending_age_s") or 0.0)
         self.metrics.set_queue("pipeline", self.pipeline.queue_depth())
+        if self.pacs is not None:
+            self.metrics.set_pacs(self.pacs.stats())
         ingest = self.ingest.stats() if self.ingest else {}
         self.publisher.set_status_counters({
             "files": ingest, "open_series": self.pipeline.open_series(),
             "pipeline_queue": self.pipeline.queue_depth()})
+
+    # -- what the operator reads ----------------------------------------------------
+    def _banner(self, ingest_settings) -> None:
+        """One line per endpoint, once everything is up (ports bound, models loaded). No secrets."""
+        from edge_agent import __version__
+
+        cfg = self.config
+        lines: list[tuple[str, dict]] = []
+        settings = self.publisher.settings
+        lines.append((f"edge-agent {__version__} started: site {cfg.agent.site}, device {cfg.agent.device}; "
+                      f"topics {settings.base_topic}/{{alerts,results,status,receipts}}",
+                      {"version": __version__, "site": cfg.agent.site, "device": cfg.agent.device,
+                       "topics": settings.base_topic}))
+        address = settings.address
+        who = f"user {settings.username}" if settings.username else "no username"
+        delivery = ("an alert is done when a consumer's receipt arrives" if settings.delivery == "receipt"
+                    else "an alert is done at the broker's PUBACK")
+        if self.broker is not None:
+            lines.append((f"MQTT broker: embedded (amqtt, MQTT 3.1.1) listening on {self.broker.host} port "
+                          f"{self.broker.port} ({settings.url}); delivery {settings.delivery}: {delivery}",
+                          {"broker": settings.url, "embedded_port": self.broker.port}))
+        else:
+            tls = ("TLS" + (", client certificate" if settings.cert_file else "")
+                   + (", host name NOT checked" if settings.tls_insecure else "")) if address.tls else "no TLS"
+            lines.append((f"MQTT broker: {settings.url} ({tls}, {who}, MQTT {cfg.mqtt.protocol}); delivery "
+                          f"{settings.delivery}: {delivery}", {"broker": settings.url}))
+        if self.receiver is not None:
+            tls = " (DICOM TLS only)" if self.receiver.ssl_context else ""
+            callers = (f", calling AE titles {', '.join(cfg.dicom.allowed_calling_aets)}"
+                       if cfg.dicom.allowed_calling_aets else ", any calling AE title")
+            lines.append((f"DICOM receiver: AE title {self.receiver.ae_title} on {self.receiver.bind} port "
+                          f"{self.receiver.port}{tls}{callers}",
+                          {"dicom_port": self.receiver.port, "ae_title": self.receiver.ae_title}))
+        else:
+            lines.append(("DICOM receiver: off (dicom.port = 0)", {"dicom_port": None}))
+        if self.metrics_server is not None:
+            url = self.metrics_server.url
+            lines.append((f"metrics: {url}/metrics, health: {url}/healthz",
+                          {"metrics_port": self.metrics_server.port}))
+        else:
+            lines.append(("metrics: off (metrics.port = 0)", {"metrics_port": None}))
+        if self.pacs is not None:
+            lines.append((f"PACS: SR and key images of every final result to {', '.join(cfg.pacs.destinations)} as AE "
+                          f"title {cfg.pacs.ae_title}; queue {self.pacs.queue_path}, dead letters after "
+                          f"{_every(cfg.pacs.dead_after)}", {"pacs": list(cfg.pacs.destinations)}))
+        else:
+            lines.append(("PACS: off (pacs.destinations is empty)", {"pacs": []}))
+        how = (f"polling every {_every(cfg.ingest.poll_interval)}" if cfg.ingest.poll else "inotify")
+        lines.append((f"watch folder: {ingest_settings.watch_dir} ({how}, rescan every "
+                      f"{_every(cfg.ingest.rescan_interval)}); quarantine: {ingest_settings.quarantine}",
+                      {"watch": str(ingest_settings.watch_dir), "quarantine": str(ingest_settings.quarantine)}))
+        summary = (f"a summary every {_every(cfg.agent.summary_interval)}" if cfg.agent.summary_interval > 0
+                   else "no periodic summary (agent.summary_interval = 0)")
+        lines.append((f"state folder: {cfg.state_dir}; {summary}", {"state_dir": str(cfg.state_dir)}))
+        models = []
+        for model in self.pipeline.models or []:
+            m = model.manifest
+            words = [getattr(model.runner, "backend", "?"), self._mode_for(m.name)]
+            if m.synthetic_training:
+                words.append("trained on synthetic phantoms, not a medical device")
+            models.append(f"{m.name} {m.version} ({', '.join(words)})")
+        lines.append((f"inference: {cfg.inference.mode}; models: {', '.join(models) if models else 'none loaded'}",
+                      {"mode": cfg.inference.mode, "models": models}))
+        for text, data in lines:
+            story.info("start-up: %s", text, extra={"event": "startup", "data": data})
+
+    def _summary(self, interval: float) -> None:
+        """One line: what happened in the last interval, and where things stand now."""
+        counts = self.tally.take()
+        series = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("series:")}
+        raised = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("alerts:")}
+        n_series = sum(series.values())
+        detail = ", ".join(f"{v} {k}" for k, v in sorted(series.items()))
+        n_alerts = sum(raised.get(k, 0) for k in ("preliminary", "final", "retracted"))
+        alert_detail = ", ".join(f"{raised[k]} {k}" for k in ("preliminary", "final", "retracted") if raised.get(k))
+        outbox = self.publisher.stats()
+        ingest = self.ingest.stats() if self.ingest is not None else {}
+        skipped = {k: max(0, ingest.get(k, 0) - self._ingest_before.get(k, 0)) for k in ("excluded", "duplicates")}
+        self._ingest_before = ingest
+        files = _plural(counts["files"], "file")
+        if any(skipped.values()):
+            files += " (besides " + ", ".join(f"{v} {k}" for k, v in skipped.items() if v) + ")"
+        parts = [f"{n_series} series decided" + (f" ({detail})" if detail else ""),
+                 files, f"{counts['quarantined']} quarantined",
+                 _plural(n_alerts, "alert") + (f" ({alert_detail})" if alert_detail else ""),
+                 f"{raised.get('confirmed', 0)} confirmed by a receipt"]
+        if raised.get("rejected"):
+            parts.append(f"{raised['rejected']} rejected by the broker")
+        if counts["alarms"]:
+            parts.append(_plural(counts["alarms"], "alarm"))
+        now = (f"now {self.pipeline.open_series()} series open, outbox {outbox.get('depth', 0)}, broker "
+               f"{'connected' if outbox.get('connected') else 'NOT connected'}")
+        story.info("last %s: %s; %s", _every(interval), ", ".join(parts), now,
+                   extra={"event": "summary", "data": {
+                       "interval_s": interval, "series": dict(series), "files": counts["files"], **skipped,
+                       "quarantined": counts["quarantined"], "alerts": dict(raised), "alarms": counts["alarms"],
+                       "open_series": self.pipeline.open_series(), "outbox_depth": outbox.get("depth", 0),
+                       "broker_connected": bool(outbox.get("connected"))}})
 
     def dead_threads(self) -> list[str]:
         """Names of supervised threads that ended while the agent was not stopping (a zombie agent)."""

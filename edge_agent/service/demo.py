@@ -59,7 +59,7 @@ def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0,
     from edge_agent.alerts import MqttSettings
     from edge_agent.alerts.consumer import AlertListener
     from edge_agent.service.app import Agent
-    from edge_agent.service.simulator import Scanner
+    from edge_agent.service.simulator import ROUTINE_HEAD, Scanner
 
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     (root / "incoming").mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0,
         listener.start()
         # A clearly visible bleed (12 mL) in a routine 5 mm head series, without motion or metal, so the
         # demo shows the early warning; tests and docs/MODELS.md cover the small and the hard ones.
-        routine = {"thickness_mm": 5.0, "force": {"kernel": "standard", "motion": False, "metal": False}}
+        routine = ROUTINE_HEAD
         scanner = Scanner(root / "incoming", list(kinds), rate=rate, style=style, shuffle=True, seed=seed,
                           phantom_kwargs={"ich": {"volume_ml": 12.0, **routine}, "normal": routine})
         t0 = time.time()

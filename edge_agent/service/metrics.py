@@ -83,6 +83,15 @@ class Metrics:
             namespace=ns, registry=reg)
         self.queue_depth = Gauge("queue_depth", "Items waiting in an internal queue.", ["queue"], namespace=ns,
                                  registry=reg)
+        self.pacs_depth = Gauge("pacs_depth", "DICOM results (SR, KOS) not yet delivered, per destination.",
+                                ["destination"], namespace=ns, registry=reg)
+        self.pacs_dead = Gauge("pacs_dead", "DICOM results given up on (dead letters), per destination.",
+                               ["destination"], namespace=ns, registry=reg)
+        self.pacs_oldest_pending_age_seconds = Gauge(
+            "pacs_oldest_pending_age_seconds", "Age of the oldest undelivered DICOM result per destination (0: none).",
+            ["destination"], namespace=ns, registry=reg)
+        self.pacs_stores = Counter("pacs_stores", "C-STORE outcomes per destination: done, retry, dead.",
+                                   ["destination", "outcome"], namespace=ns, registry=reg)
         self.stage_latency_seconds = Histogram(
             "stage_latency_seconds", "Time spent per pipeline stage.", ["stage"], namespace=ns, registry=reg,
             buckets=LATENCY_BUCKETS)
@@ -104,6 +113,14 @@ class Metrics:
     def observe(self, stage: str, seconds: float) -> None:
         """Record one latency sample for ``stage`` (one of :data:`STAGES`, others allowed)."""
         self.stage_latency_seconds.labels(stage=stage).observe(max(0.0, float(seconds)))
+
+    def set_pacs(self, stats: dict) -> None:
+        """Per destination: undelivered, dead and the oldest undelivered age (``PacsDelivery.stats()``)."""
+        for destination, entry in stats.items():
+            self.pacs_depth.labels(destination=destination).set(entry.get("pending", 0) + entry.get("sending", 0))
+            self.pacs_dead.labels(destination=destination).set(entry.get("dead", 0))
+            self.pacs_oldest_pending_age_seconds.labels(destination=destination).set(
+                float(entry.get("oldest_pending_age_s") or 0.0))
 
     def set_queue(self, name: str, depth: int) -> None:
         """Current depth of the internal queue ``name``."""

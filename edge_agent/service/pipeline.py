@@ -12,14 +12,19 @@ under the same ``alert_id`` (higher revision: final again, or retracted).
 
 Every series runs inside an error boundary: a failure is logged and recorded
 in that series' result; the pipeline goes on with the next.
+
+Each series' story is told on the ``edge_agent.series`` logger (shown at the
+default verbosity): one line when it opens (scanner, description, modality,
+which models apply or why none) and one when it is decided (each model's
+status, probability, alert or not, time since its last slice). No patient
+attribute is in either; free header text goes through
+:func:`edge_agent.logs.header_text`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,31 +34,23 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from edge_agent.alerts.payloads import DISCLAIMER, alert_id, build_alert, utc_iso
+from edge_agent.boundary import disk_full
 from edge_agent.decision.series import (
     AlertAction, ModelOutcome, SeriesContext, decide_model, final_actions, preliminary_actions, series_result,
 )
+from edge_agent.errors import EdgeAgentError
 from edge_agent.inference.applicability import Refusal
+from edge_agent.logs import SERIES_LOG, header_text
 from edge_agent.service.analyse import no_model_reason
 from edge_agent.service.state import AlertState, Outcome, SeriesStore, SliceScore
 
 log = logging.getLogger(__name__)
+story = logging.getLogger(SERIES_LOG)
 
 #: Final series (scores, alert revisions) are kept this long for reopening by late or resent slices.
 SERIES_MEMORY_S = 7 * 24 * 3600
 #: How often a pipeline paused by a full state disk tries again.
 DISK_FULL_RETRY_S = 2.0
-
-
-def disk_full(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or what caused it) says the disk is full: SQLite's SQLITE_FULL, ENOSPC, EDQUOT."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
 
 
 class Outputs(Protocol):
@@ -84,6 +81,9 @@ class OpenSeries:
     # model name -> {SOP Instance UID: score}: what the state DB holds, kept here so that each
     # batch costs O(batch), not a re-read of the whole series (loaded from the DB on first use).
     scores: dict[str, dict[str, SliceScore]] = field(default_factory=dict)
+    # The original study's header (patient/study attributes, for DICOM results in that study; never logged),
+    # read from this opening's first file when results go to PACS; None otherwise.
+    study: Any = field(default=None, repr=False)
 
 
 def series_info(first) -> dict:
@@ -105,6 +105,31 @@ def series_info(first) -> dict:
     }
 
 
+def routes_words(routes: list, info: dict) -> str:
+    """Which models apply to a series, or why none does (the applicability refusal), in words."""
+    if not routes:
+        return no_model_reason(info.get("modality"), info.get("body_part"))
+    words = []
+    for model, reason in routes:
+        m = model.manifest
+        if reason is None:
+            words.append(f"{m.name} {m.version} applies")
+        else:
+            words.append(f"{m.name} {m.version} {'refused' if isinstance(reason, Refusal) else 'cannot decide'}: "
+                         f"{reason}")
+    return "models: " + "; ".join(words)
+
+
+def opened_words(info: dict, routes: list) -> str:
+    """The series-opened line after its UID: scanner, description, modality, models. Never a patient attribute."""
+    thickness = info.get("slice_thickness")
+    what = " ".join(v for v in (info.get("modality") or "modality unknown", info.get("body_part") or "") if v)
+    return (f"scanner {header_text(info.get('scanner')) or 'unknown'}, "
+            f"\"{header_text(info.get('series_description'))}\", {what}"
+            + (f", {thickness:g} mm slices" if isinstance(thickness, (int, float)) else "")
+            + f"; {routes_words(routes, info)}")
+
+
 def series_context(info: dict) -> SeriesContext:
     """What the evidence and domain checks need of the series' header (kept in the state DB's info)."""
     return SeriesContext(slice_thickness_mm=info.get("slice_thickness"), orientation=info.get("orientation"),
@@ -116,7 +141,8 @@ class SeriesPipeline:
 
     def __init__(self, load_models: Callable[[], Any], store_path, outputs: Outputs, *, site: str, device: str,
                  settle: float = 5.0, max_open: float = 1800.0, queue_size: int = 256, batch: int = 16,
-                 heartbeat: Callable[[str], None] | None = None, mode_for: Callable[[str], str] | None = None):
+                 heartbeat: Callable[[str], None] | None = None, mode_for: Callable[[str], str] | None = None,
+                 study_header: Callable[[str], Any] | None = None):
         self._load_models = load_models
         self._store_path = store_path
         self.outputs = outputs
@@ -130,6 +156,7 @@ class SeriesPipeline:
         self._open: dict[str, OpenSeries] = {}
         self._heartbeat = heartbeat or (lambda _name: None)
         self._mode_for = mode_for or (lambda _name: "live")  # model name -> live | shadow
+        self._study_header = study_header  # path -> the study's header, when results go to PACS
         self._held: list = []  # files of a batch that met a full disk, retried first
         self._paused_until = 0.0  # monotonic; 0: not paused
         self.models = None
@@ -292,14 +319,23 @@ class SeriesPipeline:
         orientation = np.asarray(first.orientation, float)
         normal = np.cross(orientation[:3], orientation[3:])
         previous = self.store.touch_series(uid, info, received_at)
-        if previous == "final":
-            log.info("series %s reopened by late or resent slices", uid)
         stored = self.store.series_info(uid)
         first_received = stored[1] if stored else received_at
         routes = self.models.route(first)
         now = time.monotonic()
         series = OpenSeries(uid, info, normal, (first.rows, first.columns), routes, first_received, now, now)
         self._open[uid] = series
+        if self._study_header is not None:
+            try:
+                series.study = self._study_header(first.path)
+            except Exception as exc:  # noqa: BLE001 - no DICOM result for this series; its alerts go on
+                log.warning("series %s: %s", uid, exc)
+        how = {"final": "reopened by late or resent slices", "open": "resumed (open before a restart)"}.get(
+            previous, "opened")
+        story.info("series %s %s: %s", uid, how, opened_words(info, routes),
+                   extra={"event": "series_opened", "data": {
+                       "series_instance_uid": uid, "how": how, "modality": info.get("modality"),
+                       "models": [m.manifest.name for m, reason in routes if reason is None]}})
         return series
 
     def _ingest_files(self, uid: str, files: list) -> None:
@@ -344,13 +380,16 @@ class SeriesPipeline:
         if not todo:
             return
         timings: dict[str, float] = {}
-        # HU or stored values: a model on TensorRT prepares stored pixels on the GPU (Model.score_images)
-        probabilities = np.asarray(model.score_images([s for _, s in todo], timings=timings), dtype=np.float64)
+        # HU or stored values: a model on TensorRT prepares stored pixels on the GPU (Model.score_images);
+        # each slice's evidence/domain numbers, or a plug-in's features, come from its HU before its pixels go
+        probabilities, features = model.analyse_images([s for _, s in todo], timings=timings)
+        probabilities = np.asarray(probabilities, dtype=np.float64)
         if probabilities.ndim == 1:
             probabilities = probabilities[:, None]
         for stage in ("preprocess", "inference"):
             self.outputs.observe(stage, timings.get(stage, 0.0) / 1000.0)
-        features = self._features(model, [s for _, s in todo])
+        if "evidence" in timings:
+            self.outputs.observe("evidence", timings["evidence"] / 1000.0)
         scores = [SliceScore(s.sop_instance_uid, float(np.dot(np.asarray(s.position, float), series.normal)),
                              [float(p) for p in probabilities[i]], f.received_at,
                              getattr(f, "written_at", 0.0) or f.complete_at, features[i])
@@ -358,23 +397,6 @@ class SeriesPipeline:
         self.store.add_scores(series.series_instance_uid, name, scores)
         scored.update((s.sop_instance_uid, s) for s in scores)
         self._check_preliminary(series, model, scores)
-
-    def _features(self, model, slices: list) -> list[dict | None]:
-        """Each slice's evidence/domain numbers from its HU, before its pixels go (docs/EVIDENCE.md)."""
-        manifest = model.manifest
-        evidence, domain = getattr(manifest, "evidence", None), getattr(manifest, "domain", None)
-        if evidence is None and domain is None:
-            return [None] * len(slices)
-        from edge_agent.evidence import slice_features
-
-        t0 = time.perf_counter()
-        out = []
-        for s in slices:
-            f = slice_features(np.asarray(s.hu_pixels(), dtype=np.float32), tuple(s.pixel_spacing), evidence, domain)
-            f["ipp"] = [float(v) for v in s.position]
-            out.append(f)
-        self.outputs.observe("evidence", time.perf_counter() - t0)
-        return out
 
     def _check_preliminary(self, series: OpenSeries, model, new_scores: list[SliceScore]) -> None:
         along = sorted(self._known_scores(series, model.manifest.name).values(),
@@ -463,7 +485,7 @@ class SeriesPipeline:
                           type(exc).__name__, exc)
 
     def _finalise(self, series: OpenSeries) -> None:
-        outcomes = []
+        outcomes, emitted = [], set()  # emitted: alert_ids this decision sent (final or retracted)
         for model, reason in series.routes:
             manifest = model.manifest
             scores = self.store.scores(series.series_instance_uid, manifest.name)  # ordered along the normal
@@ -479,9 +501,11 @@ class SeriesPipeline:
             outcomes.append(outcome)
             for action in final_actions(outcome, scores, self._alert_id_for(series), self.store.alert):
                 self._emit_alert(series, manifest, action)
-        self._publish(series, outcomes)
+                emitted.add(action.alert_id)
+        self._publish(series, outcomes, emitted=emitted)
 
-    def _publish(self, series: OpenSeries, outcomes: list[ModelOutcome], failure: str | None = None) -> None:
+    def _publish(self, series: OpenSeries, outcomes: list[ModelOutcome], failure: str | None = None,
+                 emitted: set | None = None) -> None:
         info = series.info
         result = series_result(
             series_instance_uid=series.series_instance_uid, study_instance_uid=info["study_instance_uid"],
@@ -493,7 +517,63 @@ class SeriesPipeline:
             result["disclaimer"] = DISCLAIMER
         self.outputs.publish_result(result)
         self.outputs.count("series", result["status"])
+        self._store_results(series, result, failure)
         self._record(series, outcomes)
+        self._tell_decided(series, outcomes, result, emitted or set())
+
+    def _store_results(self, series: OpenSeries, result: dict, failure: str | None) -> None:
+        """Hand a final analysed result to the DICOM results (SR, KOS → PACS), where the outputs take them."""
+        store = getattr(self.outputs, "store_results", None)
+        if store is None or series.study is None or failure or result["status"] != "analysed":
+            return
+        try:
+            store(result, series.study, dict(series.info), [m for m, reason in series.routes if reason is None])
+        except Exception as exc:  # noqa: BLE001 - the result is out already; say why the DICOM one is not
+            log.error("series %s: its DICOM results were not queued (%s)", series.series_instance_uid,
+                      exc if isinstance(exc, EdgeAgentError) else type(exc).__name__)
+
+    def _tell_decided(self, series: OpenSeries, outcomes: list[ModelOutcome], result: dict, emitted: set) -> None:
+        """The series-decided line; it never costs a result (the result is out already)."""
+        try:
+            since = max(0.0, time.monotonic() - series.last_arrival)
+            head = f"{result['status']}, {series.slices} slices, {since:.1f} s after its last slice"
+            if not outcomes and result.get("reason"):
+                head = (f"{result['status']} ({result['reason']}), {series.slices} slices, {since:.1f} s after its "
+                        "last slice")
+            words = [self._outcome_words(series, o, emitted) for o in outcomes]
+            story.info("series %s decided: %s%s", series.series_instance_uid, head,
+                       "".join(f"; {w}" for w in words),
+                       extra={"event": "series_decided", "data": {
+                           "series_instance_uid": series.series_instance_uid, "status": result["status"],
+                           "slices": series.slices, "since_last_slice_s": round(since, 3),
+                           "findings": [{k: f.get(k) for k in ("model", "code", "probability", "positive", "shadow")
+                                         if k in f} for f in result.get("findings", [])]}})
+        except Exception as exc:  # noqa: BLE001 - a log line must not fail a series
+            log.debug("series %s: the decided line failed (%s)", series.series_instance_uid, exc)
+
+    def _outcome_words(self, series: OpenSeries, outcome: ModelOutcome, emitted: set) -> str:
+        """One model's part of the decided line: status, and per finding p, positive or not, alert or not."""
+        m = outcome.manifest
+        head = f"{m.name} {m.version}" + (" [shadow]" if outcome.mode == "shadow" else "") + (
+            " [synthetic-trained]" if getattr(m, "synthetic_training", False) else "")
+        if outcome.status != "analysed":
+            return f"{head}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else "")
+        parts = []
+        for f in outcome.findings:
+            words = f"{f['code']} p={f['probability']:.3f} {'positive' if f['positive'] else 'negative'}"
+            if outcome.mode == "shadow":
+                words += ", shadow: would alert, no alert raised" if f.get("would_alert") else ", shadow: no alert"
+            else:
+                aid = alert_id(series.series_instance_uid, m.name, m.version, f["code"])
+                state = self.store.alert(aid)
+                if state is not None and aid in emitted:
+                    words += f", alert {state.state} sent (revision {state.revision})"
+                elif state is not None and state.state != "retracted":
+                    words += f", alert {state.state} stands (revision {state.revision})"
+                else:
+                    words += ", no alert"
+            parts.append(words)
+        return f"{head}: " + "; ".join(parts)
 
     def _record(self, series: OpenSeries, outcomes: list[ModelOutcome]) -> None:
         """What ``edge-agent report`` reads: each model's final word, and what it would have alerted."""

@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KINDS = ("ich", "normal", "chest", "nodule")
+#: A routine head protocol (5 mm, standard kernel, no motion or metal): the series the ICH model is made
+#: for, as the demo, the tests and the harnesses send them (``render(kind, seed, dir, **ROUTINE_HEAD)``).
+ROUTINE_HEAD = {"thickness_mm": 5.0, "force": {"kernel": "standard", "motion": False, "metal": False}}
+MAX_SLICES = 1000  # a series is rendered in memory first (512 x 512 float32: about 1 MB a slice)
+MIN_RATE = 0.001   # slices per second: one slice every ~17 minutes (slower ones overflow a timed wait)
 
 
 @dataclass
@@ -47,11 +52,17 @@ def render(kind: str, seed: int, staging: Path, *, transfer_syntax: str = "expli
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}")
     kwargs = dict(phantom_kwargs)
-    if slices:
+    if slices is not None:
+        _check_slices(slices)
         kwargs["slices"] = slices
     phantom = make_phantom(kind, seed, **kwargs)
     paths = write_phantom(phantom, staging, transfer_syntax=transfer_syntax)
     return phantom, paths
+
+
+def _check_slices(slices: int) -> None:
+    if not 1 <= slices <= MAX_SLICES:
+        raise ValueError(f"slices must be 1 to {MAX_SLICES} per series, got {slices}")
 
 
 def write_bytes(data: bytes, dst: Path, style: str, pause: float, staging: Path | None = None) -> float:
@@ -98,6 +109,13 @@ class Scanner:
                  shuffle: bool = True, seed: int = 0, transfer_syntax: str = "explicit",
                  slices: int | None = None, stop_event: threading.Event | None = None, on_slice=None,
                  phantom_kwargs: dict[str, dict] | None = None):
+        if slices is not None:
+            _check_slices(slices)
+        if not (rate == 0 or MIN_RATE <= rate < float("inf")):  # also refuses nan
+            raise ValueError(f"rate must be 0 (as fast as possible) or {MIN_RATE:g} slices per second or more, "
+                             f"got {rate}")
+        if seed < 0:
+            raise ValueError(f"seed must be 0 or more, got {seed}")
         self.target = Path(target)
         self.kinds = kinds
         self.rate, self.style, self.shuffle, self.seed = rate, style, shuffle, seed

@@ -89,3 +89,22 @@ def test_rows_are_never_evicted_and_depth_and_age_are_reported(tmp_path):
     assert stats["depth"] == 300 and stats["by_state"]["pending"] == 300
     assert 119 <= stats["oldest_pending_age_s"] <= 130
     outbox.close()
+
+
+def test_a_deadline_beyond_the_horizon_is_due_now_after_the_clock_stepped_back(tmp_path):
+    """A receipt deadline set before a 2 h backward step of the wall clock must not wait 2 h."""
+    outbox = Outbox(tmp_path / "o.db")
+    _put(outbox, "a")
+    _put(outbox, "b")
+    now = time.time()
+    a, b = outbox.due(2, now)
+    with outbox.transaction():
+        for row in (a, b):
+            outbox.mark_inflight(row.seq, now)
+        outbox.mark_acked(a.seq, a.revision, now, now + 30.0)  # receipt due in 30 s: a normal deadline
+        outbox.mark_acked(b.seq, b.revision, now, now + 7230.0)  # set 2 h "in the future" before the step
+    horizon = 1.25 * 300 + 5
+    assert outbox.due(10, now) == []  # without a horizon both wait
+    assert [r.message_key for r in outbox.due(10, now, horizon)] == ["b"]  # the stepped deadline is due now
+    assert [r.message_key for r in outbox.due(10, now + 31, horizon)] == ["a", "b"]
+    outbox.close()

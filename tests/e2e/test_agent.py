@@ -20,7 +20,7 @@ from edge_agent.service.simulator import Scanner, render
 
 # A routine head series (5 mm, standard kernel, no motion or metal): what these tests send must be a scan
 # the ICH model applies to (thin or sharp-kernel heads are skipped by its applicability rules, by design).
-ROUTINE = {"thickness_mm": 5.0, "force": {"kernel": "standard", "motion": False, "metal": False}}
+from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -7,13 +7,12 @@ schema validation, and so did the error result built for it); a full state disk 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-import uuid
 
 import pytest
 
 from edge_agent.alerts.payloads import PayloadError
+from support.disk import fill, mount_small_disk, unmount
 from test_pipeline import RecordingOutputs, engines, ingested, make_pipeline, series_files, wait  # noqa: F401
 
 
@@ -52,29 +51,10 @@ def test_a_series_whose_result_cannot_be_built_does_not_stop_the_next_alert(engi
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 4 MiB tmpfs for the state DB (needs root, as CI has; said so when it is missing)."""
-    mount = tmp_path / "state"
-    mount.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True,
-                       capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc}); this test needs root, as CI runs it")
+    """A real 4 MiB tmpfs for the state DB."""
+    mount = mount_small_disk(tmp_path / "state")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder):
-    """Fill the disk: write until ENOSPC; returns the filler's path."""
-    filler = folder / f"filler-{uuid.uuid4().hex}"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
+    unmount(mount)
 
 
 def test_a_full_state_disk_pauses_the_pipeline_and_it_resumes_by_itself(engines, tmp_path, small_disk):

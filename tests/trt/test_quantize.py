@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnxruntime.quantization import QuantFormat, QuantType
@@ -10,8 +11,10 @@ from onnxruntime.quantization import QuantFormat, QuantType
 from edge_agent.decision import DecisionRule
 from edge_agent.dicom import read_series
 from edge_agent.inference.quantize import (
+    ORT_QDQ_CONFIG,
     TENSORRT_SETTINGS,
     CalibrationError,
+    _session,
     auc,
     calibrate,
     prepare_series,
@@ -60,12 +63,34 @@ def test_calibrate_writes_symmetric_int8_qdq_that_runs_on_ort(tmp_path, tiny_onn
     assert result.auc_reference == "labels" and result.auc_fp32 is not None
     assert {r["fp32_positive"] for r in result.per_series} == {True, False}, "phantoms must span both decisions"
     assert result.series_agreement == 1.0 and result.slice_mean_abs_diff < 0.05
-    # the INT8 model runs on ORT CPU and agrees with FP32 on fresh inputs
+    # the INT8 model runs on ORT CPU (as compare() runs it) and agrees with FP32 on fresh inputs
     x = series[0].inputs
     fp32 = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    int8 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    int8 = _session(out).run(None, {"input": x})[0]
     assert np.abs(fp32 - int8).max() < 0.05
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_int8_is_judged_by_its_qdq_arithmetic_not_fused_cpu_kernels(tmp_path, tiny_onnx, series):
+    # compare() must see what the Q/DQ model computes (what TensorRT runs), not ORT's fused QLinearConv/QGemm:
+    # those saturate on x86 CPUs without VNNI (0.21 mean loss on this model) and, since ORT 1.21, are used for
+    # Conv/Gemm with a float bias too. ORT ignores unknown config keys, so check that the key still works here.
+    out = tmp_path / "model.int8.onnx"
+    calibrate(tiny_onnx, out, series, series, RULE, tolerance=0.05)
+    opts = ort.SessionOptions()
+    for key, value in ORT_QDQ_CONFIG.items():
+        opts.add_session_config_entry(key, value)
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node}
+    assert {"Conv", "Gemm", "QuantizeLinear", "DequantizeLinear"} <= ops
+    assert not {"QLinearConv", "QGemm", "QLinearMatMul"} & ops
+    # and it computes what the unoptimised graph does (to within one output step, 1/160: rounding ties may differ)
+    x = np.concatenate([s.inputs for s in series])
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(out), plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(_session(out).run(None, {"input": x})[0] - reference).max() < 0.01
 
 
 def test_lossy_result_is_refused_and_nothing_written(tmp_path, tiny_onnx, series):

@@ -1,0 +1,171 @@
+"""The Comprehensive 3D SR (TID 1500 Measurement Report) of one model's result on one series.
+
+Built with highdicom (``highdicom.sr.Comprehensive3DSR`` + ``MeasurementReport``),
+in the *original* study: patient and study attributes come from the study's
+own header (:class:`~edge_agent.results.study.StudyHeader`). Per finding one
+Measurement and Qualitative Evaluation Group (TID 1501) holds:
+
+* the finding type (SNOMED CT where a concept exists, else the agent's own code),
+* a qualitative evaluation: the finding Present or Absent — the model's decision,
+* the probability (DCM 122157 "Probability", unit 1) and, where the evidence
+  measured them, the volume (mL) and the diameter (mm),
+* the algorithm identification (TID 4019): model name, version, and as
+  parameters the sha256 of the artefact that ran, the backend, the precision
+  and the decision threshold,
+* the key slices as source images (with the frame for a multi-frame image),
+* the disclaimer as a comment when the model was trained on synthetic data.
+
+A revision after the first names its predecessor (Predecessor Documents
+Sequence, PS3.3 C.17.2.3), so a PACS shows the newer document as the
+replacement. The document is marked COMPLETE and FINAL (the series' decision
+is final), UNVERIFIED (no person has signed it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from edge_agent import __version__
+from edge_agent.alerts.payloads import DISCLAIMER
+from edge_agent.results.content import ModelResult, derived_uid
+from edge_agent.results.study import StudyHeader
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SR_SERIES_NUMBER = 9901
+MANUFACTURER = "edge-agent"
+#: The agent's own coding scheme for findings without a standard concept (PS3.3 C.12.1.1.2, private "99").
+LOCAL_SCHEME = "99EDGEAGENT"
+FINDING_CODES = {  # finding code -> (code value, scheme, meaning)
+    "ich": ("1386000", "SCT", "Intracranial hemorrhage"),
+    "lung_nodule": ("786838002", "SCT", "Pulmonary nodule"),
+}
+PROCEDURES = {  # BodyPartExamined -> LOINC procedure (CID 100 lists none for CT triage)
+    "HEAD": ("24725-4", "LN", "CT Head"), "BRAIN": ("24725-4", "LN", "CT Head"),
+    "SKULL": ("24725-4", "LN", "CT Head"), "CHEST": ("29252-4", "LN", "CT Chest"),
+    "LUNG": ("29252-4", "LN", "CT Chest"),
+}
+UNSPECIFIED_PROCEDURE = ("25045-6", "LN", "CT Unspecified body region")
+_PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+_UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
+_ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+
+
+def finding_concept(code: str, label: str) -> hd.sr.CodedConcept:
+    value, scheme, meaning = FINDING_CODES.get(code, (code, LOCAL_SCHEME, label))
+    return hd.sr.CodedConcept(value, scheme, meaning[:64])
+
+
+def device_observer(site: str, device: str, model_name: str) -> hd.sr.ObserverContext:
+    """The observer of every result: this agent (a device), named by site and device."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", site, device), name=f"edge-agent {site}/{device}"[:64],
+            manufacturer_name=MANUFACTURER, model_name=model_name[:64]))
+
+
+def key_reference(key_uid: str, header: StudyHeader) -> tuple[str, int | None]:
+    """(SOP Instance UID, frame number or None) of a key slice: frames of a multi-frame image are keyed
+    ``<uid>.<frame>`` by the reader (edge_agent.dicom.model.Slice)."""
+    if header.frames > 1 and "." in key_uid:
+        uid, frame = key_uid.rsplit(".", 1)
+        if frame.isdigit():
+            return uid, int(frame)
+    return key_uid, None
+
+
+def evidence_datasets(result: ModelResult, header: StudyHeader) -> list[Dataset]:
+    """Header-only datasets of the key images, one per SOP instance (what highdicom references and copies)."""
+    seen: dict[str, Dataset] = {}
+    for finding in result.findings:
+        for key in finding["key_slices"]:
+            uid, _ = key_reference(key["sop_instance_uid"], header)
+            if uid not in seen:
+                seen[uid] = header.evidence(result.series_instance_uid, uid)
+    return list(seen.values())
+
+
+def _algorithm(result: ModelResult, threshold: float | None) -> hd.sr.AlgorithmIdentification:
+    a = result.algorithm
+    parameters = [f"sha256={a.sha256 or 'unknown'}", f"backend={a.backend or 'unknown'}",
+                  f"precision={a.precision or 'unknown'}"]
+    if threshold is not None:
+        parameters.append(f"threshold={threshold:g}")
+    return hd.sr.AlgorithmIdentification(name=a.name, version=a.version, parameters=parameters,
+                                         manufacturer=MANUFACTURER)
+
+
+def _group(result: ModelResult, finding: dict, header: StudyHeader) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    concept = finding_concept(finding["code"], finding["label"])
+    measurements = [hd.sr.Measurement(name=_PROBABILITY, value=finding["probability"], unit=_UNITY)]
+    if finding.get("volume_ml") is not None:
+        measurements.append(hd.sr.Measurement(name=codes.SCT.Volume, value=finding["volume_ml"], unit=_ML))
+    if finding.get("diameter_mm") is not None:
+        measurements.append(hd.sr.Measurement(name=codes.SCT.Diameter, value=finding["diameter_mm"], unit=_MM))
+    sources = []
+    for key in finding["key_slices"]:
+        uid, frame = key_reference(key["sop_instance_uid"], header)
+        sources.append(hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=header.sop_class_uid, referenced_sop_instance_uid=uid,
+            referenced_frame_numbers=None if frame is None else [frame]))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=result.uid(f"tracking:{finding['code']}"), identifier=f"{result.algorithm.name} {finding['code']}"),
+        finding_type=concept,
+        algorithm_id=_algorithm(result, finding.get("threshold")),
+        measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=concept, value=codes.SCT.Present if finding["positive"] else codes.SCT.Absent)],
+        source_images=sources or None)
+    if result.algorithm.synthetic_training:
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.DCM.Comment, value=DISCLAIMER,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return group
+
+
+def build_sr(result: ModelResult, header: StudyHeader, *, revision: int, site: str, device: str,
+             decided_at: float) -> hd.sr.Comprehensive3DSR:
+    """The SR of ``result`` (revision ``revision``), in the original study of ``header``."""
+    procedure = PROCEDURES.get(result.body_part.strip().upper(), UNSPECIFIED_PROCEDURE)
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=device_observer(site, device, result.algorithm.name)),
+        procedure_reported=hd.sr.CodedConcept(*procedure),
+        imaging_measurements=[_group(result, f, header) for f in result.findings],
+        title=codes.cid7021.ImagingMeasurementReport)
+    series_uid = result.uid("sr-series")
+    previous = []
+    if revision > 1:
+        before = Dataset()
+        before.SOPClassUID, before.SOPInstanceUID = COMPREHENSIVE_3D_SR, result.uid("sr", revision - 1)
+        before.StudyInstanceUID, before.SeriesInstanceUID = header.study_instance_uid, series_uid
+        previous.append(before)
+    when = dt.datetime.fromtimestamp(decided_at)
+    synthetic = result.algorithm.synthetic_training
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence_datasets(result, header), content=report, series_instance_uid=series_uid,
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=result.uid("sr", revision), instance_number=revision,
+        manufacturer=MANUFACTURER, manufacturer_model_name=f"edge-agent {result.algorithm.name}"[:64],
+        software_versions=__version__, is_complete=True, is_final=True, is_verified=False,
+        previous_versions=previous or None, transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=(f"AI {result.algorithm.name} {result.algorithm.version}"
+                            + (" - not for diagnosis" if synthetic else ""))[:64],
+        content_qualification="RESEARCH" if synthetic else "PRODUCT",
+        content_date=when.date(), content_time=when.time())
+    pin_times(sr, when)
+    return sr
+
+
+def pin_times(ds: Dataset, when: dt.datetime) -> None:
+    """Every date and time highdicom takes from the clock set to the decision's: a rebuild is the same bytes."""
+    ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S.%f")

@@ -1,0 +1,55 @@
+"""Fixtures for the DICOM results tests: a real Orthanc, the agent as a process, a real Mosquitto."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent_helpers import AgentProcess, Collector  # noqa: E402
+from support import orthanc as orthanc_support  # noqa: E402
+from support.mosquitto import MosquittoBroker  # noqa: E402
+
+# A routine head series the shipped ICH model applies to (5 mm, standard kernel, no motion or metal).
+from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE  # noqa: E402
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    if not orthanc_support.available():
+        pytest.skip("Orthanc is not installed (Debian package orthanc)")
+    pacs = orthanc_support.Orthanc(tmp_path / "orthanc")
+    yield pacs
+    pacs.stop()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = MosquittoBroker(tmp_path / "broker").start()
+    yield b
+    b.crash()
+
+
+@pytest.fixture
+def collector(broker):
+    c = Collector(broker.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def agent_factory(tmp_path):
+    made: list[AgentProcess] = []
+
+    def make(broker_url: str, *extra: str, name: str = "agent", **kw) -> AgentProcess:
+        a = AgentProcess(tmp_path / name, broker_url, *extra, **kw)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        a.kill()

@@ -1,0 +1,289 @@
+"""DICOM results end to end: the real agent, a real Orthanc PACS, a real Mosquitto.
+
+The original head series is stored into Orthanc first (as the scanner would
+have), then written into the agent's watch folder. What Orthanc holds is then
+read back through its own REST API — not through our code: the SR and the KOS
+sit in the original study, and reference the original series' instances with
+their SOP class. Then the two failures a PACS link must survive: the
+destination down while results are made, and the agent killed (SIGKILL) while
+an association is open.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from agent_helpers import PHI
+from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
+from edge_agent.service.simulator import render
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _deliveries(state_dir: Path) -> list[dict]:
+    path = state_dir / "pacs.sqlite3"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(
+            "SELECT d.destination, d.sop_instance_uid, d.state, d.attempts, d.last_error, o.kind, o.revision,"
+            " o.dataset FROM deliveries d JOIN objects o USING (sop_instance_uid)")]
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+    finally:
+        conn.close()
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _series(tmp_path: Path, seed: int):
+    phantom, paths = render("ich", seed, tmp_path / f"series-{seed}", **ROUTINE)
+    sops = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+    return phantom, paths, sops
+
+
+def _scan(agent, paths) -> None:
+    target = agent.watch / "scan"
+    target.mkdir(exist_ok=True)
+    for p in paths:
+        tmp = target / f".{p.name}.part"
+        shutil.copyfile(p, tmp)
+        tmp.rename(target / p.name)
+
+
+def _final_result(collector, uid: str, slices: int) -> dict:
+    return collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == slices], 120)[-1]
+
+
+def _all_done(state_dir: Path, n_min: int = 2):
+    rows = _deliveries(state_dir)
+    return rows if len(rows) >= n_min and all(r["state"] == "done" for r in rows) else None
+
+
+def _content_items(item: dict, value_type: str) -> list[dict]:
+    """Every content item of ``value_type`` below ``item`` (Orthanc's simplified JSON of an SR tree)."""
+    found = []
+    for child in item.get("ContentSequence", []) or []:
+        if child.get("ValueType") == value_type:
+            found.append(child)
+        found += _content_items(child, value_type)
+    return found
+
+
+def _same_content(orthanc, instance_id: str, queued: bytes) -> bool:
+    """What Orthanc stored is the dataset we queued (file meta aside: the receiver writes its own)."""
+    stored = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{instance_id}/file")))
+    ours = pydicom.dcmread(io.BytesIO(queued))
+    return stored.to_json_dict() == ours.to_json_dict()
+
+
+def test_sr_and_kos_land_in_the_original_study(orthanc, broker, collector, agent_factory, tmp_path):
+    orthanc.start()
+    phantom, paths, sops = _series(tmp_path, 61)
+    orthanc.upload(paths)
+    [study_id] = orthanc.get("/studies")
+    agent = agent_factory(broker.url, "--pacs", orthanc.destination).start()
+    _scan(agent, paths)
+    uid = phantom.headers.series_instance_uid
+    result = _final_result(collector, uid, len(paths))
+    assert result["status"] == "analysed" and result["findings"][0]["positive"] is True
+    rows = _wait(lambda: _all_done(agent.state), 60, "the SR and KOS to be delivered")
+
+    # Orthanc's own view: still one patient and one study, now with an SR and a KO series in it.
+    assert len(orthanc.get("/patients")) == 1 and orthanc.get("/studies") == [study_id]
+    by_sop = orthanc.instances_by_sop()
+    srs = [t for t in by_sop.values() if t["SOPClassUID"] == COMPREHENSIVE_3D_SR]
+    kos = [t for t in by_sop.values() if t["SOPClassUID"] == KEY_OBJECT_SELECTION]
+    assert srs and kos
+    study_uid = phantom.headers.study_instance_uid
+    ct = next(t for t in by_sop.values() if t["SOPClassUID"] == CT_IMAGE_STORAGE)
+    final = result["findings"][0]
+    keys = {k["sop_instance_uid"] for k in final["key_slices"]}
+    assert keys <= sops
+    for tags in srs + kos:
+        assert tags["StudyInstanceUID"] == study_uid
+        assert orthanc.get(f"/instances/{tags['_id']}/study")["ID"] == study_id
+        assert tags["PatientID"] == ct["PatientID"] and tags["PatientName"] == ct["PatientName"]
+        evidence = tags["CurrentRequestedProcedureEvidenceSequence"][0]
+        assert evidence["StudyInstanceUID"] == study_uid
+        [series_ref] = evidence["ReferencedSeriesSequence"]
+        assert series_ref["SeriesInstanceUID"] == uid
+        referenced = {r["ReferencedSOPInstanceUID"] for r in series_ref["ReferencedSOPSequence"]}
+        assert {r["ReferencedSOPClassUID"] for r in series_ref["ReferencedSOPSequence"]} == {CT_IMAGE_STORAGE}
+        assert referenced <= sops
+
+    # The latest SR revision: the finding Present with the result's probability; its images are the key slices.
+    sr = max(srs, key=lambda t: int(t["InstanceNumber"]))
+    assert sr["CompletionFlag"] == "COMPLETE" and sr["VerificationFlag"] == "UNVERIFIED"
+    images = {i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"] for i in _content_items(sr, "IMAGE")}
+    assert images == keys
+    codes = [c["ConceptCodeSequence"][0] for c in _content_items(sr, "CODE")]
+    assert {"CodeValue": "52101004", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Present"}.items() <= \
+        next(c for c in codes if c["CodeValue"] == "52101004").items()
+    numbers = {n["ConceptNameCodeSequence"][0]["CodeMeaning"]: float(n["MeasuredValueSequence"][0]["NumericValue"])
+               for n in _content_items(sr, "NUM")}
+    assert numbers["Probability"] == pytest.approx(final["probability"], abs=1e-4)
+    texts = " ".join(t.get("TextValue", "") for t in _content_items(sr, "TEXT"))
+    assert "not a medical device" in texts and "sha256=" in texts
+    latest_kos = max(kos, key=lambda t: int(t["InstanceNumber"]))
+    assert {i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"]
+            for i in _content_items(latest_kos, "IMAGE")} == keys
+
+    # What arrived is what was queued, and it is valid DICOM to an independent validator.
+    for row in rows:
+        assert _same_content(orthanc, by_sop[row["sop_instance_uid"]]["_id"], row["dataset"])
+    assert agent.stop() == 0
+    log = agent.log_text()
+    for marker in PHI:
+        assert marker not in log, marker
+
+
+def test_a_destination_that_is_down_receives_everything_when_it_returns(orthanc, broker, collector,
+                                                                        agent_factory, tmp_path):
+    phantom, paths, sops = _series(tmp_path, 61)
+    agent = agent_factory(broker.url, "--pacs", orthanc.destination,
+                          env={"EDGE_AGENT_PACS_RETRY_MAX": "2"}).start()
+    _scan(agent, paths)
+    uid = phantom.headers.series_instance_uid
+    assert _final_result(collector, uid, len(paths))["findings"][0]["positive"] is True  # so an SR and a KOS
+    # Down: queued, tried, failed, waiting.
+    rows = _wait(lambda: [r for r in _deliveries(agent.state) if r["attempts"] >= 2 and r["last_error"]], 60,
+                 "failed attempts while the PACS is down")
+    assert all(r["state"] in ("pending", "sending") for r in _deliveries(agent.state))
+    assert "did not answer" in rows[0]["last_error"]
+
+    orthanc.start()
+    orthanc.upload(paths)
+    rows = _wait(lambda: _all_done(agent.state), 60, "delivery once the PACS is back")
+    by_sop = orthanc.instances_by_sop()
+    assert {r["sop_instance_uid"] for r in rows} <= set(by_sop)
+    assert {r["kind"] for r in rows} == {"sr", "kos"}
+    assert len(orthanc.get("/studies")) == 1
+    assert agent.stop() == 0
+
+
+class HoldingProxy:
+    """A TCP proxy in front of Orthanc: ``hold`` accepts and answers nothing (an association stuck mid-way),
+    ``forward`` relays both ways."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.mode = "hold"
+        self.held = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, name="proxy-accept")]
+        self._threads[0].start()
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name="proxy-io")
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self._sockets.append(client)
+            if self.mode == "hold":
+                self.held += 1
+                self._spawn(self._pipe, client, None)
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets.append(upstream)
+            self._spawn(self._pipe, client, upstream)
+            self._spawn(self._pipe, upstream, client)
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket | None) -> None:
+        """Relay a → b (or swallow what a sends when b is None) until a closes."""
+        try:
+            while data := a.recv(65536):
+                if b is not None:
+                    b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    if s is not None:
+                        s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closing.set()
+        for s in self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(5)
+        self.sock.close()
+        for s in self._sockets:
+            s.close()
+
+
+def test_killed_mid_send_resends_on_restart_without_a_changed_duplicate(orthanc, broker, collector,
+                                                                        agent_factory, tmp_path):
+    orthanc.start()
+    phantom, paths, sops = _series(tmp_path, 61)
+    orthanc.upload(paths)
+    proxy = HoldingProxy(orthanc.dicom_port)
+    try:
+        destination = f"{orthanc.aet}@127.0.0.1:{proxy.port}"
+        agent = agent_factory(broker.url, "--pacs", destination).start()
+        _scan(agent, paths)
+        uid = phantom.headers.series_instance_uid
+        _final_result(collector, uid, len(paths))
+        _wait(lambda: [r for r in _deliveries(agent.state) if r["state"] == "sending"] and proxy.held, 60,
+              "an association held open mid-send")
+        agent.kill()                                   # SIGKILL while the association is open
+        before = {r["sop_instance_uid"]: r["dataset"] for r in _deliveries(agent.state)}
+        assert any(r["state"] == "sending" for r in _deliveries(agent.state))
+
+        proxy.mode = "forward"
+        agent.start()
+        rows = _wait(lambda: _all_done(agent.state), 90, "the resend after the restart")
+        # The same objects, byte for byte, under the same UIDs; and Orthanc holds exactly what was queued.
+        assert {r["sop_instance_uid"]: r["dataset"] for r in rows if r["sop_instance_uid"] in before} == before
+        by_sop = orthanc.instances_by_sop()
+        for row in rows:
+            assert _same_content(orthanc, by_sop[row["sop_instance_uid"]]["_id"], row["dataset"])
+        assert "were being sent when the agent stopped" in agent.log_text()
+        assert agent.stop() == 0
+    finally:
+        proxy.close()

@@ -1,0 +1,114 @@
+"""A real Orthanc PACS for tests: free ports, a generated JSON config, storage in a temp folder.
+
+Usage::
+
+    pacs = Orthanc(tmp_path / "orthanc").start()
+    pacs.destination          # "ORTHANC@127.0.0.1:PORT" for --pacs
+    pacs.get("/studies")      # its REST API (JSON)
+    pacs.stop(); pacs.start() # same ports, same storage
+
+Debian's package installs ``/usr/sbin/Orthanc``; no plugin is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def available() -> bool:
+    return os.access(ORTHANC, os.X_OK)
+
+
+class Orthanc:
+    """One Orthanc process with its own config, storage and log under ``directory``."""
+
+    def __init__(self, directory: Path, *, aet: str = "ORTHANC", dicom_port: int | None = None,
+                 http_port: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.aet = aet
+        self.dicom_port = dicom_port or free_port()
+        self.http_port = http_port or free_port()
+        self.log = self.directory / "orthanc.log"
+        self.proc: subprocess.Popen | None = None
+        self.config = self.directory / "orthanc.json"
+        self.config.write_text(json.dumps({
+            "Name": "edge-agent-test", "DicomAet": aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "StorageDirectory": str(self.directory / "storage"), "IndexDirectory": str(self.directory / "index"),
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False, "Plugins": [],
+            "StorageCompression": False, "HttpTimeout": 10, "DicomScpTimeout": 10,
+        }, indent=1))
+
+    @property
+    def destination(self) -> str:
+        return f"{self.aet}@127.0.0.1:{self.dicom_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> "Orthanc":
+        fh = open(self.log, "a")
+        self.proc = subprocess.Popen([ORTHANC, str(self.config)], stdout=fh, stderr=subprocess.STDOUT,
+                                     cwd=self.directory)
+        fh.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                self.get("/system")
+                with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=0.5):
+                    return self
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.2)
+        raise RuntimeError(f"Orthanc did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if response.headers.get_content_type() == "application/json" else body
+
+    def post(self, path: str, data: bytes, content_type: str = "application/dicom"):
+        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def upload(self, paths) -> list[str]:
+        """Store files through the REST API (the original series, as a scanner would have sent it)."""
+        return [self.post("/instances", Path(p).read_bytes())["ID"] for p in paths]
+
+    def instances_by_sop(self) -> dict[str, dict]:
+        """``{SOPInstanceUID: simplified tags}`` of every instance stored."""
+        out = {}
+        for instance in self.get("/instances"):
+            tags = self.get(f"/instances/{instance}/tags?simplify")
+            out[tags["SOPInstanceUID"]] = {**tags, "_id": instance}
+        return out
