@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 from _training import EVAL_SEED0, VAL_SEED0, auc, choose_decision, top_k_mean  # noqa: E402
 from edge_agent.phantoms import BLEED_TYPES, NODULE_TYPES, chest_phantom, head_phantom, write_phantom  # noqa: E402
 from edge_agent.preprocess import PreprocessSpec, prepare_slices  # noqa: E402
+from edge_agent.progress import track  # noqa: E402 - a bar on stderr when it is a terminal
 
 VOLUME_BUCKETS = ((0.0, 1.0, "<1 mL"), (1.0, 5.0, "1-5 mL"), (5.0, 20.0, "5-20 mL"), (20.0, 1e9, ">=20 mL"))
 DIAMETER_BUCKETS = ((0.0, 6.0, "4-6 mm"), (6.0, 10.0, "6-10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, 99.0, "20-30 mm"))
@@ -97,7 +98,8 @@ def evaluate(name: str, n_series: int, via_dicom: bool, workers: int) -> str:
     t0 = time.time()
     rows = []
     with mp.get_context("fork").Pool(workers) as pool:
-        for hu, spacing, labels, finding, details in pool.imap(_phantom, jobs, chunksize=2):
+        for hu, spacing, labels, finding, details in track(pool.imap(_phantom, jobs, chunksize=2),
+                                                           f"evaluating {name}", "series", total=len(jobs)):
             probs = _score(session, spec, hu, spacing)
             rows.append((probs, labels, finding, details))
     gen_s = time.time() - t0
@@ -165,7 +167,9 @@ def choose(name: str, n_neg: int, n_pos: int, workers: int, target: float) -> di
     jobs = [(name, seed0 + i, i < n_pos, i, False) for i in range(n_pos + n_neg)]
     probs, positive = [], []
     with mp.get_context("fork").Pool(workers) as pool:
-        for hu, spacing, _labels, finding, _details in pool.imap(_phantom, jobs, chunksize=2):
+        for hu, spacing, _labels, finding, _details in track(pool.imap(_phantom, jobs, chunksize=2),
+                                                             f"choosing {name}'s decision", "series",
+                                                             total=len(jobs)):
             probs.append(_score(session, spec, hu, spacing))
             positive.append(finding is not None)
     decision = choose_decision(probs, np.array(positive), target_specificity=target)
@@ -324,11 +328,14 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
     main = []    # (probs per model, slice labels, finding, details)
     jobs = [(EVAL_SEED0 + i, i % 2 == 0, i // 2) for i in range(2 * n_series)]
     with mp.get_context("fork").Pool(workers) as pool:
-        for x, sl, finding, details in pool.imap(_cached(_ich_main_phantom), jobs, chunksize=2):
+        for x, sl, finding, details in track(pool.imap(_cached(_ich_main_phantom), jobs, chunksize=2),
+                                             "comparing: bleeds and normals", "series", total=len(jobs)):
             main.append((score_all(x), sl, finding, details))
         conf = {g: [] for g in range(len(CONFOUNDER_GROUPS))}
         cjobs = [(g, EVAL_SEED0 + 200_000 + 1000 * g + i) for g in range(len(CONFOUNDER_GROUPS)) for i in range(n_conf)]
-        for (g, _seed), (x, sl, details) in zip(cjobs, pool.imap(_cached(_conf_phantom), cjobs, chunksize=1)):
+        confounders = track(pool.imap(_cached(_conf_phantom), cjobs, chunksize=1), "comparing: confounders",
+                            "series", total=len(cjobs))
+        for (g, _seed), (x, sl, details) in zip(cjobs, confounders):
             conf[g].append(score_all(x))
     gen_s = time.time() - t0
     y = np.array([r[2] is not None for r in main])
@@ -386,6 +393,150 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- lung_nodule: old vs new, confounders
+
+CHEST_CONFOUNDER_GROUPS = (
+    ("emphysema / bullae", {"force": {"emphysema": True, "bullae": True}}),
+    ("atelectasis", {"force": {"atelectasis": True, "plate_atelectasis": True}}),
+    ("calcified granuloma", {"force": {"granuloma": True}}),
+    ("mucus / scar / pleural plaque", {"force": {"mucus": True, "scar": True, "pleural_thickening": True}}),
+    ("calcium (coronary, aortic, costal) + metal", {"force": {"coronary_calcium": True, "aortic_calcium": True,
+                                                              "costal_calcification": True, "metal": True}}),
+    ("breathing + cardiac motion", {"force": {"motion": True, "cardiac_motion": True}}),
+    ("lung (sharp) kernel, low dose", {"force": {"kernel": "sharp", "low_dose": True}}),
+    ("thin slices (0.625-1.25 mm)", {"thin": True}),
+    ("lower chest only (domes, liver, flexure)", {"lower": True}),
+)
+
+
+LUNG_SERIES = {"slices": None, "matrix": 512}   # --slices / --matrix (set in main; inherited by the workers)
+
+
+def _chest_conf_phantom(args):
+    """A fresh negative chest series of one confounder group: (hu, spacing, labels, details)."""
+    gi, seed = args
+    _name, how = CHEST_CONFOUNDER_GROUPS[gi]
+    if how.get("lower"):
+        from edge_agent.phantoms.chest import generate_chest
+
+        def lower(acq, _nz, _rng, a):
+            top = max(a["dome"]["z"]) + 25.0
+            return [k for k, z in enumerate(acq.z_positions) if z < top] or [0]
+
+        gen = generate_chest(seed, nodule=None, diameter_mm=None, slices=None, thickness_mm=5.0,
+                             matrix=LUNG_SERIES["matrix"], only=lower)
+        acq = gen["acq"]
+        hu = np.stack(gen["images"]).astype(np.float32)
+        hu[:, acq.outside_mask()] = -1024.0
+        np.maximum(hu, -1024.0, out=hu)
+        return hu, (acq.thickness, acq.pixel_spacing, acq.pixel_spacing), np.zeros(len(hu), bool), {}
+    thickness = None
+    if how.get("thin"):
+        thickness = float(np.random.default_rng([seed, 5]).choice([0.625, 1.0, 1.25]))
+    ph = chest_phantom(seed, nodule=None, thickness_mm=thickness, force=how.get("force"), **LUNG_SERIES)
+    return ph.volume_hu, ph.spacing, ph.slice_labels, ph.details
+
+
+def _lung_main_phantom(args):
+    seed, positive, i = args
+    ph = chest_phantom(seed, nodule=NODULE_TYPES[i % len(NODULE_TYPES)] if positive else None, **LUNG_SERIES)
+    return ph.volume_hu, ph.spacing, ph.slice_labels, ph.finding, ph.details
+
+
+def compare_lung(folders: list[Path], labels: list[str], n_series: int, n_conf: int, workers: int) -> str:
+    """The lung models on the same fresh chest phantoms: main table and per-confounder false alerts."""
+    models = [_load_dir(f) for f in folders]
+    specs = {json.dumps(m["preprocessing"], sort_keys=True) for m, _ in models}
+    if len(specs) != 1:
+        raise SystemExit("--compare needs models with the same preprocessing")
+    os.environ["EVAL_SPEC"] = specs.pop()
+    if os.environ.get("EVAL_CACHE"):
+        Path(os.environ["EVAL_CACHE"]).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    seed0 = EVAL_SEED0 + 500_000
+
+    def score_all(x):
+        return [s.run(["probability"], {"input": x})[0][:, 0] for _m, s in models]
+
+    main = []
+    jobs = [(seed0 + i, i % 2 == 0, i // 2) for i in range(2 * n_series)]
+    conf = {g: [] for g in range(len(CHEST_CONFOUNDER_GROUPS))}
+    with mp.get_context("fork").Pool(workers) as pool:
+        for x, sl, finding, details in pool.imap(_cached(_lung_main_phantom), jobs, chunksize=1):
+            main.append((score_all(x), sl, finding, details))
+        cjobs = [(g, EVAL_SEED0 + 700_000 + 1000 * g + i) for g in range(len(CHEST_CONFOUNDER_GROUPS))
+                 for i in range(n_conf)]
+        for (g, _seed), (x, sl, details) in zip(cjobs, pool.imap(_cached(_chest_conf_phantom), cjobs, chunksize=1)):
+            conf[g].append(score_all(x))
+    gen_s = time.time() - t0
+    y = np.array([r[2] is not None for r in main])
+    dia = np.array([r[3].get("diameter_mm", 0.0) if r[2] is not None else 0.0 for r in main])
+    out = [f"### lung_nodule — same fresh phantoms, {len(folders)} models ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+           f"{platform.machine()} {os.cpu_count()} CPUs)", "",
+           f"{int(y.sum())} nodule + {int((~y).sum())} clear series (seeds {seed0}+, nodule types cycled, "
+           f"4-30 mm log-uniform); {n_conf} fresh clear series per confounder group (seeds "
+           f"{EVAL_SEED0 + 700_000}+); series of {LUNG_SERIES['slices'] or 'up to 80'} slices at "
+           f"{LUNG_SERIES['matrix']}²; phantoms from the generator as of this run.", "",
+           "| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    rows_by = {}
+    for mi, (m, _s) in enumerate(models):
+        dec = m["decision"]
+        scores = np.array([_series_score(r[0][mi], dec) for r in main])
+        alerts = np.array([_alerts(r[0][mi], dec)[0] for r in main])
+        early = np.array([_alerts(r[0][mi], dec)[1] for r in main])
+        a = auc(scores, y)
+        lo, hi = bootstrap_auc(scores, y)
+        srows = [(r[0][mi], r[1]) for r in main]
+        slice_p = np.concatenate([p for p, _ in srows])
+        slice_y = np.concatenate([l for _, l in srows])
+        sa = auc(slice_p, slice_y)
+        slo, shi = bootstrap_slice_auc(srows)
+        neg_slice = np.concatenate([r[0][mi] for r in main if r[2] is None])
+        neg_sorted = np.sort(scores[~y])
+        thr95 = neg_sorted[int(np.ceil(0.95 * len(neg_sorted))) - 1] if len(neg_sorted) else 1.0
+        top_on_label = [bool(r[1][int(np.argmax(r[0][mi]))]) for r in main if r[2] is not None]
+        rows_by[mi] = {
+            "decision": f"{dec['rule']} k={dec.get('k', 1)} ≥ {dec['threshold']}; pre {dec.get('preliminary')}",
+            "series AUC [95 % CI]": f"{a:.3f} [{lo:.3f}, {hi:.3f}]",
+        }
+        for lo_d, hi_d, name in ((0, 99, "all"), (0, 6, "4-6 mm"), (6, 10, "6-10 mm"), (10, 20, "10-20 mm"),
+                                 (20, 99, "20-30 mm")):
+            sel = y & (dia >= lo_d) & (dia < hi_d)
+            k = int(alerts[sel].sum())
+            wl, wh = wilson(k, int(sel.sum()))
+            rows_by[mi][f"sensitivity, {name}"] = (f"{k}/{int(sel.sum())} = {k / max(1, sel.sum()):.2f} "
+                                                   f"[{wl:.2f}, {wh:.2f}]")
+        for t in NODULE_TYPES:
+            sel = np.array([r[2] is not None and r[3].get("nodule_type") == t for r in main])
+            rows_by[mi][f"sensitivity, {t}"] = f"{int(alerts[sel].sum())}/{int(sel.sum())}"
+        kneg = int(alerts[~y].sum())
+        wl, wh = wilson(kneg, int((~y).sum()))
+        rows_by[mi]["false alerts, clear chests"] = f"{kneg}/{int((~y).sum())} = {kneg / max(1, (~y).sum()):.2f} [{wl:.2f}, {wh:.2f}]"
+        rows_by[mi]["ROC: sensitivity at specificity ≥ 0.95 (metric, not a rule)"] = \
+            f"{float((scores[y] > thr95).mean()):.3f}"
+        rows_by[mi]["preliminary warning: nodules / clear"] = f"{int(early[y].sum())}/{int(y.sum())} / {int(early[~y].sum())}/{int((~y).sum())}"
+        rows_by[mi]["slice AUC [95 % CI]"] = f"{sa:.3f} [{slo:.3f}, {shi:.3f}]"
+        rows_by[mi]["top slice on a nodule slice"] = f"{sum(top_on_label)}/{len(top_on_label)}"
+        rows_by[mi]["median slice p, clear chests"] = f"{np.median(neg_slice):.3f}"
+        for g, (gname, _how) in enumerate(CHEST_CONFOUNDER_GROUPS):
+            al = [_alerts(p[mi], dec) for p in conf[g]]
+            k = sum(x[0] for x in al)
+            lo_, hi_ = wilson(k, len(al))
+            med = np.median(np.concatenate([p[mi] for p in conf[g]]))
+            rows_by[mi][f"FP: {gname}"] = (f"{k}/{len(al)} = {k / len(al):.2f} [{lo_:.2f}, {hi_:.2f}]; "
+                                          f"pre {sum(x[1] for x in al)}; median p {med:.2f}")
+        allc = [_alerts(p[mi], dec)[0] for g in conf for p in conf[g]]
+        k = int(sum(allc))
+        lo_, hi_ = wilson(k, len(allc))
+        rows_by[mi]["FP: all confounder groups"] = f"{k}/{len(allc)} = {k / max(1, len(allc)):.2f} [{lo_:.2f}, {hi_:.2f}]"
+    for key in rows_by[0]:
+        out.append(f"| {key} | " + " | ".join(rows_by[mi][key] for mi in range(len(models))) + " |")
+    out.append("")
+    out.append(f"(sensitivity and FP = series alerted by the model's own shipped rule, Wilson 95 % CI; 'pre' = "
+               f"preliminary warnings; phantom generation and scoring took {gen_s:.0f} s)")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["ich", "lung_nodule", "all"], default="all")
@@ -396,11 +547,18 @@ def main() -> None:
                     help="re-choose k/thresholds on validation seeds and write them into the manifest, then stop")
     ap.add_argument("--target-specificity", type=float, default=0.98)
     ap.add_argument("--compare", nargs="+", type=Path, metavar="DIR",
-                    help="ich only: model folders (manifest.json + model.onnx) to score on the same fresh phantoms, "
-                         "with per-confounder false-positive rates")
+                    help="model folders (manifest.json + model.onnx) to score on the same fresh phantoms, "
+                         "with per-confounder false-positive rates (ich, or lung_nodule with --model lung_nodule)")
     ap.add_argument("--labels", nargs="+", help="column names for --compare")
     ap.add_argument("--confounders", type=int, default=20, help="fresh negative series per confounder group")
+    ap.add_argument("--slices", type=int, help="lung --compare: slices per series (default: the generator's)")
+    ap.add_argument("--matrix", type=int, default=512, help="lung --compare: image matrix of the phantoms")
     args = ap.parse_args()
+    if args.compare and args.model == "lung_nodule":
+        LUNG_SERIES.update(slices=args.slices, matrix=args.matrix)
+        print(compare_lung(args.compare, args.labels or [str(f) for f in args.compare], args.series,
+                           args.confounders, args.workers))
+        return
     if args.compare:
         print(compare_ich(args.compare, args.labels or [str(f) for f in args.compare], args.series,
                           args.confounders, args.workers))

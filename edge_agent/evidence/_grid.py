@@ -65,7 +65,16 @@ def make_grid(hu: np.ndarray, pixel_spacing: tuple[float, float], target_mm: flo
     h, w = crop.shape[0] // f, crop.shape[1] // f
     crop = crop[: h * f, : w * f]
     coarse = crop.reshape(h, f, w, f).mean(axis=(1, 3), dtype=np.float32) if f > 1 else crop.copy()
-    field = coarse > -1000.0 if (img <= -1023.5).any() else np.ones(coarse.shape, bool)
+    if (img <= -1023.5).any():
+        # outside the field: padding / air-at-the-clip that reaches the crop's border. Gas enclosed by the
+        # body (trachea, bronchi, bullae) can read -1000 and below on a noisy (lung-kernel) scan: it is not
+        # padding, and treating it as such would join the lungs to the outside air.
+        low = coarse <= -1000.0
+        edge = np.zeros(low.shape, bool)
+        edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+        field = ~reconstruct(edge, low)
+    else:
+        field = np.ones(coarse.shape, bool)
     # how much of the image border is matter: a body cut by the field of view (small FOV)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     circle = _field_border(img)

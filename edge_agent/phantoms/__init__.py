@@ -123,16 +123,24 @@ def qa_phantom(seed: int, *, slices: int | None = None, thickness_mm: float | No
 
 
 def chest_phantom(seed: int, *, nodule: str | None = "random", diameter_mm: float | None = None,
-                  slices: int | None = None, thickness_mm: float | None = None, matrix: int = 512) -> Phantom:
-    """A chest CT; ``nodule`` is "random", None, "solid" or "ground_glass" (4–30 mm)."""
+                  slices: int | None = None, thickness_mm: float | None = None, matrix: int = 512,
+                  force: dict | None = None) -> Phantom:
+    """A chest CT; ``nodule`` is "random", None or one of :data:`NODULE_TYPES` (4–30 mm).
+
+    ``force`` switches confounders and scanner effects on or off, and fixes the nodule's shape or location
+    (:mod:`edge_agent.phantoms.chest`). Deterministic per seed.
+    """
     if nodule is not None and nodule != "random" and nodule not in NODULE_TYPES:
         raise ValueError(f"nodule must be None, 'random' or one of {NODULE_TYPES}, not {nodule!r}")
     gen = generate_chest(seed, nodule=nodule, diameter_mm=diameter_mm, slices=slices, thickness_mm=thickness_mm,
-                         matrix=matrix)
+                         matrix=matrix, force=force)
     nod = gen["nodule"]
-    details = {"confounders": gen["confounders"]}
+    rec = gen["acq"].extras["recon"]
+    details = {"confounders": gen["confounders"], "kernel": rec["kernel"], "recon": rec["recon"]}
     if nod is not None:
-        details.update(nodule_type=nod["type"], diameter_mm=round(nod["diameter"], 2), nodule_hu=round(nod["hu"], 1))
+        details.update(nodule_type=nod["type"], diameter_mm=round(nod["diameter"], 2), nodule_hu=round(nod["hu"], 1),
+                       nodule_shape=nod["shape"], nodule_location=nod["location"],
+                       volume_ml=round(float(gen["amounts"].sum()) * gen["acq"].thickness / 1000.0, 4))
     labels = gen["areas"] >= CHEST_MIN_AREA
     return _finish(gen, "chest", "lung_nodule" if nod is not None and labels.any() else None, details, labels, seed)
 
