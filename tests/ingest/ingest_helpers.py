@@ -80,3 +80,13 @@ def settle(ingest: Ingest, timeout: float = 5.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"ingest did not settle: {ingest.stats()}")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, period: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` s pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return False

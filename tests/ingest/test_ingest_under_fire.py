@@ -21,21 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from ingest_helpers import Collector, dicom_bytes, settle
+from ingest_helpers import Collector, dicom_bytes, settle, wait_for
 from support.disk import fill, mount_small_disk, unmount
 from edge_agent.ingest import SIDECAR_SUFFIX, Ingest, IngestSettings
 from edge_agent.ingest import ledger as L
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -66,7 +57,7 @@ def test_a_full_state_disk_pauses_the_intake_and_it_resumes_by_itself(tmp_path, 
         for k, data in enumerate(files):
             (watch / f"slice{k}.dcm").write_bytes(data)
         (watch / "notes.txt").write_bytes(b"not an image, never DICOM\n" * 20)  # its quarantine needs space too
-        assert _wait_for(lambda: ingest.stats()["paused"] == 1), ingest.stats()
+        assert wait_for(lambda: ingest.stats()["paused"] == 1), ingest.stats()
         # Full: nothing can be recorded, so nothing may be handed over or quarantined (it would be
         # handed over again, or lost, after a restart).
         assert not c.wait(files=1, timeout=2.0) and c.rejected == []

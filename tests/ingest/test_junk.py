@@ -18,21 +18,12 @@ from pathlib import Path
 
 import pydicom
 
-from ingest_helpers import Collector, dicom_bytes, settle
+from ingest_helpers import Collector, dicom_bytes, settle, wait_for
 from edge_agent.ingest import SIDECAR_SUFFIX
 from edge_agent.ingest.stable import cannot_become_dicom, ends_in_file_meta
 
 LONG_RETRY = 300.0   # far beyond every bounded wait below
 WAIT = 20.0          # bounded wait for something that happens without retries
-
-
-def _wait_for(predicate, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _records(caplog, level: int, *words: str) -> list[str]:
@@ -78,7 +69,7 @@ def test_growing_dicom_file_is_retried_not_quarantined(make_ingest, dirs, tmp_pa
     with open(target, "wb") as fh:          # kept open: no close event, the stable check decides
         fh.write(data[: len(data) - 700])   # header complete, pixel data short
         fh.flush()
-        assert _wait_for(lambda: ing.stats()["retries"] >= 2), ing.stats()
+        assert wait_for(lambda: ing.stats()["retries"] >= 2), ing.stats()
         assert c.rejected == [] and c.files == []
         fh.write(data[len(data) - 700:])
     assert c.wait(files=1, timeout=WAIT), ing.stats()
@@ -97,7 +88,7 @@ def test_files_not_yet_past_the_marker_are_retried(make_ingest, dirs, tmp_path):
     allocated = watch / "IM2.dcm"
     allocated.write_bytes(b"\0" * len(data[1]))            # space allocated, not yet written
     assert not cannot_become_dicom(paused) and not cannot_become_dicom(allocated)
-    assert _wait_for(lambda: ing.stats()["retries"] >= 4), ing.stats()
+    assert wait_for(lambda: ing.stats()["retries"] >= 4), ing.stats()
     assert c.rejected == [] and c.files == []
     with open(paused, "ab") as fh:
         fh.write(data[0][130:])
@@ -119,7 +110,7 @@ def test_file_cut_inside_its_meta_header_is_retried_not_excluded(make_ingest, di
         fh.write(data[:150])
         fh.flush()
         assert ends_in_file_meta(target)
-        assert _wait_for(lambda: ing.stats()["retries"] >= 2), ing.stats()
+        assert wait_for(lambda: ing.stats()["retries"] >= 2), ing.stats()
         assert ing.stats()["excluded"] == 0 and c.rejected == [] and c.files == []
         fh.write(data[150:])
     assert c.wait(files=1, timeout=WAIT), ing.stats()
@@ -151,7 +142,7 @@ def test_dicom_without_sop_class_is_excluded_and_logged_once_at_info(make_ingest
     buf = io.BytesIO()
     ds.save_as(buf)
     (watch / "nosop.dcm").write_bytes(buf.getvalue())
-    assert _wait_for(lambda: ing.stats()["excluded"] == 1)
+    assert wait_for(lambda: ing.stats()["excluded"] == 1)
     ing.rescan_now()
     settle(ing)
     lines = _records(caplog, logging.INFO, "excluded", "nosop.dcm")
@@ -171,11 +162,11 @@ def test_the_agent_logs_each_quarantine_once_at_default_verbosity(tmp_path):
                                  str(state), "--site", "junk", "--device", "ct1"], stdout=out, stderr=subprocess.STDOUT,
                                 env=env)
     try:
-        assert _wait_for(lambda: "edge-agent running" in log_path.read_text() or proc.poll() is not None, 120)
+        assert wait_for(lambda: "edge-agent running" in log_path.read_text() or proc.poll() is not None, 120)
         assert proc.poll() is None, log_path.read_text()
         (watch / "notes.txt").write_text("not a scan, just notes about the scanner's schedule\n" * 4)
-        assert _wait_for(lambda: "notes.txt" in log_path.read_text(), 60), log_path.read_text()
-        assert _wait_for(lambda: len(list((state / "quarantine").rglob("notes.txt" + SIDECAR_SUFFIX))) == 1, 10)
+        assert wait_for(lambda: "notes.txt" in log_path.read_text(), 60), log_path.read_text()
+        assert wait_for(lambda: len(list((state / "quarantine").rglob("notes.txt" + SIDECAR_SUFFIX))) == 1, 10)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -10,9 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent_helpers import AgentProcess, Collector  # noqa: E402
+from agent_fixtures import agent_factory, broker, collector  # noqa: E402,F401 (fixtures)
 from support import orthanc as orthanc_support  # noqa: E402
-from support.mosquitto import MosquittoBroker  # noqa: E402
 
 # A routine head series the shipped ICH model applies to (5 mm, standard kernel, no motion or metal).
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE  # noqa: E402
@@ -25,31 +24,3 @@ def orthanc(tmp_path):
     pacs = orthanc_support.Orthanc(tmp_path / "orthanc")
     yield pacs
     pacs.stop()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = MosquittoBroker(tmp_path / "broker").start()
-    yield b
-    b.crash()
-
-
-@pytest.fixture
-def collector(broker):
-    c = Collector(broker.url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def agent_factory(tmp_path):
-    made: list[AgentProcess] = []
-
-    def make(broker_url: str, *extra: str, name: str = "agent", **kw) -> AgentProcess:
-        a = AgentProcess(tmp_path / name, broker_url, *extra, **kw)
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.kill()
