@@ -224,7 +224,8 @@ def _manifests(models: tuple[str, ...]):
         found = sorted(p.parent for p in ENGINES_DIR.glob(f"*/{MANIFEST_NAME}"))
         if not found:
             raise ConfigError(f"No models found in {ENGINES_DIR}; pass --model DIR (a folder with manifest.json).")
-        return [load_manifest(p) for p in found]
+        # plug-ins (coronary_calcium) have no network to benchmark
+        return [m for m in (load_manifest(p) for p in found) if m.plugin is None]
     out = []
     for m in models:
         path = Path(m)

@@ -226,6 +226,9 @@ def engines_check(folder: Path) -> list[Check]:
         except EdgeAgentError as exc:
             out.append(("FAIL", f"model {path.parent.name}", str(exc).rstrip(".")))
             continue
+        if m.plugin is not None:
+            out.append(("OK", f"model {m.name}", f"{m.version}: the {m.plugin.name} plug-in (no network, CPU)"))
+            continue
         engine = m.artefacts.get("engine")
         if engine is None:
             out.append(("OK", f"model {m.name}", f"{m.version}: ONNX only (runs on ONNX Runtime)"))

@@ -80,6 +80,11 @@ class Decision:
     probability: float
     positive: bool
     key_slices: list[dict] = field(default_factory=list)
+    alert: bool | None = None  # whether it raises an alert; None: when positive (a graded finding may not)
+
+    @property
+    def raises_alert(self) -> bool:
+        return bool(self.positive if self.alert is None else self.alert and self.positive)
 
     def to_dict(self) -> dict:
         return {"probability": self.probability, "positive": self.positive,

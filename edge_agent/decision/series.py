@@ -117,6 +117,13 @@ def _features(slices: Sequence[ScoredSlice]) -> list[dict] | None:
 
 def domain_problem(manifest: Any, slices: Sequence[ScoredSlice]) -> str | None:
     """Why the series is outside the model's declared domain (None: inside, or no domain declared)."""
+    plugin = getattr(manifest, "plugin", None)
+    if plugin is not None:  # a plug-in checks its own domain from its slice features
+        from edge_agent import plugins  # noqa: PLC0415
+
+        step = plugins.get(plugin.name)
+        check = getattr(step, "domain_problem", None)
+        return None if check is None else check([s.features or {} for s in slices], plugin.params)
     spec = getattr(manifest, "domain", None)
     if spec is None:
         return None
@@ -204,6 +211,9 @@ def decide_model(manifest: Any, slices: Sequence[ScoredSlice], *, status: str = 
             status, reason = "not_assessable", problem
     if status != "analysed":
         return ModelOutcome(manifest, status, reason, backend=backend, mode=mode)
+    if getattr(manifest, "plugin", None) is not None:
+        return _plugin_outcome(manifest, slices, backend=backend, mode=mode, context=context,
+                               slice_probabilities=slice_probabilities)
     outcome = ModelOutcome(manifest, "analysed", backend=backend, mode=mode)
     evidence = evidence_for(manifest, slices, context)
     for index in range(len(manifest.findings)):
@@ -217,6 +227,48 @@ def decide_model(manifest: Any, slices: Sequence[ScoredSlice], *, status: str = 
                                               evidence=evidence))
         if mode == "shadow":
             outcome.findings[-1].update(shadow=True, would_alert=bool(decision.positive))
+    return outcome
+
+
+def grade_alerts(grades: Sequence[str], grade: str, alert_at: str | None) -> bool:
+    """Policy for a graded finding: it alerts when its grade is at least ``alert_at`` (None: any grade)."""
+    if alert_at is None:
+        return True
+    return list(grades).index(grade) >= list(grades).index(alert_at)
+
+
+def _plugin_outcome(manifest: Any, slices: Sequence[ScoredSlice], *, backend: str | None, mode: str,
+                    context: SeriesContext, slice_probabilities: bool) -> ModelOutcome:
+    """A plug-in's measurement → findings: positive as it measured, an alert only from ``alert_at`` on.
+
+    The plug-in measures and grades; this decides (the one place for policy). The finding carries the
+    measurement's fields (for ``agatston``: the score, category, per-artery scores, lesions), its grade as
+    ``category`` where the plug-in names it so, ``alert`` and ``alert_at``.
+    """
+    from edge_agent import plugins  # noqa: PLC0415
+
+    spec = manifest.plugin
+    step = plugins.get(spec.name)
+    measurements = step.measure([s.features or {} for s in slices], [s.position_mm for s in slices],
+                                context.slice_thickness_mm, spec.params)
+    outcome = ModelOutcome(manifest, "analysed", backend=backend, mode=mode)
+    for index, m in enumerate(measurements):
+        column = _column(slices, index)
+        keys = [{"index": int(k), "sop_instance_uid": slices[k].sop_instance_uid,
+                 "position_mm": None if slices[k].position_mm is None else round(float(slices[k].position_mm), 3),
+                 "probability": round(float(slices[k].probabilities[index]), 6)}
+                for k in m.key_slices[:manifest.decision.key_slices]]
+        alert = bool(m.positive and grade_alerts(step.grades, m.grade, spec.alert_at))
+        decision = Decision(float(m.probability), bool(m.positive), keys, alert=alert)
+        outcome.decisions.append(decision)
+        entry = finding_entry(manifest, index, decision, preliminary=False,
+                              slice_probabilities=column if slice_probabilities else None)
+        entry.pop("threshold", None)  # a measurement, not a probability threshold
+        entry.update(m.fields)
+        entry.update(method=spec.name, alert=alert, alert_at=spec.alert_at)
+        if mode == "shadow":
+            entry.update(shadow=True, would_alert=alert)
+        outcome.findings.append(entry)
     return outcome
 
 
@@ -265,7 +317,7 @@ def final_actions(outcome: ModelOutcome, slices: Sequence[ScoredSlice], alert_id
         aid = alert_id_for(manifest, manifest.findings[index].code)
         prior = prior_for(aid)
         probability = float(decision.probability)
-        if decision.positive:
+        if decision.raises_alert:
             if prior is not None and prior.state == "final" and abs(prior.probability - probability) < 1e-3:
                 continue
             keys = [by_uid[k["sop_instance_uid"]] for k in decision.key_slices if k["sop_instance_uid"] in by_uid]

@@ -27,7 +27,7 @@ from edge_agent.preprocess import PreprocessSpec
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
-SEVERITIES = ("critical", "urgent", "routine", "info")
+SEVERITIES = ("critical", "urgent", "significant", "routine", "info")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -70,6 +70,19 @@ class Artefact:
 
 
 @dataclass(frozen=True)
+class PluginSpec:
+    """A named non-neural step that computes the findings instead of a network (``edge_agent.plugins``).
+
+    ``params``: the plug-in's own parameters, validated by it; ``alert_at``: the lowest of the plug-in's
+    grades that raises an alert (None: every positive finding does).
+    """
+
+    name: str
+    params: Any
+    alert_at: str | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated model manifest."""
 
@@ -79,7 +92,7 @@ class Manifest:
     synthetic_training: bool
     findings: tuple[FindingSpec, ...]
     applies_to: AppliesTo
-    preprocessing: PreprocessSpec
+    preprocessing: PreprocessSpec | None
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     decision: DecisionRule
@@ -87,6 +100,7 @@ class Manifest:
     folder: Path
     evidence: EvidenceSpec | None = None  # what a positive finding must rest on (docs/EVIDENCE.md)
     domain: DomainSpec | None = None  # what a series must look like to be assessed at all
+    plugin: PluginSpec | None = None  # a named non-neural step instead of a network (no inputs/outputs/artefacts)
 
     @property
     def path(self) -> Path:
@@ -277,13 +291,55 @@ def _cross_checks(r: _Reader, m: Manifest) -> None:
         raise r.fail("findings", "has two findings with the same code")
 
 
+_NETWORK_KEYS = ("preprocessing", "inputs", "outputs", "artefacts")
+
+
+def _plugin(r: _Reader, d: Any, n_findings: int) -> PluginSpec:
+    """The manifest's ``plugin`` block: ``name`` of a registered plug-in, its parameters, ``alert_at``."""
+    from edge_agent import plugins  # noqa: PLC0415 - plug-ins are imported only when a manifest names one
+
+    if not isinstance(d, dict):
+        raise r.fail("plugin", "must be a JSON object with at least a 'name'")
+    if "name" not in d:
+        raise r.fail("plugin.name", "is required but missing")
+    name = r.string(d["name"], "plugin.name")
+    if name not in plugins.PLUGINS:
+        raise r.fail("plugin.name", f"names no known plug-in ({', '.join(plugins.names())}), not {name!r}")
+    step = plugins.get(name)
+    if step.findings != n_findings:
+        raise r.fail("findings", f"must list {step.findings} finding{'s' if step.findings != 1 else ''}, as "
+                                 f"the {name} plug-in reports")
+    alert_at = d.get("alert_at")
+    if alert_at is not None:
+        alert_at = r.string(alert_at, "plugin.alert_at", choices=step.grades)
+    params = step.parse({k: v for k, v in d.items() if k not in ("name", "alert_at")}, r.fail)
+    return PluginSpec(name=name, params=params, alert_at=alert_at)
+
+
+def _plugin_decision(r: _Reader, d: Any) -> DecisionRule:
+    """A plug-in decides by measurement: its ``decision`` block may only say how many key slices to list."""
+    d = r.obj({} if d is None else d, "decision", set(), {"key_slices"})
+    return DecisionRule(rule="max", threshold=0.5,
+                        key_slices=int(r.number(d.get("key_slices", 3), "decision.key_slices", minimum=0,
+                                                integer=True)))
+
+
 def parse_manifest(data: Any, folder: Path, *, source: Path | None = None, verify: bool = True) -> Manifest:
     """Validate a manifest already parsed from JSON (``folder`` resolves artefact paths)."""
     folder = Path(folder)
     r = _Reader(source or folder / MANIFEST_NAME)
-    d = r.obj(data, "", {"schema", "name", "version", "findings", "applies_to", "preprocessing", "inputs",
-                         "outputs", "decision", "artefacts"}, {"description", "synthetic_training", "evidence",
-                                                               "domain"})
+    plugin = isinstance(data, dict) and "plugin" in data
+    if plugin:
+        for key in _NETWORK_KEYS + ("evidence", "domain"):
+            if key in data:
+                raise r.fail(key, "is not used by a plug-in model (its 'plugin' step replaces the network and "
+                                  "checks its own domain); remove it")
+        d = r.obj(data, "", {"schema", "name", "version", "findings", "applies_to", "plugin"},
+                  {"description", "synthetic_training", "decision"})
+    else:
+        d = r.obj(data, "", {"schema", "name", "version", "findings", "applies_to", "preprocessing", "inputs",
+                             "outputs", "decision", "artefacts"}, {"description", "synthetic_training", "evidence",
+                                                                   "domain"})
     if d["schema"] != SCHEMA_VERSION:
         raise r.fail("schema", f"is {d['schema']!r} but this edge-agent reads schema {SCHEMA_VERSION}")
     findings = d["findings"]
@@ -295,19 +351,28 @@ def parse_manifest(data: Any, folder: Path, *, source: Path | None = None, verif
         code = r.string(f["code"], f"findings[{i}].code", pattern=_NAME_RE)
         specs.append(FindingSpec(code=code, label=r.string(f.get("label", code), f"findings[{i}].label"),
                                  severity=r.string(f["severity"], f"findings[{i}].severity", choices=SEVERITIES)))
-    manifest = Manifest(
+    common = dict(
         name=r.string(d["name"], "name", pattern=_NAME_RE),
         version=r.string(d["version"], "version"),
         description=r.string(d["description"], "description") if "description" in d else "",
         synthetic_training=r.boolean(d.get("synthetic_training", False), "synthetic_training"),
         findings=tuple(specs),
         applies_to=applies_to.parse(r, d["applies_to"]),
+        folder=folder,
+    )
+    if plugin:
+        if len({f.code for f in specs}) != len(specs):
+            raise r.fail("findings", "has two findings with the same code")
+        return Manifest(**common, preprocessing=None, inputs=(), outputs=(),
+                        decision=_plugin_decision(r, d.get("decision")), artefacts={},
+                        plugin=_plugin(r, d["plugin"], len(specs)))
+    manifest = Manifest(
+        **common,
         preprocessing=_preprocessing(r, d["preprocessing"]),
         inputs=_tensors(r, d["inputs"], "inputs"),
         outputs=_tensors(r, d["outputs"], "outputs"),
         decision=_decision(r, d["decision"]),
         artefacts=_artefacts(r, d["artefacts"], folder, verify),
-        folder=folder,
         evidence=_checks(r, parse_evidence, d.get("evidence"), "evidence"),
         domain=_checks(r, parse_domain, d.get("domain"), "domain"),
     )
@@ -348,7 +413,8 @@ def add_artefact(path_or_folder: str | Path, key: str, file: str | Path,
     path = Path(path_or_folder)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    load_manifest(path, verify=False)  # refuse to edit an invalid manifest
+    if load_manifest(path, verify=False).plugin is not None:  # refuse to edit an invalid manifest
+        raise ManifestError(f"{path} describes a plug-in model (no network); it has no artefacts to add.")
     data = json.loads(path.read_text(encoding="utf-8"))
     folder = path.parent.resolve()
     file = Path(file).resolve()

@@ -150,6 +150,45 @@ class Model:
                     timings[stage] = timings.get(stage, 0.0) + ms
         return np.concatenate(parts)
 
+    # -- slices with their per-slice numbers (evidence/domain for a network, the step's features for a plug-in)
+    def slice_features(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
+                       geometry: dict | None = None) -> dict | None:
+        """One slice's evidence/domain numbers (docs/EVIDENCE.md), None when the manifest declares neither."""
+        evidence, domain = getattr(self.manifest, "evidence", None), getattr(self.manifest, "domain", None)
+        if evidence is None and domain is None:
+            return None
+        from edge_agent.evidence import slice_features  # noqa: PLC0415 - only models that declare checks
+
+        f = slice_features(np.asarray(hu, dtype=np.float32), tuple(pixel_spacing), evidence, domain)
+        if geometry is not None and geometry.get("ipp") is not None:
+            f["ipp"] = [float(v) for v in geometry["ipp"]]
+        return f
+
+    def _features_of(self, slices: Sequence[Any], timings: dict[str, float] | None) -> list[dict | None]:
+        t0 = time.perf_counter()
+        out = [self.slice_features(_hu(s), tuple(s.pixel_spacing), _geometry(s)) for s in slices]
+        if timings is not None and any(f is not None for f in out):
+            timings["evidence"] = timings.get("evidence", 0.0) + (time.perf_counter() - t0) * 1000.0
+        return out
+
+    def analyse_images(self, slices: Sequence[Any], timings: dict[str, float] | None = None
+                       ) -> tuple[np.ndarray, list[dict | None]]:
+        """Slices as they land → (probabilities ``(N, F)``, each slice's features or None); the daemon's step."""
+        probabilities = self.score_images(slices, timings=timings)
+        return probabilities, self._features_of(slices, timings)
+
+    def analyse_volume(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
+                       geometries: Sequence[dict | None] | None = None,
+                       timings: dict[str, float] | None = None) -> tuple[np.ndarray, list[dict | None]]:
+        """A whole series in HU ``(N, H, W)`` → (probabilities, features); ``infer``'s step."""
+        probabilities = self.score_slices(hu, pixel_spacing, timings=timings)
+        geometries = list(geometries) if geometries is not None else [None] * len(hu)
+        t0 = time.perf_counter()
+        features = [self.slice_features(hu[i], pixel_spacing, geometries[i]) for i in range(len(hu))]
+        if timings is not None and any(f is not None for f in features):
+            timings["evidence"] = timings.get("evidence", 0.0) + (time.perf_counter() - t0) * 1000.0
+        return probabilities, features
+
     def score_slices(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
                      timings: dict[str, float] | None = None) -> np.ndarray:
         """Preprocess + batched inference: HU ``(N, H, W)`` → probabilities ``(N, F)``.
@@ -177,6 +216,92 @@ class Model:
         if not parts:
             return np.zeros((0, len(self.manifest.findings)), dtype=np.float32)
         return np.concatenate(parts)
+
+
+class PluginRunner(Runner):
+    """Stands in for a network's runner: a plug-in needs no session, device or tensors."""
+
+    backend = "plugin"
+
+    def activate_impl(self) -> None:
+        pass
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    def input_specs_impl(self) -> list:
+        return []
+
+    def output_specs_impl(self) -> list:
+        return []
+
+
+class PluginModel(Model):
+    """A model whose findings a named non-neural step computes (manifest ``plugin``, ``edge_agent.plugins``).
+
+    Every slice goes through the step's ``slice_features`` as it lands (HU and geometry, never kept) and
+    ``slice_scores``; the series decider calls its ``measure`` at settle.
+    """
+
+    def __init__(self, manifest: Manifest):
+        from edge_agent import plugins  # noqa: PLC0415
+
+        super().__init__(manifest, PluginRunner(manifest.name))
+        self.step = plugins.get(manifest.plugin.name)
+
+    def slice_features(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
+                       geometry: dict | None = None) -> dict:
+        return self.step.slice_features(np.asarray(hu, dtype=np.float32), tuple(float(v) for v in pixel_spacing),
+                                        self.manifest.plugin.params, geometry)
+
+    def _scores(self, features: list[dict]) -> np.ndarray:
+        out = np.zeros((len(features), len(self.manifest.findings)), dtype=np.float32)
+        for i, f in enumerate(features):
+            out[i] = self.step.slice_scores(f, self.manifest.plugin.params)
+        return out
+
+    def analyse_images(self, slices: Sequence[Any], timings: dict[str, float] | None = None
+                       ) -> tuple[np.ndarray, list[dict]]:
+        self.ensure_active()
+        t0 = time.perf_counter()
+        features = [self.slice_features(_hu(s), tuple(s.pixel_spacing), _geometry(s)) for s in slices]
+        if timings is not None:
+            timings["inference"] = timings.get("inference", 0.0) + (time.perf_counter() - t0) * 1000.0
+        return self._scores(features), features
+
+    def analyse_volume(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
+                       geometries: Sequence[dict | None] | None = None,
+                       timings: dict[str, float] | None = None) -> tuple[np.ndarray, list[dict]]:
+        self.ensure_active()
+        geometries = list(geometries) if geometries is not None else [None] * len(hu)
+        t0 = time.perf_counter()
+        features = [self.slice_features(hu[i], pixel_spacing, geometries[i]) for i in range(len(hu))]
+        if timings is not None:
+            timings["inference"] = timings.get("inference", 0.0) + (time.perf_counter() - t0) * 1000.0
+        return self._scores(features), features
+
+    def score_images(self, slices: Sequence[Any], timings: dict[str, float] | None = None) -> np.ndarray:
+        return self.analyse_images(slices, timings)[0]
+
+    def score_slices(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
+                     timings: dict[str, float] | None = None) -> np.ndarray:
+        hu = np.asarray(hu)
+        return self.analyse_volume(hu[None] if hu.ndim == 2 else hu, pixel_spacing, timings=timings)[0]
+
+    def preprocess(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> np.ndarray:
+        raise RunnerError(f"Model {self.name} is the {self.manifest.plugin.name} plug-in: it has no network input.")
+
+    def infer_batched(self, x: np.ndarray) -> np.ndarray:
+        raise RunnerError(f"Model {self.name} is the {self.manifest.plugin.name} plug-in: it has no network to run.")
+
+
+def _geometry(s: Any) -> dict | None:
+    """ImagePositionPatient and ImageOrientationPatient of a slice, where it has them."""
+    position, orientation = getattr(s, "position", None), getattr(s, "orientation", None)
+    if position is None:
+        return None
+    return {"ipp": [float(v) for v in position],
+            "orientation": None if orientation is None else [float(v) for v in orientation]}
 
 
 def _hu(s: Any) -> np.ndarray:
@@ -305,6 +430,9 @@ class ModelSet:
             seen.add(m.name)
         models = []
         for m in manifests:
+            if m.plugin is not None:  # a named non-neural step: no backend to choose
+                models.append(PluginModel(m))
+                continue
             runner = make_runner(m, backend, threads=threads, device=device, gpu_preprocess=gpu_preprocess,
                                  zero_copy=zero_copy)
             fallback = None

@@ -43,32 +43,34 @@ def _image_positions(series: Any, positions: np.ndarray | None) -> list | None:
     return [list(np.asarray(origin, dtype=np.float64) + normal * (p - positions[0])) for p in positions]
 
 
-def slice_features(model: Model, series: Any, positions: np.ndarray | None) -> list[dict | None]:
-    """Each slice's evidence/domain numbers (the same function the daemon runs on each arriving slice)."""
-    evidence, domain = getattr(model.manifest, "evidence", None), getattr(model.manifest, "domain", None)
-    n = len(series.hu)
-    if evidence is None and domain is None:
-        return [None] * n
-    from edge_agent.evidence import slice_features as features_of
-
+def _geometries(series: Any, positions: np.ndarray | None) -> list[dict | None]:
     ipp = _image_positions(series, positions)
-    out = []
-    for i in range(n):
-        f = features_of(np.asarray(series.hu[i], dtype=np.float32), tuple(series.pixel_spacing), evidence, domain)
-        if ipp is not None:
-            f["ipp"] = [float(v) for v in ipp[i]]
-        out.append(f)
-    return out
+    orientation = getattr(series, "orientation", None)
+    n = len(series.hu)
+    if ipp is None:
+        return [None] * n
+    return [{"ipp": [float(v) for v in ipp[i]],
+             "orientation": None if orientation is None else [float(v) for v in orientation]} for i in range(n)]
 
 
-def _scored(model: Model, series: Any, probs: np.ndarray) -> list[ScoredSlice]:
-    uids = list(getattr(series, "sop_instance_uids", []) or [])
+def _positions(series: Any, n: int) -> np.ndarray | None:
     positions = getattr(series, "positions", None)
+    return np.asarray(positions, dtype=np.float64) if positions is not None and len(positions) == n else None
+
+
+def slice_features(model: Model, series: Any, positions: np.ndarray | None) -> list[dict | None]:
+    """Each slice's evidence/domain numbers, or a plug-in's features (what the daemon computes per slice)."""
+    geometries = _geometries(series, positions)
+    return [model.slice_features(np.asarray(series.hu[i], dtype=np.float32), tuple(series.pixel_spacing),
+                                 geometries[i]) for i in range(len(series.hu))]
+
+
+def _scored(model: Model, series: Any, probs: np.ndarray, features: list[dict | None]) -> list[ScoredSlice]:
+    uids = list(getattr(series, "sop_instance_uids", []) or [])
     n = probs.shape[0]
     if len(uids) != n:
         uids = [None] * n
-    pos = np.asarray(positions, dtype=np.float64) if positions is not None and len(positions) == n else None
-    features = slice_features(model, series, pos)
+    pos = _positions(series, n)
     return [ScoredSlice(uids[i], float(pos[i]) if pos is not None else None, tuple(float(v) for v in probs[i]),
                         features=features[i])
             for i in range(n)]
@@ -84,11 +86,13 @@ def _run_model(model: Model, series: Any, timings: dict[str, float], backend: st
                slice_probabilities: bool) -> ModelOutcome:
     """Score and decide inside an error boundary: a failure becomes a ``failed`` outcome."""
     try:
-        probs = np.asarray(model.score_slices(series.hu, tuple(series.pixel_spacing), timings), dtype=np.float64)
+        geometries = _geometries(series, _positions(series, len(series.hu)))
+        probs, features = model.analyse_volume(series.hu, tuple(series.pixel_spacing), geometries, timings)
+        probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim == 1:
             probs = probs[:, None]
         t0 = time.perf_counter()
-        outcome = decide_model(model.manifest, _scored(model, series, probs), backend=backend,
+        outcome = decide_model(model.manifest, _scored(model, series, probs, features), backend=backend,
                                slice_probabilities=slice_probabilities, context=series_context(series))
         timings["decision"] = timings.get("decision", 0.0) + (time.perf_counter() - t0) * 1000.0
         return outcome
