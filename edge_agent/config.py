@@ -144,6 +144,9 @@ class ModelSettings:
                           "docs/MANIFEST.md, e.g. kernels, slice_thickness_mm, contrast, qa_keywords); each key "
                           "given replaces the manifest's.")
     mode: str = _f("", "live | shadow for this model; empty: inference.mode.", choices=("", "live", "shadow"))
+    alert_at: str = _f("", "Graded plug-in findings (coronary_calcium): the lowest grade that raises an alert, "
+                       "e.g. \"100-399\" or \">=400\"; every grade is still reported in results. Empty: the "
+                       "manifest's.")
 
 
 MODELS = "models"  # the [models.<name>] tables: one ModelSettings per model, not a fixed section
@@ -182,6 +185,10 @@ class Config:
     def applies_to_overrides(self) -> dict[str, dict]:
         """``{model name: applies_to overrides}`` for ``ModelSet.load(overrides=...)`` (models without any left out)."""
         return {name: dict(s.applies_to) for name, s in self.models.items() if s.applies_to}
+
+    def alert_at_overrides(self) -> dict[str, str]:
+        """``{model name: alert_at}`` for ``ModelSet.load(alert_at=...)`` (models without one left out)."""
+        return {name: s.alert_at for name, s in self.models.items() if s.alert_at}
 
 
 SECTIONS = {f.name: f.type for f in fields(Config) if f.name != MODELS}

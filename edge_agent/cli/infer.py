@@ -61,13 +61,14 @@ def infer(paths: tuple[Path, ...], engines: Path | None, backend: str, threads: 
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise EdgeAgentError(f"{missing[0]} does not exist; give existing DICOM files or folders.")
-    overrides = None
+    overrides = alert_at = None
     if config_file is not None:
         from edge_agent.config import load_config  # noqa: PLC0415 - only with --config
 
-        overrides = load_config(config_file).applies_to_overrides()
+        site = load_config(config_file)
+        overrides, alert_at = site.applies_to_overrides(), site.alert_at_overrides()
     models = ModelSet.load(engines, backend=backend, threads=threads, names=list(model_names) or None,
-                           overrides=overrides)
+                           overrides=overrides, alert_at=alert_at)
     try:
         report = scan(list(paths))
         left_out = list(report.rejected) + [r for s in report.series for r in (getattr(s, "rejected", None) or [])]

@@ -109,6 +109,10 @@ def bit_flips(data: bytes, rng: random.Random) -> bytes:
     pixel = data.find(PIXEL_TAG)
     if pixel > 0 and rng.random() < 0.5:
         start = pixel + 8  # inside the pixel data: what reaches the decoders
+    if start >= len(b):  # cut at (or before) where the body starts: flip anywhere
+        start = 0
+    if not b:
+        return data
     for _ in range(rng.choice((1, 2, 4, 8, 15, 32))):
         pos = rng.randrange(start, len(b))
         b[pos] ^= 1 << rng.randrange(8)

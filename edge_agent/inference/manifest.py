@@ -447,6 +447,21 @@ def override_applies_to(manifest: Manifest, changes: Any, source: str = "config"
     return replace(manifest, applies_to=applies_to.override(r, manifest.applies_to, changes, field))
 
 
+def override_alert_at(manifest: Manifest, alert_at: str, source: str = "config") -> Manifest:
+    """``manifest`` with a site's ``[models.<name>] alert_at``: the lowest grade of a graded plug-in finding
+    (coronary calcium's category) that raises an alert; the finding is reported in results either way."""
+    from edge_agent import plugins  # noqa: PLC0415 - plug-ins are imported only when a manifest names one
+
+    r = _Reader(source, config=True)
+    field = f"models.{manifest.name}.alert_at"
+    if manifest.plugin is None:
+        raise r.fail(field, f"is for graded plug-in findings; {manifest.name} is a network model, whose "
+                            "alerts follow its decision rule")
+    grades = plugins.get(manifest.plugin.name).grades
+    value = r.string(alert_at, field, choices=grades)
+    return replace(manifest, plugin=replace(manifest.plugin, alert_at=value))
+
+
 def check_applies_to_override(name: str, changes: Any, source: str = "config") -> None:
     """Validate a site's ``[models.<name>.applies_to]`` table on its own (no manifest at hand)."""
     r = _Reader(source, config=True)

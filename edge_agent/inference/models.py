@@ -21,7 +21,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.inference import applicability
 from edge_agent.inference.applicability import Refusal
 from edge_agent.inference.manifest import (
-    MANIFEST_NAME, Manifest, ManifestError, load_manifest, override_applies_to,
+    MANIFEST_NAME, Manifest, ManifestError, load_manifest, override_alert_at, override_applies_to,
 )
 from edge_agent.inference.runner import Runner, RunnerError, make_runner
 from edge_agent.preprocess import prepare_slices
@@ -383,7 +383,7 @@ class ModelSet:
     def load(cls, engines_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None, *,
              device: int = 0, names: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
              verify: bool = True, gpu_preprocess: bool = True, zero_copy: str = "auto",
-             overrides: dict[str, dict] | None = None) -> "ModelSet":
+             overrides: dict[str, dict] | None = None, alert_at: dict[str, str] | None = None) -> "ModelSet":
         """Load every model folder (``<name>/manifest.json``) under ``engines_dir``.
 
         ``engines_dir`` may also be one model folder. None = the shipped
@@ -392,7 +392,9 @@ class ModelSet:
         ``zero_copy``: auto | on | off, mapped pinned memory for TensorRT runners.
         ``overrides``: ``{model name: {applies_to key: value}}``, a site's
         ``[models.<name>.applies_to]`` (``Config.applies_to_overrides()``);
-        each key replaces the manifest's. Naming a model that is not in
+        each key replaces the manifest's. ``alert_at``: ``{model name: grade}``,
+        a site's ``[models.<name>] alert_at`` for graded plug-in findings
+        (``Config.alert_at_overrides()``). Naming a model that is not in
         ``engines_dir`` is an error (a typo would otherwise go unnoticed).
         Runners are created but not activated.
         """
@@ -407,12 +409,14 @@ class ModelSet:
         folders = [root] if (root / MANIFEST_NAME).is_file() else sorted(
             p for p in root.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
         manifests = [load_manifest(f, verify=verify) for f in folders]
-        if overrides:
-            unknown = sorted(set(overrides) - {m.name for m in manifests})
+        if overrides or alert_at:
+            unknown = sorted((set(overrides or ()) | set(alert_at or ())) - {m.name for m in manifests})
             if unknown:
                 raise ManifestError(f"The config sets [models.{unknown[0]}] but {root} has no model named "
                                     f"{unknown[0]!r} (there are: {', '.join(m.name for m in manifests) or 'none'}).")
-            manifests = [override_applies_to(m, overrides[m.name], "config") if overrides.get(m.name) else m
+            manifests = [override_applies_to(m, overrides[m.name], "config") if (overrides or {}).get(m.name)
+                         else m for m in manifests]
+            manifests = [override_alert_at(m, alert_at[m.name], "config") if (alert_at or {}).get(m.name) else m
                          for m in manifests]
         if names:
             unknown = sorted(set(names) - {m.name for m in manifests})

@@ -280,7 +280,8 @@ class Agent:
         cfg = self.config.inference
         return ModelSet.load(Path(cfg.engines) if cfg.engines else None, backend=cfg.backend,
                              threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off",
-                             zero_copy=cfg.zero_copy, overrides=self.config.applies_to_overrides())
+                             zero_copy=cfg.zero_copy, overrides=self.config.applies_to_overrides(),
+                             alert_at=self.config.alert_at_overrides())
 
     def _mode_for(self, model_name: str) -> str:
         """live | shadow for one model: its [models.<name>] mode, else inference.mode."""

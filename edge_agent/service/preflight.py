@@ -138,7 +138,8 @@ def model_checks(cfg: Config) -> list[Check]:
     try:
         models = ModelSet.load(Path(inference.engines) if inference.engines else None, backend=inference.backend,
                                threads=inference.threads or None, gpu_preprocess=inference.gpu_preprocess != "off",
-                               zero_copy=inference.zero_copy, overrides=cfg.applies_to_overrides())
+                               zero_copy=inference.zero_copy, overrides=cfg.applies_to_overrides(),
+                               alert_at=cfg.alert_at_overrides())
     except EdgeAgentError as exc:
         return [_fail("models", str(exc))]
     out: list[Check] = []

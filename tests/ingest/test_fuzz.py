@@ -61,3 +61,16 @@ def test_seeded_fuzz_through_a_running_ingest(make_ingest, dirs, tmp_path):
     assert all(t.is_alive() for t in ing._threads)
     for _, reason in c.rejected:
         assert fuzz.is_sentence(reason), reason
+
+
+def test_bit_flips_on_a_file_cut_where_its_body_starts():
+    """A truncation that leaves only preamble + DICM (or less) must still be mutable (it stopped a fuzz run)."""
+    import random
+
+    from edge_agent.dicom.mutate import bit_flips
+
+    head = b"\0" * 128 + b"DICM"
+    for seed in range(20):
+        out = bit_flips(head, random.Random(seed))
+        assert len(out) == len(head) and out != head
+    assert bit_flips(b"", random.Random(0)) == b""

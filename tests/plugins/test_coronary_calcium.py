@@ -220,3 +220,24 @@ def test_the_pipeline_streams_the_same_score_as_infer_and_alerts_at_400(tmp_path
     alert = out.alerts[-1]
     assert alert["state"] == "final" and alert["finding"]["code"] == "coronary_calcium"
     assert alert["finding"]["severity"] == "significant"
+
+
+def test_a_site_sets_the_alerting_category_in_its_config(tmp_path):
+    """``[models.coronary_calcium] alert_at`` in the site config reaches the decider; typos are one sentence."""
+    from edge_agent.config import load_config
+    from edge_agent.errors import EdgeAgentError
+
+    ph, series = written(tmp_path, "s", seed=1, plaques=5, heavy=True)
+    site = tmp_path / "site.toml"
+    site.write_text('[models.coronary_calcium]\nalert_at = "1-99"\n')
+    cfg = load_config(site)
+    assert cfg.alert_at_overrides() == {"coronary_calcium": "1-99"}
+    lowered = ModelSet.load(MODEL, alert_at=cfg.alert_at_overrides())
+    f = cac(analyse_series(series, lowered))
+    assert f["positive"] is True and f["alert_at"] == "1-99" and f["alert"] is True  # any calcium alerts now
+    default = cac(analyse_series(series, ModelSet.load(MODEL)))
+    assert default["agatston"] == f["agatston"] and default["alert"] is (default["agatston"] >= 400.0)
+    with pytest.raises(EdgeAgentError, match=r"alert_at.*one of 0, 1-99, 100-399, >=400"):
+        ModelSet.load(MODEL, alert_at={"coronary_calcium": "severe"})
+    with pytest.raises(EdgeAgentError, match=r"ich is a network model"):
+        ModelSet.load(ENGINES_DIR, alert_at={"ich": ">=400"})
