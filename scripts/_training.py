@@ -411,3 +411,13 @@ def export(task: Task, model, out_dir: Path, decision: dict, version: str, extra
     (out_dir / "README.md").write_text(extra_card.format(validation=validation, decision=decision,
                                                          size_kb=onnx_path.stat().st_size // 1024))
     return manifest
+
+
+def existing_applies_to(out_dir: Path, default: dict) -> dict:
+    """The model folder's current applies_to (edited by hand or by other tools) wins over ``default``."""
+    path = Path(out_dir) / "manifest.json"
+    if path.exists():
+        current = json.loads(path.read_text())
+        if "applies_to" in current:
+            return {"applies_to": current["applies_to"]}
+    return default

@@ -14,13 +14,13 @@ decision, artefacts, version and description (applies_to is preserved).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _training import (
+from _training import (  # noqa: E402
+    existing_applies_to,
     ROOT, TRAIN_SEED0, VAL_SEED0, Task, build_dataset, build_series, choose_decision, export, log, predict, train,
 )
 from edge_agent.phantoms import head_phantom, qa_phantom
@@ -150,16 +150,6 @@ never seen a real scan; do not use it for patient care.**
 """
 
 
-def _existing_applies_to(out_dir: Path) -> dict:
-    """The folder's current applies_to (edited by hand or by other tools) wins over the default here."""
-    path = out_dir / "manifest.json"
-    if path.exists():
-        current = json.loads(path.read_text())
-        if "applies_to" in current:
-            return {"applies_to": current["applies_to"]}
-    return APPLIES_TO
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cases", type=int, default=2400)
@@ -174,7 +164,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     args = ap.parse_args()
     t0 = time.time()
-    TASK.manifest_extra = _existing_applies_to(args.out)
+    TASK.manifest_extra = existing_applies_to(args.out, APPLIES_TO)
     x, y, meta = build_dataset(TASK, args.cases, TRAIN_SEED0)
     log(f"train slices {len(y)} (positive {int(y.sum())}) in {time.time() - t0:.0f} s")
     with progress(args.steps, "training ich", "step") as bar:

@@ -26,14 +26,14 @@ nodule that needs follow-up, and the Fleischner Society guidelines exclude benig
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _training import (
+from _training import (  # noqa: E402
+    existing_applies_to,
     ROOT, TRAIN_SEED0, VAL_SEED0, Task, build_dataset, build_series, choose_decision, export, log, predict, train,
 )
 from edge_agent.phantoms import chest_phantom
@@ -170,15 +170,6 @@ never seen a real scan; do not use it for patient care or screening.**
 """
 
 
-def _existing_applies_to(out_dir: Path) -> dict:
-    path = out_dir / "manifest.json"
-    if path.exists():
-        current = json.loads(path.read_text())
-        if "applies_to" in current:
-            return {"applies_to": current["applies_to"]}
-    return APPLIES_TO
-
-
 class _Progress:
     """A tqdm bar over the optimizer steps on a terminal; silent (the log lines remain) when not a TTY."""
 
@@ -216,7 +207,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     t0 = time.time()
-    TASK.manifest_extra = _existing_applies_to(args.out)
+    TASK.manifest_extra = existing_applies_to(args.out, APPLIES_TO)
     x, y, meta = build_dataset(TASK, args.cases, TRAIN_SEED0, workers=args.workers)
     log(f"train slices {len(y)} (positive {int(y.sum())}) in {time.time() - t0:.0f} s")
     progress = _Progress(args.steps)
