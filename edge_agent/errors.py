@@ -24,9 +24,3 @@ class MissingDependency(EdgeAgentError):
     """An optional dependency (TensorRT, pycuda, ...) is not installed."""
 
     exit_code = 3
-
-
-class NotImplementedYet(EdgeAgentError):
-    """A contract command whose implementation has not landed yet."""
-
-    exit_code = 4

@@ -13,7 +13,7 @@ convention)::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -140,10 +140,6 @@ class MqttSettings:
                 if env_value is not None:
                     values[name] = env_value
         return cls(**values)
-
-    def with_url(self, url: str) -> "MqttSettings":
-        """A copy pointing at ``url`` (used when the daemon starts the embedded broker)."""
-        return replace(self, url=url)
 
     @property
     def address(self) -> BrokerAddress:

@@ -8,8 +8,8 @@ of files and SOP Instance UIDs (ledger.py) and the quarantine
 
 Typical use (the daemon)::
 
-    ingest = Ingest(IngestSettings(watch_dir, state_dir), on_file=pipeline.add_file,
-                    on_rejected=pipeline.file_rejected)
+    ingest = Ingest(IngestSettings(watch_dir, state_dir), on_file=pipeline.submit,
+                    on_rejected=lambda path, reason: log.warning("%s: %s", path, reason))
     ingest.start()                      # raises EdgeAgentError with one sentence
     ...
     ingest.mark_series_done(series_instance_uid)   # after the final decision

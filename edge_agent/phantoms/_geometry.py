@@ -56,10 +56,6 @@ class Acquisition:
     vendor: Vendor
     extras: dict = field(default_factory=dict)
 
-    @property
-    def fov_mm(self) -> float:
-        return self.matrix * self.pixel_spacing
-
     def grid(self, z: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Phantom-frame coordinates (x, y, z) of every pixel of the slice at scanner height ``z``."""
         n = self.matrix
