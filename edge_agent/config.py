@@ -105,6 +105,17 @@ class MqttSection:
 
 
 @dataclass
+class AlertsSection:
+    previews: bool = _f(True, "Publish a key-image preview of every alert revision on {prefix}/{site}/{device}/previews "
+                        "(windowed, downscaled, made from the HU only: no overlays, no PHI; docs/ALERTS.md).")
+    preview_size: int = _f(256, "Longest side of a preview in pixels (16-1024); never larger than the slice.")
+    preview_max_bytes: int = _f(65536, "Most bytes of a preview image (1024-1048576): PNG when it fits, else JPEG "
+                                "at falling quality, then smaller.")
+    preview_format: str = _f("auto", "auto (PNG, else JPEG when PNG is over the cap) | png | jpeg.",
+                             choices=("auto", "png", "jpeg"))
+
+
+@dataclass
 class DicomSection:
     port: int = _f(0, "C-STORE receiver port (0: no receiver).")
     ae_title: str = _f("EDGE_AGENT", "Our AE title.")
@@ -159,6 +170,7 @@ class Config:
     series: SeriesSection = field(default_factory=SeriesSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
     dicom: DicomSection = field(default_factory=DicomSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     pacs: PacsSection = field(default_factory=PacsSection)

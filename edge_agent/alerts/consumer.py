@@ -97,7 +97,7 @@ class AlertListener:
     def __init__(self, settings: MqttSettings, on_alert: Callable[[dict, str], None],
                  store_path: Path | None = None, send_receipts: bool = True, *, site: str = "+",
                  device: str = "+", group: str | None = None, consumer: str | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, on_preview: Callable[[dict], None] | None = None) -> None:
         self.settings = settings
         self.on_alert = on_alert
         self.store_path = None if store_path is None else Path(store_path)
@@ -107,8 +107,13 @@ class AlertListener:
         self.connect_timeout = connect_timeout
         topic = f"{settings.prefix}/{site}/{device}/alerts"
         self.subscription = f"$share/{group}/{topic}" if group else topic
+        # Key-image previews (edge-agent/preview/1) on .../previews, only when asked for: at QoS 1 in the same
+        # (persistent) session; no receipts (the agent delivers them in broker mode).
+        self.on_preview = on_preview
+        previews = f"{settings.prefix}/{site}/{device}/previews"
+        self.preview_subscription = (f"$share/{group}/{previews}" if group else previews) if on_preview else None
         self.counts = {"received": 0, "new": 0, "update": 0, "duplicate": 0, "stale": 0, "invalid": 0,
-                       "receipts": 0}
+                       "receipts": 0, "previews": 0}
         self.protocol: str | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -190,7 +195,10 @@ class AlertListener:
         return None, None
 
     def _subscribe(self, client: paho.Client) -> None:
-        client.subscribe(self.subscription, qos=1)
+        if self.preview_subscription is None:
+            client.subscribe(self.subscription, qos=1)
+        else:
+            client.subscribe([(self.subscription, 1), (self.preview_subscription, 1)])
 
     # ------------------------------------------------------------------ the listener thread
     def _run(self) -> None:
@@ -222,6 +230,9 @@ class AlertListener:
             self._handle_message(event[2])
 
     def _handle_message(self, message) -> None:
+        if self.on_preview is not None and message.topic.endswith("/previews"):
+            self._handle_preview(message)
+            return
         self.counts["received"] += 1
         try:
             payload = json.loads(message.payload)
@@ -238,6 +249,17 @@ class AlertListener:
         self._store.record(alert_id, revision)
         if self.send_receipts:
             self._send_receipt(message.topic, alert_id, revision)
+
+    def _handle_preview(self, message) -> None:
+        try:
+            payload = json.loads(message.payload)
+            validate_payload("preview", payload)
+        except (ValueError, EdgeAgentError) as exc:
+            self.counts["invalid"] += 1
+            log.warning("listener: ignoring an invalid preview on %s: %s", message.topic, exc)
+            return
+        self.counts["previews"] += 1
+        self.on_preview(payload)
 
     def _send_receipt(self, alert_topic: str, alert_id: str, revision: int) -> None:
         receipt_topic = alert_topic.rsplit("/", 1)[0] + "/receipts"

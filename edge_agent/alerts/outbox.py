@@ -26,8 +26,8 @@ ACTIVE_STATES = ("pending", "inflight", "acked")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_key     TEXT    NOT NULL UNIQUE,   -- alert_id, or result_id for results
-    kind            TEXT    NOT NULL,          -- alert | result
+    message_key     TEXT    NOT NULL UNIQUE,   -- alert_id, result_id for results, preview:<alert_id>
+    kind            TEXT    NOT NULL,          -- alert | result | preview
     revision        INTEGER NOT NULL,
     topic           TEXT    NOT NULL,
     payload         BLOB    NOT NULL,

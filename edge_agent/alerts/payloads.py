@@ -27,6 +27,7 @@ SCHEMA_IDS = {
     "result": "edge-agent/result/2",
     "status": "edge-agent/status/1",
     "receipt": "edge-agent/receipt/1",
+    "preview": "edge-agent/preview/1",
 }
 ALERT_STATES = ("preliminary", "final", "retracted")
 DISCLAIMER = ("Model trained on synthetic phantoms only; this is not a medical device and its output "
@@ -62,7 +63,7 @@ def alert_id(series_instance_uid: str, model_name: str, model_version: str, find
 
 @functools.lru_cache(maxsize=None)
 def load_schema(kind: str) -> dict:
-    """The shipped JSON Schema for ``kind`` (alert, result, status, receipt)."""
+    """The shipped JSON Schema for ``kind`` (alert, result, status, receipt, preview)."""
     if kind not in SCHEMA_IDS:
         raise PayloadError(f"There is no payload schema named {kind!r}; use one of {', '.join(SCHEMA_IDS)}.")
     text = resources.files("edge_agent").joinpath("schemas", f"{kind}.json").read_text(encoding="utf-8")

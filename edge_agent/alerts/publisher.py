@@ -242,6 +242,16 @@ class AlertPublisher:
         validate_payload("result", payload)
         self._submit("result", payload["result_id"], 1, self.settings.topic("results"), payload, "broker")
 
+    def publish_preview(self, payload: dict) -> None:
+        """Commit a key-image preview (see edge_agent.alerts.previews.build_preview); done at PUBACK.
+
+        Its own row (key ``preview:<alert_id>``): a higher revision replaces the earlier one, like an alert,
+        and it is delivered in ``broker`` mode whatever ``delivery`` is, so it never waits for a receipt.
+        """
+        validate_payload("preview", payload)
+        self._submit("preview", f"preview:{payload['alert_id']}", payload["revision"],
+                     self.settings.topic("previews"), payload, "broker")
+
     def set_status_counters(self, counters: dict) -> None:
         """Counters merged into the periodic heartbeat on the status topic."""
         with self._lock:
@@ -547,8 +557,12 @@ class AlertPublisher:
             self._publish_row(outbox, row, now)
 
     def _publish_row(self, outbox: Outbox, row: OutboxRow, now: float) -> None:
-        user_props = [("alert_id", row.message_key), ("revision", str(row.revision))] if row.kind == "alert" else \
-            [("result_id", row.message_key)]
+        if row.kind == "alert":
+            user_props = [("alert_id", row.message_key), ("revision", str(row.revision))]
+        elif row.kind == "preview":
+            user_props = [("alert_id", row.message_key.split(":", 1)[1]), ("revision", str(row.revision))]
+        else:
+            user_props = [("result_id", row.message_key)]
         info = self._link.client.publish(row.topic, row.payload, qos=1, retain=False,
                                     properties=mqtt.publish_properties(self._link.protocol, user_props))
         if info.rc == paho.MQTT_ERR_SUCCESS or info.rc == paho.MQTT_ERR_NO_CONN:

@@ -68,6 +68,19 @@ def check_store(store: Path) -> None:
                              "it) or a store an earlier 'edge-agent listen' wrote.")
 
 
+def save_preview(directory: Path, payload: dict) -> Path:
+    """Write a preview's image as ``<alert_id>-r<revision>.<png|jpg>`` in ``directory`` (atomically)."""
+    import os
+
+    from edge_agent.alerts.previews import decode_preview, preview_file_name
+
+    target = directory / preview_file_name(payload)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(decode_preview(payload))
+    os.replace(tmp, target)
+    return target
+
+
 def listener_settings(config_path: Path | None, **flags) -> MqttSettings:
     """Flags > config file ([mqtt] section, its password file) > environment > defaults."""
     values = {}
@@ -105,8 +118,11 @@ def listener_settings(config_path: Path | None, **flags) -> MqttSettings:
               help="Exit after S seconds (at most a year; without it: until stopped).")
 @click.option("--consumer", default=None, help="Name sent in receipts and used in the client id.")
 @click.option("--protocol", type=click.Choice(["auto", "5", "3.1.1"]), default=None, help="[default: auto]")
+@click.option("--save-previews", "previews_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also subscribe to key-image previews and write each as DIR/<alert_id>-r<revision>.png|jpg "
+                   "(DIR must exist).")
 def listen(url, config_path, prefix, site, device, group, json_lines, store, no_receipts, count, timeout, consumer,
-           protocol):
+           protocol, previews_dir):
     """Subscribe to alerts, print each once, and send receipts so the agent stops republishing."""
     from edge_agent.alerts.consumer import AlertListener
     from edge_agent.config import check_environment
@@ -114,6 +130,8 @@ def listen(url, config_path, prefix, site, device, group, json_lines, store, no_
     check_environment()  # a typo in EDGE_AGENT_MQTT_PASSWORD & co. must not pass silently (with --config too)
     if store is not None:
         check_store(store)
+    if previews_dir is not None and not previews_dir.is_dir():
+        raise EdgeAgentError(f"--save-previews {previews_dir} is not an existing folder; create it first.")
     settings = listener_settings(config_path, url=url, prefix=prefix, protocol=protocol)
     url = settings.url
     shown = 0
@@ -132,8 +150,19 @@ def listen(url, config_path, prefix, site, device, group, json_lines, store, no_
             if count is not None and shown >= count:
                 done.set()
 
+    def on_preview(payload: dict) -> None:
+        try:
+            path = save_preview(previews_dir, payload)
+        except (OSError, ValueError) as exc:
+            click.echo(f"listen: preview of {payload.get('alert_id')} not saved ({exc})", err=True)
+            return
+        with lock:  # on stderr: stdout stays one alert per line with --json
+            click.echo(f"preview r{payload['revision']} of {payload['alert_id']}: {path} "
+                       f"({payload['width']}x{payload['height']} {payload['mime']})", err=True)
+
     listener = AlertListener(settings, on_alert=on_alert, store_path=store, send_receipts=not no_receipts,
-                             site=site, device=device, group=group, consumer=consumer)
+                             site=site, device=device, group=group, consumer=consumer,
+                             on_preview=on_preview if previews_dir is not None else None)
     try:
         listener.start()
     except sqlite3.Error as exc:  # a damaged database behind a valid header, a read-only file, ...
@@ -152,4 +181,5 @@ def listen(url, config_path, prefix, site, device, group, json_lines, store, no_
         listener.stop()
     counts = listener.counts
     click.echo(f"listen: {counts['new']} new, {counts['update']} updates, {counts['duplicate']} duplicates, "
-               f"{counts['receipts']} receipts sent", err=True)
+               f"{counts['receipts']} receipts sent"
+               + (f", {counts['previews']} previews received" if previews_dir is not None else ""), err=True)

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Callable, TypeVar
 
 from edge_agent.boundary import describe, failure_reason, is_fatal
 from edge_agent.dicom.model import BadFile, DicomError
+from edge_agent.dicom.uids import NATIVE_SYNTAXES
 
 log = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -49,8 +50,6 @@ MAX_DECODED_BYTES = 4 * 1024 ** 3  # stored values of one file, before HU (float
 # is more: a blank slice compresses extremely well). Lossless CT compresses 2-4:1, lossy JPEG 2000 ~50:1.
 MAX_COMPRESSION_RATIO = 4000
 COMPRESSED_FLOOR = 128 * 1024 ** 2
-NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
-                             "1.2.840.10008.1.2.1.99"})
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))

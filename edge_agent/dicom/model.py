@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.hu import to_hu
 
 RejectKind = Literal["bad", "excluded", "duplicate", "inconsistent"]
 
@@ -132,8 +133,6 @@ class Slice:
             return self.hu
         if self.stored is None or self.rescale is None:
             return None
-        from edge_agent.dicom.reader import to_hu  # noqa: PLC0415 - reader imports this module
-
         return to_hu(self.stored, *self.rescale)
 
     def drop_pixels(self) -> None:

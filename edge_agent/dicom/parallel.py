@@ -32,16 +32,11 @@ from edge_agent.boundary import describe, failure_reason, is_fatal
 from edge_agent.dicom import fastpath
 from edge_agent.dicom.assembly import finish, plan
 from edge_agent.dicom.model import DicomError, Rejected, Series, Slice
-from edge_agent.dicom.reader import read_file, to_hu
+from edge_agent.dicom.reader import read_file
+from edge_agent.dicom.uids import ABORT_PRONE, JPEG_FAMILY_PREFIX
+from edge_agent.hu import to_hu
 
 SERIAL_BELOW = 16  # fewer files than this are read in-process: a pool costs more than it saves
-# JPEG (1.2.840.10008.1.2.4.5x-.70), JPEG-LS (.80/.81), JPEG 2000 (.90-.93), HTJ2K (.201-.203).
-_HEAVY_PREFIXES = ("1.2.840.10008.1.2.4.",)
-# Syntaxes only gdcm decodes here (pylibjpeg-libjpeg is GPL and not installed): JPEG baseline, extended
-# and lossless. gdcm can abort the whole process on damaged data (an uncaught C++ exception), which no
-# Python boundary catches, so such files are decoded in worker processes however few there are.
-ABORT_PRONE = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-                         "1.2.840.10008.1.2.4.70"})
 CRASHED = ("made the decoder process crash (its compressed pixel data are damaged, or it needs more memory "
            "than there is); resend it or ask for another transfer syntax")
 log = logging.getLogger(__name__)
@@ -84,7 +79,7 @@ def choose_mode(files: list[str], workers: int, executor: str = "auto") -> str:
     if not small and executor != "auto":
         return executor if executor != "process" or processes_possible() else "thread"
     if not small and processes_possible() and any(
-            fastpath.transfer_syntax(p).startswith(_HEAVY_PREFIXES) for p in files[:: max(1, len(files) // 3)][:3]):
+            fastpath.transfer_syntax(p).startswith(JPEG_FAMILY_PREFIX) for p in files[:: max(1, len(files) // 3)][:3]):
         return "process"
     if executor != "thread" and processes_possible() and any(
             fastpath.transfer_syntax(p) in ABORT_PRONE for p in files):

@@ -34,8 +34,8 @@ from edge_agent.boundary import failure_reason
 from edge_agent.dicom import fastpath, limits
 from edge_agent.dicom.header import HEADER_FIELDS, header_fields, multi as _multi, to_float as _float
 from edge_agent.dicom.model import BadFile, NotAnImage, Slice
+from edge_agent.hu import AIR_HU, to_hu  # noqa: F401 - re-exported (edge_agent.dicom)
 
-AIR_HU = -1024.0
 PIXEL_DATA = 0x7FE00010
 _DEFER = 64 * 1024  # values larger than this stay on disk until needed
 FAST_HEADERS = True  # native little-endian files skip pydicom's Dataset (see fastpath.py)
@@ -366,22 +366,3 @@ def _fix_unused_bits(arr: np.ndarray, stored_bits: int, signed: bool) -> np.ndar
     return unsigned & np.array(mask, dtype=unsigned.dtype)
 
 
-def to_hu(stored: np.ndarray, slope: float, intercept: float, padding: tuple[int, int] | None,
-          out: np.ndarray | None = None) -> np.ndarray:
-    """Stored values → float32 HU; padding and anything below air → -1024 (written into ``out`` if given)."""
-    if out is None:
-        out = np.empty(stored.shape, dtype=np.float32)
-    if slope == 1.0:
-        np.add(stored, np.float32(intercept), out=out, dtype=np.float32)
-    else:
-        np.multiply(stored, np.float32(slope), out=out, dtype=np.float32)
-        out += np.float32(intercept)
-    if padding is not None:
-        lo, hi = padding
-        # Padding that maps to air or below is handled by the clamp; only padding
-        # that would land above air (e.g. unsigned 0 with intercept 0) needs a mask.
-        if max(lo * slope, hi * slope) + intercept > AIR_HU:
-            mask = stored == lo if lo == hi else (stored >= lo) & (stored <= hi)
-            out[mask] = AIR_HU
-    np.maximum(out, np.float32(AIR_HU), out=out)
-    return out

@@ -31,18 +31,9 @@ from pathlib import Path
 
 from edge_agent.boundary import describe, failure_reason, is_fatal
 from edge_agent.dicom import BadFile, DicomError, Slice, read_file
+from edge_agent.dicom.uids import NATIVE_SYNTAXES
 
 log = logging.getLogger(__name__)
-
-# Transfer syntaxes whose pixel data needs no decoder (PS3.5 A.1–A.3, and Deflated A.5:
-# zlib releases the GIL).
-NATIVE_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2",        # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1",      # Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",      # Explicit VR Big Endian (retired)
-    "1.2.840.10008.1.2.1.99",   # Deflated Explicit VR Little Endian
-})
-
 
 def _worker_init(parent: int) -> None:
     """Worker initializer: exit with the agent, and import the DICOM stack before the first file.

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from edge_agent.dicom.synth import SeriesHeaders
 
-AIR_HU = -1024.0
+from edge_agent.hu import AIR_HU  # noqa: E402,F401 - one definition of air
 
 
 @dataclass(frozen=True)

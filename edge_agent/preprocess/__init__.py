@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AIR_HU = -1024.0
+from edge_agent.hu import AIR_HU  # noqa: E402,F401 - one definition of air
 
 
 @dataclass(frozen=True)

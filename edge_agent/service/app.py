@@ -67,6 +67,9 @@ class _Outputs:
     def raise_alert(self, payload: dict) -> None:
         self.app.publisher.raise_alert(payload)
 
+    def publish_preview(self, payload: dict) -> None:
+        self.app.publisher.publish_preview(payload)
+
     def publish_result(self, result: dict) -> None:
         from edge_agent.alerts.payloads import build_result
         from edge_agent.alerts.payloads import utc_iso
@@ -206,7 +209,7 @@ class Agent:
             self._load_models, state / "series.sqlite3", _Outputs(self), site=cfg.agent.site,
             device=cfg.agent.device, settle=cfg.series.settle, max_open=cfg.series.max_open,
             queue_size=cfg.series.queue_size, batch=cfg.series.batch, heartbeat=self.heartbeats.beat,
-            mode_for=self._mode_for, study_header=study_header)
+            mode_for=self._mode_for, study_header=study_header, previews=self._preview_settings())
         self.pipeline.start()
         self._started.append(("pipeline", self.pipeline))
 
@@ -282,6 +285,15 @@ class Agent:
                              threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off",
                              zero_copy=cfg.zero_copy, overrides=self.config.applies_to_overrides(),
                              alert_at=self.config.alert_at_overrides())
+
+    def _preview_settings(self):
+        """PreviewSettings from [alerts] when key-image previews are on, else None."""
+        a = self.config.alerts
+        if not a.previews:
+            return None
+        from edge_agent.alerts.previews import PreviewSettings
+
+        return PreviewSettings(size=a.preview_size, max_bytes=a.preview_max_bytes, format=a.preview_format)
 
     def _mode_for(self, model_name: str) -> str:
         """live | shadow for one model: its [models.<name>] mode, else inference.mode."""

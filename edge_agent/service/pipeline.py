@@ -84,6 +84,8 @@ class OpenSeries:
     # The original study's header (patient/study attributes, for DICOM results in that study; never logged),
     # read from this opening's first file when results go to PACS; None otherwise.
     study: Any = field(default=None, repr=False)
+    # model name -> PreviewCache: thumbnails of the few best-scoring slices (alert key-image previews)
+    previews: dict = field(default_factory=dict, repr=False)
 
 
 def series_info(first) -> dict:
@@ -142,7 +144,7 @@ class SeriesPipeline:
     def __init__(self, load_models: Callable[[], Any], store_path, outputs: Outputs, *, site: str, device: str,
                  settle: float = 5.0, max_open: float = 1800.0, queue_size: int = 256, batch: int = 16,
                  heartbeat: Callable[[str], None] | None = None, mode_for: Callable[[str], str] | None = None,
-                 study_header: Callable[[str], Any] | None = None):
+                 study_header: Callable[[str], Any] | None = None, previews: Any = None):
         self._load_models = load_models
         self._store_path = store_path
         self.outputs = outputs
@@ -157,6 +159,8 @@ class SeriesPipeline:
         self._heartbeat = heartbeat or (lambda _name: None)
         self._mode_for = mode_for or (lambda _name: "live")  # model name -> live | shadow
         self._study_header = study_header  # path -> the study's header, when results go to PACS
+        # PreviewSettings: every alert revision gets a key-image preview (outputs.publish_preview); None: none
+        self.previews = previews if hasattr(outputs, "publish_preview") else None
         self._held: list = []  # files of a batch that met a full disk, retried first
         self._paused_until = 0.0  # monotonic; 0: not paused
         self.models = None
@@ -396,7 +400,47 @@ class SeriesPipeline:
                   for i, (f, s) in enumerate(todo)]
         self.store.add_scores(series.series_instance_uid, name, scores)
         scored.update((s.sop_instance_uid, s) for s in scores)
+        if self.previews is not None:
+            self._keep_previews(series, model, todo, probabilities)
         self._check_preliminary(series, model, scores)
+
+    def _keep_previews(self, series: OpenSeries, model, todo: list, probabilities: np.ndarray) -> None:
+        """Thumbnails of the best-scoring slices, kept (bounded) for the key-image previews of its alerts."""
+        from edge_agent.alerts.previews import PreviewCache, window_for  # noqa: PLC0415 - Pillow on first use
+
+        manifest = model.manifest
+        try:
+            cache = series.previews.get(manifest.name)
+            if cache is None:
+                keep = max(1, int(getattr(manifest.decision, "key_slices", 3) or 1)) + self.previews.keep
+                cache = series.previews[manifest.name] = PreviewCache(window_for(manifest), self.previews, keep)
+            for i, (_, s) in enumerate(todo):
+                score = float(np.max(probabilities[i])) if probabilities.shape[1] else 0.0
+                cache.offer(s.sop_instance_uid, score, s.hu_pixels, s.pixel_spacing)
+        except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
+            log.warning("series %s: no key-image previews from this batch (%s: %s)", series.series_instance_uid,
+                        type(exc).__name__, exc)
+
+    def _publish_preview(self, series: OpenSeries, manifest, payload: dict, action: AlertAction) -> None:
+        """The key-image preview of an alert revision, after the alert itself (never raises)."""
+        from edge_agent.alerts.previews import build_preview  # noqa: PLC0415
+
+        cache = series.previews.get(manifest.name)
+        found = None if cache is None else cache.image_for(k["sop_instance_uid"] for k in action.key_slices)
+        if found is None:
+            log.info("series %s: no key-image preview for alert %s revision %d (the key slices' pixels were not "
+                     "kept: scored before a restart or reopening)", series.series_instance_uid,
+                     payload["alert_id"], payload["revision"])
+            return
+        try:
+            preview = build_preview(payload, sop_instance_uid=found[0], image=found[1], window=cache.window,
+                                    settings=self.previews)
+            self.outputs.publish_preview(preview)
+            self.outputs.count("previews", action.state)
+        except Exception as exc:  # noqa: BLE001 - the alert is out; its preview is a convenience
+            log.warning("series %s: the key-image preview of alert %s revision %d was not published (%s: %s)",
+                        series.series_instance_uid, payload["alert_id"], payload["revision"],
+                        type(exc).__name__, exc)
 
     def _check_preliminary(self, series: OpenSeries, model, new_scores: list[SliceScore]) -> None:
         along = sorted(self._known_scores(series, model.manifest.name).values(),
@@ -441,6 +485,8 @@ class SeriesPipeline:
         self.store.save_alert(series.series_instance_uid,
                               AlertState(action.alert_id, revision, action.state, action.probability))
         self.outputs.count("alerts", action.state)
+        if self.previews is not None:
+            self._publish_preview(series, manifest, payload, action)
         log.warning("ALERT %s %s series=%s p=%.3f rev=%d", action.state, finding.code, series.series_instance_uid,
                     action.probability, revision)
 

@@ -47,6 +47,7 @@ import pynetdicom.dimse_messages as pynetdicom_messages
 from pynetdicom import AE, _config as pynetdicom_config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from edge_agent.dicom.uids import STORAGE_TRANSFER_SYNTAXES
 from edge_agent.errors import ConfigError, EdgeAgentError
 
 log = logging.getLogger(__name__)
@@ -65,18 +66,7 @@ VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 
 #: Transfer syntaxes accepted for storage (PS3.5 Annex A, PS3.6 Table A-1),
 #: all of which the pipeline's decoders read.
-TRANSFER_SYNTAXES: list[UID] = [
-    UID("1.2.840.10008.1.2"),  # Implicit VR Little Endian (the default)
-    UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
-    UID("1.2.840.10008.1.2.1.99"),  # Deflated Explicit VR Little Endian
-    UID("1.2.840.10008.1.2.5"),  # RLE Lossless
-    UID("1.2.840.10008.1.2.4.70"),  # JPEG Lossless, First-Order Prediction (SV1)
-    UID("1.2.840.10008.1.2.4.57"),  # JPEG Lossless, Non-Hierarchical (Process 14)
-    UID("1.2.840.10008.1.2.4.80"),  # JPEG-LS Lossless
-    UID("1.2.840.10008.1.2.4.81"),  # JPEG-LS Near-Lossless
-    UID("1.2.840.10008.1.2.4.90"),  # JPEG 2000 (Lossless Only)
-    UID("1.2.840.10008.1.2.4.91"),  # JPEG 2000
-]
+TRANSFER_SYNTAXES: list[UID] = [UID(u) for u in STORAGE_TRANSFER_SYNTAXES]
 
 # C-STORE response statuses (PS3.4 Table B.2-1).
 STATUS_SUCCESS = 0x0000

@@ -41,7 +41,7 @@ def fast_settings(url: str, **overrides) -> MqttSettings:
 class Recorder:
     """A raw paho MQTT 5 subscriber that keeps every message and validates it against the shipped schemas."""
 
-    KINDS = {"alerts": "alert", "results": "result", "status": "status", "receipts": "receipt"}
+    KINDS = {"alerts": "alert", "results": "result", "status": "status", "receipts": "receipt", "previews": "preview"}
 
     def __init__(self, url: str, topic: str = "#", **tls) -> None:
         host, port = url.split("://")[1].split(":")
