@@ -102,9 +102,9 @@ def test_topic_table_and_schema_ids_in_docs_are_the_codes():
     leaves = _topic_leaves()
     alerts_md = (ROOT / "docs" / "ALERTS.md").read_text()
     rows = re.findall(r"^\| `(\w+)` \|.*\| `(edge-agent/\w+/\d+)` \|$", alerts_md, re.M)
-    assert {leaf for leaf, _ in rows} == {"alerts", "results", "status", "receipts"}, rows
+    assert {leaf for leaf, _ in rows} == {"alerts", "results", "status", "receipts", "previews"}, rows
     for leaf, schema in rows:
-        kind = {"alerts": "alert", "results": "result", "receipts": "receipt"}.get(leaf, leaf)
+        kind = {"alerts": "alert", "results": "result", "receipts": "receipt", "previews": "preview"}.get(leaf, leaf)
         assert leaf in leaves and SCHEMA_IDS[kind] == schema, (leaf, schema)
     for path, text in _docs_text().items():
         for schema in re.findall(r"(?<![\w/])edge-agent/[a-z_]+/\d+\b", text):

@@ -75,7 +75,7 @@ class AgentProcess:
 class Collector:
     """Subscribes to everything under the agent's topics; validates each payload against the shipped schema."""
 
-    KINDS = {"alerts": "alert", "results": "result", "status": "status"}
+    KINDS = {"alerts": "alert", "results": "result", "status": "status", "previews": "preview"}
 
     def __init__(self, url: str, topic: str = "edge-agent/#"):
         host, port = url.split("://")[1].split(":")

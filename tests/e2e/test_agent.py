@@ -7,12 +7,16 @@ at the margin.
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 import subprocess
 import threading
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from agent_helpers import PHI
 from support.dcmtk import dcmtk
@@ -54,6 +58,15 @@ def test_positive_and_negative_series_arrive_slice_by_slice(broker, collector, a
     result = final_result(collector, ich.series_instance_uid, len(ich.delivered))
     assert result["status"] == "analysed"
     assert result["findings"][0]["positive"] is True
+
+    # Its key-image preview (on by default): for the final revision, a PNG/JPEG within the default caps.
+    preview = collector.wait(lambda c: [p for p in c.of("previews") if p.get("alert_id") == alerts[-1]["alert_id"]
+                                        and p.get("revision") == alerts[-1]["revision"]])[-1]
+    assert preview["sop_instance_uid"] in {k["sop_instance_uid"] for k in alerts[-1]["finding"]["key_slices"]}
+    image = base64.b64decode(preview["data"])
+    with Image.open(io.BytesIO(image)) as im:
+        assert im.size == (preview["width"], preview["height"]) and max(im.size) <= 256 and len(image) <= 65536
+        assert np.asarray(im).std() > 5   # a picture of a head, not a blank
 
     # The normal head: a negative result and no alert.
     result = final_result(collector, normal.series_instance_uid, len(normal.delivered))
