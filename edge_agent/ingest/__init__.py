@@ -4,7 +4,8 @@
 or polling), the stable-file check (stable.py), decoding on every core
 (decode.py), the verdict on each decoded file (verdict.py), the SQLite ledger
 of files and SOP Instance UIDs (ledger.py) and the quarantine
-(quarantine.py). This package is the only place watchdog is imported.
+(quarantine.py); the DICOM C-STORE receiver (receiver.py) is the other way in, writing
+into the watch folder. This package is the only place watchdog is imported.
 
 Typical use (the daemon)::
 

@@ -15,7 +15,7 @@ stores each object (PS3.4 B.2.3 statuses):
 
 Log lines name the destination, the SOP Instance UID, the kind and the
 status — never a patient attribute. pynetdicom is used here and in
-``service/receiver.py`` only.
+``ingest/receiver.py`` only.
 """
 
 from __future__ import annotations

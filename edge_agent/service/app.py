@@ -226,7 +226,7 @@ class Agent:
         self._started.append(("ingest", self.ingest))
 
         if cfg.dicom.port:
-            from edge_agent.service.receiver import StorageReceiver, tls_context
+            from edge_agent.ingest.receiver import StorageReceiver, tls_context
 
             tls = (tls_context(cfg.dicom.tls_cert, cfg.dicom.tls_key, cfg.dicom.tls_ca or None)
                    if cfg.dicom.tls_cert else None)

@@ -377,7 +377,7 @@ def dicom_checks(cfg: Config) -> list[Check]:
         return [_ok("DICOM receiver", "off (dicom.port / --dicom-port = 0)")]
     tls = "plain TCP"
     if cfg.dicom.tls_cert:
-        from edge_agent.service.receiver import tls_context  # noqa: PLC0415
+        from edge_agent.ingest.receiver import tls_context  # noqa: PLC0415
 
         try:
             tls_context(cfg.dicom.tls_cert, cfg.dicom.tls_key, cfg.dicom.tls_ca or None)

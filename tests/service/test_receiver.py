@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.service.receiver import StorageReceiver
+from edge_agent.ingest.receiver import StorageReceiver
 from support.dcmtk import dcmtk
 
 STORESCU = dcmtk("storescu")
@@ -311,7 +311,7 @@ def test_spool_files_of_aborted_transfers_are_swept(tmp_path):
     import os
     import time
 
-    from edge_agent.service.receiver import SPOOL_MAX_AGE
+    from edge_agent.ingest.receiver import SPOOL_MAX_AGE
 
     spool = tmp_path / "spool"
     spool.mkdir()

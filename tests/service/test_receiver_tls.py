@@ -19,7 +19,7 @@ import pytest
 
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.errors import ConfigError
-from edge_agent.service.receiver import StorageReceiver, tls_context
+from edge_agent.ingest.receiver import StorageReceiver, tls_context
 from support.dcmtk import dcmtk
 from support.mosquitto import make_pki
 
