@@ -31,6 +31,7 @@ from edge_agent.phantoms.cardiac import ARTERIES, cardiac_phantom
 from edge_agent.plugins.agatston import category, weight
 from edge_agent.service.analyse import analyse_series
 from edge_agent.service.pipeline import SeriesPipeline
+from support.outputs import RecordingOutputs  # noqa: E402
 
 MODEL = ENGINES_DIR / "coronary_calcium"
 
@@ -166,26 +167,6 @@ def test_the_decider_alerts_from_the_configured_category():
     assert outcome.findings[0]["alert"] is True
     [action] = final_actions(outcome, scored, lambda m, c: "aid", lambda aid: None)
     assert action.state == "final" and action.key_slices[0]["sop_instance_uid"] in ("1.2.4", "1.2.5")
-
-
-class RecordingOutputs:
-    def __init__(self):
-        self.alerts, self.results = [], []
-
-    def raise_alert(self, payload):
-        self.alerts.append(payload)
-
-    def publish_result(self, payload):
-        self.results.append(payload)
-
-    def series_done(self, uid):
-        pass
-
-    def observe(self, stage, seconds):
-        pass
-
-    def count(self, name, state=None):
-        pass
 
 
 def test_the_pipeline_streams_the_same_score_as_infer_and_alerts_at_400(tmp_path, models):

@@ -25,28 +25,7 @@ from edge_agent.dicom.synth import SeriesHeaders, write_series  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
 from edge_agent.ingest import IngestedFile  # noqa: E402
 from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
-
-
-class RecordingOutputs:
-    """Records what the pipeline hands to the outbox, the ledger and the metrics."""
-
-    def __init__(self):
-        self.alerts, self.results, self.done, self.counts = [], [], [], []
-
-    def raise_alert(self, payload):
-        self.alerts.append(payload)
-
-    def publish_result(self, payload):
-        self.results.append(payload)
-
-    def series_done(self, uid):
-        self.done.append(uid)
-
-    def observe(self, stage, seconds):
-        pass
-
-    def count(self, name, state=None):
-        self.counts.append((name, state))
+from support.outputs import RecordingOutputs  # noqa: E402,F401 (also imported from here)
 
 
 def series_files(tmp_path, values_hu, *, description="HEAD 5mm", body_part="HEAD", name="s", headers=None):

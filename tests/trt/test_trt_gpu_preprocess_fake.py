@@ -30,6 +30,7 @@ from edge_agent.inference.trt.runner import TrtRunner
 from edge_agent.preprocess import prepare_slices
 from support.cuda_host import compiler
 from trt_helpers import converted_model, phantom_series
+from support.outputs import RecordingOutputs  # noqa: E402
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="g++ is needed to run the kernel source on the CPU")
 
@@ -190,26 +191,6 @@ def test_zero_copy_follows_the_device_and_the_setting(model_dir, host_kernels, t
     assert not cuda.live
 
 
-class _Outputs:
-    def __init__(self):
-        self.alerts, self.results = [], []
-
-    def raise_alert(self, payload):
-        self.alerts.append(payload)
-
-    def publish_result(self, payload):
-        self.results.append(payload)
-
-    def series_done(self, uid):
-        pass
-
-    def observe(self, stage, seconds):
-        pass
-
-    def count(self, name, state=None):
-        pass
-
-
 def test_the_pipeline_thread_owns_the_engine_and_prepares_stored_pixels_on_the_device(model_dir, host_kernels,
                                                                                       tmp_path):
     """The daemon's path: ingest-style stored slices → SeriesPipeline → TensorRT runner with the kernel."""
@@ -227,7 +208,7 @@ def test_the_pipeline_thread_owns_the_engine_and_prepares_stored_pixels_on_the_d
         items.append(IngestedFile(path=p, slices=slices, sop_instance_uids=[s.sop_instance_uid for s in slices],
                                   series_instance_uid=slices[0].series_instance_uid, received_at=now,
                                   complete_at=now, written_at=now))
-    out = _Outputs()
+    out = RecordingOutputs()
     pipeline = SeriesPipeline(lambda: ModelSet.load(model_dir, backend="tensorrt"), tmp_path / "series.sqlite3", out,
                               site="s", device="d", settle=0.3, batch=4)
     pipeline.start()
