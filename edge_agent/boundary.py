@@ -75,6 +75,10 @@ def describe(exc: BaseException) -> str:
 
 
 
+#: How often work paused by a full disk (the ingest's intake, the pipeline's decisions) tries again.
+DISK_FULL_RETRY_S = 2.0
+
+
 def disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or what caused it) says the disk is full: SQLite's SQLITE_FULL, ENOSPC, EDQUOT."""
     seen = 0

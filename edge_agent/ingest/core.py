@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from edge_agent.boundary import describe, disk_full, failure_reason, is_fatal
+from edge_agent.boundary import DISK_FULL_RETRY_S, describe, disk_full, failure_reason, is_fatal
 from edge_agent.dicom import BadFile, NotAnImage
 from edge_agent.errors import EdgeAgentError
 from edge_agent.ingest import ledger as L
@@ -48,8 +48,6 @@ LEDGER_MEMORY_S = 7 * 24 * 3600.0
 #: A file that this many runs of the agent began to read and never finished (each ended by a crash or
 #: a kill) is quarantined at the next start instead of being read a third time.
 CRASH_LOOP_RUNS = 2
-#: How often an intake paused by a full state disk tries again.
-DISK_FULL_RETRY_S = 2.0
 
 
 class Ingest:

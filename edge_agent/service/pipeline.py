@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from edge_agent.alerts.payloads import DISCLAIMER, alert_id, build_alert, utc_iso
-from edge_agent.boundary import disk_full
+from edge_agent.boundary import DISK_FULL_RETRY_S, disk_full
 from edge_agent.decision.series import (
     AlertAction, ModelOutcome, SeriesContext, decide_model, final_actions, preliminary_actions, series_result,
 )
@@ -49,8 +49,6 @@ story = logging.getLogger(SERIES_LOG)
 
 #: Final series (scores, alert revisions) are kept this long for reopening by late or resent slices.
 SERIES_MEMORY_S = 7 * 24 * 3600
-#: How often a pipeline paused by a full state disk tries again.
-DISK_FULL_RETRY_S = 2.0
 
 
 class Outputs(Protocol):
