@@ -94,6 +94,7 @@ def test_preliminary_before_the_series_ends_then_final(engines, tmp_path, stored
         assert result["findings"][0]["positive"] is True
         top = result["findings"][0]["key_slices"][0]
         assert top["sop_instance_uid"] in {read_file(p)[0].sop_instance_uid for p in paths[2:4]}
+        wait(lambda: out.done)                        # marked done just after its result is handed over
         assert out.done == [headers.series_instance_uid]
     finally:
         pipeline.stop()
