@@ -29,7 +29,9 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from edge_agent.preprocess import PreprocessSpec, prepare_slices  # noqa: E402
+from edge_agent.preprocess import (  # noqa: E402
+    PreprocessSpec, context_planes, prepare_slices, prepare_volume, stack_context,
+)
 from edge_agent.progress import echo, track  # noqa: E402 - bars on stderr, on a terminal only
 
 TRAIN_SEED0, VAL_SEED0, EVAL_SEED0 = 1_000_000, 2_000_000, 3_000_000
@@ -45,7 +47,9 @@ class Task:
     label: str
     severity: str
     spec: PreprocessSpec
-    sample: Callable[[int], list[tuple[np.ndarray, tuple[float, float], bool, dict]]]  # seed → slices
+    # seed → slices: (HU (H, W) — or (3, H, W) = the slice, its neighbour below, above for a 2.5-D spec with
+    # ``context`` —, pixel spacing, label, meta)
+    sample: Callable[[int], list[tuple[np.ndarray, tuple[float, float], bool, dict]]]
     series: Callable[[int, bool], object]      # (seed, positive) → Phantom for validation
     manifest_extra: dict
     data_version: int = 1          # bump when the sampler changes (cache key)
@@ -58,11 +62,20 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- data
 
 
+def training_input(hu: np.ndarray, spacing: tuple[float, float], spec: PreprocessSpec) -> np.ndarray:
+    """One training slice's model input ``(C, rows, cols)``: with ``spec.context``, ``hu`` is (3, H, W) —
+    the slice, its neighbour below and above — stacked as inference stacks them (edge_agent.preprocess)."""
+    if spec.context is None:
+        return prepare_slices(hu, spacing, spec)[0]
+    planes = context_planes(hu[1:3], spacing, spec)
+    return stack_context(prepare_slices(hu[0], spacing, spec), planes[0:1], planes[1:2])[0]
+
+
 def _case(args) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     task, seed = args
     xs, ys, metas = [], [], []
     for hu, spacing, label, meta in task.sample(seed):
-        x = prepare_slices(hu, spacing, task.spec)[0]
+        x = training_input(hu, spacing, task.spec)
         xs.append(np.round(x * 255.0).astype(np.uint8))
         ys.append(label)
         metas.append(meta)
@@ -96,7 +109,7 @@ def build_dataset(task: Task, n_cases: int, seed0: int, workers: int = 2) -> tup
 def _series_case(args):
     task, seed, positive = args
     ph = task.series(seed, positive)
-    x = prepare_slices(ph.volume_hu, ph.spacing[1:], task.spec)
+    x = prepare_volume(ph.volume_hu, ph.spacing[1:], task.spec, ph.slice_positions)
     return np.round(x * 255.0).astype(np.uint8), ph.slice_labels.copy(), dict(ph.details, finding=ph.finding)
 
 
@@ -167,14 +180,21 @@ class WithSigmoid:
         return _M()
 
 
-def augment(x, rng: np.random.Generator):
-    """Cheap, label-preserving augmentations on a uint8 batch: flips, shifts, contrast jitter, noise."""
+def augment(x, rng: np.random.Generator, spec: PreprocessSpec | None = None):
+    """Cheap, label-preserving augmentations on a uint8 batch: flips, shifts, contrast jitter, noise; for a
+    2.5-D spec also the slice order (below ↔ above: scanners send head-first and feet-first)."""
     import torch
 
     x = x.float() / 255.0
     n = x.shape[0]
     flip = torch.from_numpy(rng.random(n) < 0.5)
     x[flip] = x[flip].flip(-1)
+    if spec is not None and spec.context is not None:
+        own, m = len(spec.windows), len(spec.context.windows)
+        swap = torch.from_numpy(rng.random(n) < 0.5)
+        below = x[swap, own:own + m].clone()
+        x[swap, own:own + m] = x[swap, own + m:own + 2 * m]
+        x[swap, own + m:own + 2 * m] = below
     dy, dx = (int(v) for v in rng.integers(-10, 11, 2))
     x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
     gain = torch.from_numpy(rng.uniform(0.93, 1.07, (n, 1, 1, 1)).astype(np.float32))
@@ -209,9 +229,16 @@ def init_from_onnx(model, path: Path) -> None:
     if len(convs) != len(blocks):
         raise ValueError(f"{path}: {len(convs)} convolutions, the model has {len(blocks)}")
     with torch.no_grad():
-        for node, block in zip(convs, blocks):
+        for i, (node, block) in enumerate(zip(convs, blocks)):
             conv, bn = block[0], block[1]
-            conv.weight.copy_(torch.from_numpy(inits[node.input[1]].copy()))
+            weight = torch.from_numpy(inits[node.input[1]].copy())
+            if i == 0 and weight.shape[1] < conv.weight.shape[1]:
+                # a 2.5-D network grown from a 1-slice one: the slice's own channels keep their weights, the
+                # neighbours' start at zero, so training starts from exactly the 1-slice model's function
+                grown = torch.zeros_like(conv.weight)
+                grown[:, :weight.shape[1]] = weight
+                weight = grown
+            conv.weight.copy_(weight)
             bn.weight.fill_(1.0)
             bn.bias.copy_(torch.from_numpy(inits[node.input[2]].copy()))
             bn.running_mean.zero_()
@@ -285,7 +312,7 @@ def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 
         idx = torch.from_numpy(order[cursor:cursor + batch])
         cursor += batch
         set_train()
-        xb = augment(xt[idx], rng)
+        xb = augment(xt[idx], rng, task.spec)
         logits = model(xb)[:, 0]
         loss = loss_fn(logits, yt[idx])
         opt.zero_grad()
@@ -371,14 +398,14 @@ def export(task: Task, model, out_dir: Path, decision: dict, version: str, extra
            description: str | None = None) -> dict:
     """Write model.onnx, manifest.json and README.md into ``out_dir``; returns the manifest.
 
-    An existing manifest.json keeps all its keys except ``decision``, ``artefacts``, ``version`` and
-    ``description`` (so a hand-edited ``applies_to`` survives retraining)."""
+    An existing manifest.json keeps all its keys except ``decision``, ``artefacts``, ``version``,
+    ``description``, ``preprocessing``, ``inputs`` and ``outputs`` (so a hand-edited ``applies_to`` survives retraining)."""
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     wrapped = WithSigmoid(model).eval()
-    c = len(task.spec.windows)
+    c = task.spec.channels
     h, w = task.spec.size
     dummy = torch.zeros(2, c, h, w)
     torch.onnx.export(wrapped, dummy, str(onnx_path), opset_version=17, input_names=["input"],
@@ -404,7 +431,7 @@ def export(task: Task, model, out_dir: Path, decision: dict, version: str, extra
     if path.exists():
         # keep what other tools own (applies_to, evidence, ...): update only the training's own keys
         current = json.loads(path.read_text())
-        for key in ("decision", "artefacts", "version", "description"):
+        for key in ("decision", "artefacts", "version", "description", "preprocessing", "inputs", "outputs"):
             current[key] = manifest[key]
         manifest = current
     path.write_text(json.dumps(manifest, indent=2) + "\n")

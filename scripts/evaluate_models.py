@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from _training import EVAL_SEED0, VAL_SEED0, auc, choose_decision, top_k_mean  # noqa: E402
 from edge_agent.phantoms import BLEED_TYPES, NODULE_TYPES, chest_phantom, head_phantom, write_phantom  # noqa: E402
-from edge_agent.preprocess import PreprocessSpec, prepare_slices  # noqa: E402
+from edge_agent.preprocess import PreprocessSpec, prepare_volume  # noqa: E402
 from edge_agent.progress import track  # noqa: E402 - a bar on stderr when it is a terminal
 
 VOLUME_BUCKETS = ((0.0, 1.0, "<1 mL"), (1.0, 5.0, "1-5 mL"), (5.0, 20.0, "5-20 mL"), (20.0, 1e9, ">=20 mL"))
@@ -71,8 +71,29 @@ def _phantom(args):
     return hu, spacing, ph.slice_labels, ph.finding, ph.details
 
 
+def _input(hu: np.ndarray, spacing, spec: PreprocessSpec) -> np.ndarray:
+    """The model input of a phantom series (equally spaced slices, ``spacing`` = (z, y, x) mm), 2.5-D or not."""
+    return prepare_volume(hu, spacing[1:], spec, np.arange(len(hu)) * float(spacing[0]))
+
+
+def _shared_spec(models) -> str:
+    """One preprocessing that feeds every compared model: equal windows, size and spacing; at most one
+    neighbour ``context`` — the 1-slice models then take the first channels of the 2.5-D input."""
+    specs = [PreprocessSpec.from_dict(m["preprocessing"]) for m, _ in models]
+    own = {(sp.windows, sp.size, sp.pixel_spacing_mm, sp.dtype) for sp in specs}
+    contexts = {sp.context for sp in specs if sp.context is not None}
+    if len(own) != 1 or len(contexts) > 1:
+        raise SystemExit("--compare needs models with the same preprocessing (neighbour context aside)")
+    widest = max(specs, key=lambda sp: sp.channels)
+    return json.dumps(widest.to_dict(), sort_keys=True)
+
+
+def _channels(manifest: dict) -> int:
+    return PreprocessSpec.from_dict(manifest["preprocessing"]).channels
+
+
 def _score(session, spec: PreprocessSpec, hu: np.ndarray, spacing) -> np.ndarray:
-    x = prepare_slices(hu, spacing[1:], spec)
+    x = _input(hu, spacing, spec)
     return session.run(["probability"], {"input": x})[0][:, 0]
 
 
@@ -212,7 +233,7 @@ class _cached:
             d = np.load(path, allow_pickle=True)
             return (d["x"].astype(np.float32), d["labels"], *d["rest"].tolist())
         hu, spacing, labels, *rest = self.fn(args)
-        x = prepare_slices(hu, spacing[1:], spec).astype(np.float16)
+        x = _input(hu, spacing, spec).astype(np.float16)
         if path is not None:
             rest_arr = np.empty(len(rest), dtype=object)
             rest_arr[:] = rest
@@ -314,16 +335,14 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: int, workers: int) -> str:
     """Score the same fresh phantoms with every model folder and print side-by-side tables."""
     models = [_load_dir(f) for f in folders]
-    specs = {json.dumps(m["preprocessing"], sort_keys=True) for m, _ in models}
-    if len(specs) != 1:
-        raise SystemExit("--compare needs models with the same preprocessing")
-    os.environ["EVAL_SPEC"] = specs.pop()
+    os.environ["EVAL_SPEC"] = _shared_spec(models)
     if os.environ.get("EVAL_CACHE"):
         Path(os.environ["EVAL_CACHE"]).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     def score_all(x):
-        return [s.run(["probability"], {"input": x})[0][:, 0] for _m, s in models]
+        return [s.run(["probability"], {"input": np.ascontiguousarray(x[:, :_channels(m)])})[0][:, 0]
+                for m, s in models]
 
     main = []    # (probs per model, slice labels, finding, details)
     jobs = [(EVAL_SEED0 + i, i % 2 == 0, i // 2) for i in range(2 * n_series)]
@@ -446,17 +465,15 @@ def _lung_main_phantom(args):
 def compare_lung(folders: list[Path], labels: list[str], n_series: int, n_conf: int, workers: int) -> str:
     """The lung models on the same fresh chest phantoms: main table and per-confounder false alerts."""
     models = [_load_dir(f) for f in folders]
-    specs = {json.dumps(m["preprocessing"], sort_keys=True) for m, _ in models}
-    if len(specs) != 1:
-        raise SystemExit("--compare needs models with the same preprocessing")
-    os.environ["EVAL_SPEC"] = specs.pop()
+    os.environ["EVAL_SPEC"] = _shared_spec(models)
     if os.environ.get("EVAL_CACHE"):
         Path(os.environ["EVAL_CACHE"]).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     seed0 = EVAL_SEED0 + 500_000
 
     def score_all(x):
-        return [s.run(["probability"], {"input": x})[0][:, 0] for _m, s in models]
+        return [s.run(["probability"], {"input": np.ascontiguousarray(x[:, :_channels(m)])})[0][:, 0]
+                for m, s in models]
 
     main = []
     jobs = [(seed0 + i, i % 2 == 0, i // 2) for i in range(2 * n_series)]

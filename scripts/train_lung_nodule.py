@@ -38,10 +38,15 @@ from _training import (  # noqa: E402
 )
 from edge_agent.phantoms import chest_phantom
 from edge_agent.phantoms.chest import MIN_LABEL_AREA_MM2, generate_chest
-from edge_agent.preprocess import PreprocessSpec
+from edge_agent.preprocess import ContextSpec, PreprocessSpec, neighbour_of
 
+#: v3 is 2.5-D: the slice in three windows plus, in the lung window, the slices 5 mm below and above it along
+#: the normal (docs/MANIFEST.md "context"): a vessel seen end-on continues into them, a nodule ends within
+#: its own size. 5 mm: one slice of the thickest series the model accepts, about a small nodule's diameter.
+CONTEXT_MM = 5.0
 SPEC = PreprocessSpec(windows=((-600.0, 1500.0), (40.0, 400.0), (-500.0, 700.0)), size=(160, 160),
-                      pixel_spacing_mm=2.2, dtype="float32")
+                      pixel_spacing_mm=2.2, dtype="float32",
+                      context=ContextSpec(offset_mm=CONTEXT_MM, windows=((-600.0, 1500.0),)))
 
 APPLIES_TO = {
     "applies_to": {
@@ -109,16 +114,36 @@ def _draw_case(seed: int):
 
 
 def sample(seed: int):
+    """The picked slices of one case, each as (the slice, its neighbour below, above) in HU."""
     nodule, force, matrix = _draw_case(seed)
+    picked: list[int] = []
+
+    def with_neighbours(acq, nodule_z, rng, a):
+        picked.extend(_pick(acq, nodule_z, rng, a))
+        z = np.asarray(acq.z_positions, float)
+        need = set(picked)
+        for i in picked:
+            need.add(neighbour_of(z, i, CONTEXT_MM, -1))
+            need.add(neighbour_of(z, i, CONTEXT_MM, +1))
+        return sorted(need)
+
     gen = generate_chest(seed, nodule=nodule, diameter_mm=None, slices=None, thickness_mm=None, matrix=matrix,
-                         only=_pick, force=force)
+                         only=with_neighbours, force=force)
     acq = gen["acq"]
     nod = gen["nodule"]
+    z = np.asarray(acq.z_positions, float)
+    at = {k: j for j, k in enumerate(gen["indices"])}
+    outside = acq.outside_mask()
+
+    def hu(k):
+        return np.where(outside, -1024.0, np.maximum(gen["images"][at[k]], -1024.0)).astype(np.float32)
+
     out = []
-    for img, area in zip(gen["images"], gen["areas"]):
-        img = np.where(acq.outside_mask(), -1024.0, np.maximum(img, -1024.0)).astype(np.float32)
-        meta = {"type": None if nod is None else nod["type"], "area_mm2": float(area), "hard": sorted(force)}
-        out.append((img, (acq.pixel_spacing, acq.pixel_spacing), bool(area >= MIN_LABEL_AREA_MM2), meta))
+    for i in picked:
+        area = float(gen["areas"][at[i]])
+        stack = np.stack([hu(i), hu(neighbour_of(z, i, CONTEXT_MM, -1)), hu(neighbour_of(z, i, CONTEXT_MM, +1))])
+        meta = {"type": None if nod is None else nod["type"], "area_mm2": area, "hard": sorted(force)}
+        out.append((stack, (acq.pixel_spacing, acq.pixel_spacing), bool(area >= MIN_LABEL_AREA_MM2), meta))
     return out
 
 
@@ -139,7 +164,7 @@ def series(seed: int, positive: bool):
 
 
 TASK = Task(name="lung_nodule", finding="lung_nodule", label="Pulmonary nodule", severity="urgent", spec=SPEC,
-            sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=2)
+            sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=3)
 
 DESCRIPTION = ("Pulmonary nodule, v2: trained on synthetic chest phantoms with 3-D vessel trees, fissures, "
                "atelectasis, emphysema, diaphragm, heart and calcium, ribs and cartilage, motion and kernel "

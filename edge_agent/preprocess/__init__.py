@@ -16,6 +16,30 @@ from edge_agent.hu import AIR_HU  # noqa: E402,F401 - one definition of air
 
 
 @dataclass(frozen=True)
+class ContextSpec:
+    """Neighbour slices a 2.5-D model sees beside the slice it scores (the manifest's ``preprocessing.context``).
+
+    offset_mm: distance along the slice normal at which each neighbour is taken, one below and one above
+        (the nearest slice to that distance; see :func:`neighbour_indices`).
+    windows: (centre, width) pairs in HU, one channel per window per neighbour.
+
+    The model input is ``[centre windows..., below windows..., above windows...]``: ``len(windows)`` of the
+    slice itself, then ``len(context.windows)`` of the neighbour below (smaller position along the normal),
+    then as many of the neighbour above.
+    """
+
+    offset_mm: float
+    windows: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContextSpec":
+        return cls(offset_mm=float(d["offset_mm"]), windows=tuple((float(c), float(w)) for c, w in d["windows"]))
+
+    def to_dict(self) -> dict:
+        return {"offset_mm": self.offset_mm, "windows": [list(w) for w in self.windows]}
+
+
+@dataclass(frozen=True)
 class PreprocessSpec:
     """How one model wants its input (the manifest's ``preprocessing``).
 
@@ -26,12 +50,19 @@ class PreprocessSpec:
         same size in pixels whatever the scanner's field of view.
         ``None`` resizes the whole field of view to ``size`` instead.
     dtype: the model input dtype.
+    context: neighbour slices for a 2.5-D model (:class:`ContextSpec`), or ``None`` for one slice alone.
     """
 
     windows: tuple[tuple[float, float], ...] = ((40.0, 80.0), (80.0, 200.0), (600.0, 2800.0))
     size: tuple[int, int] = (128, 128)
     pixel_spacing_mm: float | None = None
     dtype: str = "float32"
+    context: ContextSpec | None = None
+
+    @property
+    def channels(self) -> int:
+        """Channels of the model input: the slice's windows plus, with context, two neighbours' windows."""
+        return len(self.windows) + (2 * len(self.context.windows) if self.context else 0)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
@@ -40,11 +71,15 @@ class PreprocessSpec:
             size=tuple(int(v) for v in d.get("size", cls.size)),
             pixel_spacing_mm=None if d.get("pixel_spacing_mm") is None else float(d["pixel_spacing_mm"]),
             dtype=str(d.get("dtype", "float32")),
+            context=ContextSpec.from_dict(d["context"]) if d.get("context") else None,
         )
 
     def to_dict(self) -> dict:
-        return {"windows": [list(w) for w in self.windows], "size": list(self.size),
-                "pixel_spacing_mm": self.pixel_spacing_mm, "dtype": self.dtype}
+        out = {"windows": [list(w) for w in self.windows], "size": list(self.size),
+               "pixel_spacing_mm": self.pixel_spacing_mm, "dtype": self.dtype}
+        if self.context is not None:
+            out["context"] = self.context.to_dict()
+        return out
 
 
 def window(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -88,11 +123,8 @@ def resample(image: np.ndarray, size: tuple[int, int], scale: tuple[float, float
     return out[0] if squeeze else out
 
 
-def prepare_slices(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: PreprocessSpec) -> np.ndarray:
-    """HU slices ``(N, H, W)`` (or one ``(H, W)``) → model input ``(N, C, rows, cols)``.
-
-    Air (-1024) fills anything outside the field; each window becomes a channel.
-    """
+def _windowed(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: PreprocessSpec,
+              windows: tuple[tuple[float, float], ...]) -> np.ndarray:
     hu = np.asarray(hu, dtype=np.float32)
     if hu.ndim == 2:
         hu = hu[None]
@@ -102,5 +134,75 @@ def prepare_slices(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: Pre
     else:
         scale = (spec.pixel_spacing_mm / float(pixel_spacing[0]), spec.pixel_spacing_mm / float(pixel_spacing[1]))
     resized = resample(hu, spec.size, scale)
-    channels = [window(resized, c, w_) for c, w_ in spec.windows]
+    channels = [window(resized, c, w_) for c, w_ in windows]
     return np.stack(channels, axis=1).astype(spec.dtype, copy=False)
+
+
+def prepare_slices(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: PreprocessSpec) -> np.ndarray:
+    """HU slices ``(N, H, W)`` (or one ``(H, W)``) → the slices' own channels ``(N, len(windows), rows, cols)``.
+
+    Air (-1024) fills anything outside the field; each window becomes a channel. For a model without
+    ``context`` this is its whole input; a 2.5-D model's input adds two neighbours' :func:`context_planes`
+    (:func:`stack_context`, or :func:`prepare_volume` for a whole series).
+    """
+    return _windowed(hu, pixel_spacing, spec, spec.windows)
+
+
+def context_planes(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: PreprocessSpec) -> np.ndarray:
+    """HU slices → the channels each contributes as a neighbour: ``(N, len(context.windows), rows, cols)``."""
+    if spec.context is None:
+        raise ValueError("this preprocessing has no context (neighbour slices)")
+    return _windowed(hu, pixel_spacing, spec, spec.context.windows)
+
+
+def stack_context(own: np.ndarray, below: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """The 2.5-D model input: each slice's own channels, then its neighbour below's, then above's."""
+    return np.concatenate([own, below, above], axis=1)
+
+
+#: Two slices closer than this along the normal are the same position (a resend, a second reconstruction).
+SAME_POSITION_MM = 1e-3
+
+
+def neighbour_of(positions: np.ndarray, i: int, offset_mm: float, side: int) -> int:
+    """Index of slice ``i``'s neighbour ``offset_mm`` below (``side`` -1) or above (+1) along the normal.
+
+    The slice on that side (strictly beyond ``i``'s position) nearest to ``position ± offset``; ``i`` itself
+    when there is none within ``2 × offset`` of slice ``i`` (the end of the series or a gap): the model
+    then sees the slice repeated, as it did at the ends of its training series.
+    """
+    p = np.asarray(positions, dtype=np.float64)
+    target = p[i] + side * offset_mm
+    beyond = (p - p[i]) * side > SAME_POSITION_MM
+    if not beyond.any():
+        return i
+    cand = np.flatnonzero(beyond)
+    j = int(cand[np.argmin(np.abs(p[cand] - target))])
+    return j if abs(p[j] - p[i]) <= 2.0 * offset_mm else i
+
+
+def neighbour_indices(positions: np.ndarray, offset_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """For slices at ``positions`` (mm along the normal, any order): (index below, index above) of each."""
+    n = len(positions)
+    below = np.array([neighbour_of(positions, i, offset_mm, -1) for i in range(n)], dtype=np.int64)
+    above = np.array([neighbour_of(positions, i, offset_mm, +1) for i in range(n)], dtype=np.int64)
+    return below, above
+
+
+def prepare_volume(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: PreprocessSpec,
+                   positions: np.ndarray | None = None) -> np.ndarray:
+    """A series' HU ``(N, H, W)`` → the model input ``(N, spec.channels, rows, cols)``.
+
+    Without ``context`` this is :func:`prepare_slices`. With it, ``positions`` (mm along the normal) pick
+    each slice's neighbours (:func:`neighbour_indices`); when ``positions`` is None the slices are taken as
+    equally spaced, ``offset_mm`` apart (one slice each side).
+    """
+    own = prepare_slices(hu, pixel_spacing, spec)
+    if spec.context is None:
+        return own
+    n = own.shape[0]
+    if positions is None:
+        positions = np.arange(n, dtype=np.float64) * spec.context.offset_mm
+    planes = context_planes(hu, pixel_spacing, spec)
+    below, above = neighbour_indices(np.asarray(positions, dtype=np.float64), spec.context.offset_mm)
+    return stack_context(own, planes[below], planes[above])
