@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from edge_agent.preprocess import (  # noqa: E402
-    PreprocessSpec, context_planes, prepare_slices, prepare_volume, stack_context,
+    PreprocessSpec, context_planes, prepare_slices, prepare_volume, resample, stack_context,
 )
 from edge_agent.progress import echo, track  # noqa: E402 - bars on stderr, on a terminal only
 
@@ -71,39 +71,57 @@ def training_input(hu: np.ndarray, spacing: tuple[float, float], spec: Preproces
     return stack_context(prepare_slices(hu[0], spacing, spec), planes[0:1], planes[1:2])[0]
 
 
-def _case(args) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def finding_map(mask: np.ndarray | None, spacing: tuple[float, float], spec: PreprocessSpec) -> np.ndarray:
+    """A slice's finding mask (H, W) resampled onto the model input's grid: uint8 (rows, cols), 1 = finding."""
+    rows, cols = spec.size
+    if mask is None:
+        return np.zeros((rows, cols), np.uint8)
+    m = np.asarray(mask, np.float32)
+    if spec.pixel_spacing_mm is None:
+        scale = (m.shape[0] / rows, m.shape[1] / cols)
+    else:
+        scale = (spec.pixel_spacing_mm / float(spacing[0]), spec.pixel_spacing_mm / float(spacing[1]))
+    return (resample(m, spec.size, scale, fill=0.0) >= 0.5).astype(np.uint8)
+
+
+def _case(args) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray]:
     task, seed = args
-    xs, ys, metas = [], [], []
+    xs, ys, metas, maps = [], [], [], []
     for hu, spacing, label, meta in task.sample(seed):
         x = training_input(hu, spacing, task.spec)
         xs.append(np.round(x * 255.0).astype(np.uint8))
         ys.append(label)
+        mask = meta.pop("mask", None)          # the map is kept apart from the (pickled) meta
+        maps.append(finding_map(mask if label else None, spacing, task.spec))
         metas.append(meta)
-    return np.stack(xs), np.asarray(ys, np.float32), metas
+    return np.stack(xs), np.asarray(ys, np.float32), metas, np.stack(maps)
 
 
-def build_dataset(task: Task, n_cases: int, seed0: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Render ``n_cases`` phantoms' training slices (cached on disk by task, count and seed range)."""
+def build_dataset(task: Task, n_cases: int, seed0: int, workers: int = 2, with_maps: bool = False):
+    """Render ``n_cases`` phantoms' training slices (cached on disk by task, count and seed range):
+    (x, y, meta), and with ``with_maps`` also each slice's finding map on the input grid (a sampler that puts
+    the finding's mask in ``meta["mask"]``; dense supervision, :func:`train` ``maps``)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"{task.name}_v{task.data_version}_{n_cases}_{seed0}.npz"
     if path.exists():
         d = np.load(path, allow_pickle=True)
-        return d["x"], d["y"], list(d["meta"])
+        return (d["x"], d["y"], list(d["meta"])) + ((d["maps"],) if with_maps else ())
     t0 = time.time()
     args = [(task, seed0 + i) for i in range(n_cases)]
-    xs, ys, metas = [], [], []
+    xs, ys, metas, maps = [], [], [], []
     with mp.get_context("fork").Pool(workers) as pool:
-        for i, (x, y, m) in enumerate(track(pool.imap(_case, args, chunksize=8), f"rendering {task.name}", "case",
+        for i, (x, y, m, fm) in enumerate(track(pool.imap(_case, args, chunksize=8), f"rendering {task.name}", "case",
                                             total=n_cases)):
             xs.append(x)
             ys.append(y)
             metas.extend(m)
+            maps.append(fm)
             if (i + 1) % 250 == 0:
                 log(f"  rendered {i + 1}/{n_cases} cases ({time.time() - t0:.0f} s)")
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    np.savez(path, x=x, y=y, meta=np.asarray(metas, dtype=object))
+    x, y, fmaps = np.concatenate(xs), np.concatenate(ys), np.concatenate(maps)
+    np.savez(path, x=x, y=y, meta=np.asarray(metas, dtype=object), maps=fmaps)
     log(f"dataset {task.name}: {len(y)} slices, {int(y.sum())} positive, {time.time() - t0:.0f} s")
-    return x, y, metas
+    return (x, y, metas) + ((fmaps,) if with_maps else ())
 
 
 def _series_case(args):
@@ -116,7 +134,7 @@ def _series_case(args):
 def build_series(task: Task, n_each: int, seed0: int, workers: int = 2) -> list[tuple[np.ndarray, np.ndarray, dict]]:
     """Whole validation series (positives and negatives alternate), cached like :func:`build_dataset`."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{task.name}_series_{n_each}_{seed0}.npz"
+    path = CACHE / f"{task.name}_series_c{task.spec.channels}_{n_each}_{seed0}.npz"
     if path.exists():
         d = np.load(path, allow_pickle=True)
         return list(d["series"])
@@ -163,6 +181,45 @@ def make_model(in_channels: int, width: int = 16):
     return SliceNet()
 
 
+#: Output stride of :func:`make_map_model`: one finding-map cell per 8 × 8 input pixels.
+MAP_STRIDE = 8
+
+
+def make_map_model(in_channels: int, width: int = 16):
+    """A fully convolutional detector: a finding map at stride 8 (a 1×1-conv logit per cell) whose maximum
+    is the slice's logit. Trained with dense supervision (the finding's mask per cell) as well as the slice
+    label, it learns small findings from far fewer slices than a pooled classifier; exported, it gives the
+    same (N, 1) probability as :func:`make_model`."""
+    import torch
+    from torch import nn
+
+    def block(cin, cout, stride, dilation=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation=dilation, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    w = width
+
+    class MapNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                block(in_channels, w, 1),
+                block(w, w * 3 // 2, 2), block(w * 3 // 2, w * 3 // 2, 1),
+                block(w * 3 // 2, w * 2, 2), block(w * 2, w * 2, 1),
+                block(w * 2, w * 4, 2), block(w * 4, w * 4, 1),
+                block(w * 4, w * 4, 1, 2), block(w * 4, w * 4, 1, 4),   # context: ~20 cm receptive field
+            )
+            self.head = nn.Conv2d(w * 4, 1, 1)
+
+        def logit_map(self, x):
+            return self.head(self.features(x))
+
+        def forward(self, x):
+            return torch.amax(self.logit_map(x), dim=(2, 3))
+
+    return MapNet()
+
+
 class WithSigmoid:
     """Wraps a logit model so the exported graph outputs probabilities."""
 
@@ -180,7 +237,7 @@ class WithSigmoid:
         return _M()
 
 
-def augment(x, rng: np.random.Generator, spec: PreprocessSpec | None = None):
+def augment(x, rng: np.random.Generator, spec: PreprocessSpec | None = None, maps=None):
     """Cheap, label-preserving augmentations on a uint8 batch: flips, shifts, contrast jitter, noise; for a
     2.5-D spec also the slice order (below ↔ above: scanners send head-first and feet-first)."""
     import torch
@@ -189,6 +246,9 @@ def augment(x, rng: np.random.Generator, spec: PreprocessSpec | None = None):
     n = x.shape[0]
     flip = torch.from_numpy(rng.random(n) < 0.5)
     x[flip] = x[flip].flip(-1)
+    if maps is not None:
+        maps = maps.float()
+        maps[flip] = maps[flip].flip(-1)
     if spec is not None and spec.context is not None:
         own, m = len(spec.windows), len(spec.context.windows)
         swap = torch.from_numpy(rng.random(n) < 0.5)
@@ -197,10 +257,12 @@ def augment(x, rng: np.random.Generator, spec: PreprocessSpec | None = None):
         x[swap, own + m:own + 2 * m] = below
     dy, dx = (int(v) for v in rng.integers(-10, 11, 2))
     x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if maps is not None:
+        maps = torch.roll(maps, shifts=(dy, dx), dims=(1, 2))
     gain = torch.from_numpy(rng.uniform(0.93, 1.07, (n, 1, 1, 1)).astype(np.float32))
     bias = torch.from_numpy(rng.uniform(-0.04, 0.04, (n, 1, 1, 1)).astype(np.float32))
     x = torch.where(x > 0, (x * gain + bias).clamp(0, 1), x)
-    return x
+    return x if maps is None else (x, maps)
 
 
 def _lr_at(frac: float, lr: float) -> float:
@@ -250,20 +312,24 @@ def init_from_onnx(model, path: Path) -> None:
 def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 64, lr: float = 3e-3,
           width: int = 16, seed: int = 0, min_positive: float = 0.0, weights: np.ndarray | None = None,
           mine_at: float | None = None, mine_top: float = 0.2, mine_factor: int = 2,
-          init: Path | None = None, progress: Callable[[int, float], None] | None = None):
+          init: Path | None = None, progress: Callable[[int, float], None] | None = None,
+          maps: np.ndarray | None = None, dense_weight: float = 1.0, dense_pos_weight: float = 5.0):
     """Train with AdamW for exactly ``steps`` optimizer steps (warm-up + cosine LR over the steps), so a run
     is reproducible whatever the machine's load. ``min_positive`` oversamples positive slices up to that
     share of the pool; ``weights`` (per slice, ≥ 1) repeats slices in the pool (hard negatives by
     design); ``mine_at`` (share of the steps) scores every training negative once and repeats the
     hardest ``mine_top`` share of them ``mine_factor`` times more for the rest of the run (online
     hard-negative mining). ``init``: start from that model.onnx (:func:`init_from_onnx`; BatchNorms
-    frozen) instead of random weights. ``progress(step, loss)`` is called after every step (a progress bar)."""
+    frozen) instead of random weights. ``progress(step, loss)`` is called after every step (a progress bar).
+    ``maps`` (per slice, the finding on the input grid, :func:`finding_map`) trains :func:`make_map_model`
+    with dense supervision: the loss adds ``dense_weight`` × the per-cell BCE (a cell is positive when any
+    of its 8 × 8 input pixels is finding; positives weighted ``dense_pos_weight``) to the slice BCE."""
     import torch
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     rng = np.random.default_rng(seed)
-    model = make_model(x.shape[1], width)
+    model = make_model(x.shape[1], width) if maps is None else make_map_model(x.shape[1], width)
     if init is not None:
         init_from_onnx(model, init)
         log(f"initialised from {init}")
@@ -291,6 +357,8 @@ def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 
     batch = min(batch, len(pool))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    mt = torch.from_numpy(maps) if maps is not None else None
+    dense_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(dense_pos_weight))
     t0 = time.time()
     order, cursor, total, seen = rng.permutation(pool), 0, 0.0, 0
     mined = False
@@ -312,9 +380,16 @@ def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 
         idx = torch.from_numpy(order[cursor:cursor + batch])
         cursor += batch
         set_train()
-        xb = augment(xt[idx], rng, task.spec)
-        logits = model(xb)[:, 0]
-        loss = loss_fn(logits, yt[idx])
+        if maps is None:
+            xb = augment(xt[idx], rng, task.spec)
+            logits = model(xb)[:, 0]
+            loss = loss_fn(logits, yt[idx])
+        else:
+            xb, mb = augment(xt[idx], rng, task.spec, mt[idx])
+            cells = torch.nn.functional.max_pool2d(mb[:, None], MAP_STRIDE)
+            lmap = model.logit_map(xb)
+            logits = torch.amax(lmap, dim=(2, 3))[:, 0]
+            loss = loss_fn(logits, yt[idx]) + dense_weight * dense_fn(lmap, cells)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -99,9 +99,10 @@ def sample(seed: int):
     acq = gen["acq"]
     b = gen["bleed"]
     out = []
-    for img, area in zip(gen["images"], gen["areas"]):
+    for img, area, mask in zip(gen["images"], gen["areas"], gen["masks"]):
         img = np.where(acq.outside_mask(), -1024.0, np.maximum(img, -1024.0)).astype(np.float32)
-        meta = {"type": None if b is None else b["type"], "area_mm2": float(area), "hard": sorted(force)}
+        meta = {"type": None if b is None else b["type"], "area_mm2": float(area), "hard": sorted(force),
+                "mask": mask}
         out.append((img, (acq.pixel_spacing, acq.pixel_spacing), bool(area >= MIN_LABEL_AREA_MM2), meta))
     return out
 
@@ -123,7 +124,7 @@ def series(seed: int, positive: bool):
 
 
 TASK = Task(name="ich", finding="ich", label="Intracranial haemorrhage", severity="critical", spec=SPEC,
-            sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=3)
+            sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=4)
 
 DESCRIPTION = ("Intracranial haemorrhage, v2: trained on synthetic phantoms with skull base, ageing, calcification, "
                "scalp, kernel, motion, metal and QA-phantom confounders; a demonstration, not a medical device")
@@ -162,10 +163,13 @@ def main() -> None:
     ap.add_argument("--init", type=Path, help="start from this model.onnx (same architecture), e.g. the v1 model "
                     "(git show 1cd0035:engines/ich/model.onnx > /tmp/old_ich/model.onnx)")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--dense", action="store_true",
+                    help="a fully convolutional finding-map network trained with the bleed masks as well as the "
+                         "slice labels (_training.make_map_model); without it, the pooled classifier of v1/v2")
     args = ap.parse_args()
     t0 = time.time()
     TASK.manifest_extra = existing_applies_to(args.out, APPLIES_TO)
-    x, y, meta = build_dataset(TASK, args.cases, TRAIN_SEED0)
+    x, y, meta, maps = build_dataset(TASK, args.cases, TRAIN_SEED0, with_maps=True)
     log(f"train slices {len(y)} (positive {int(y.sum())}) in {time.time() - t0:.0f} s")
     with progress(args.steps, "training ich", "step") as bar:
         def step_done(step: int, loss: float) -> None:
@@ -173,7 +177,8 @@ def main() -> None:
             bar.describe(f"loss {loss:.3f}")
 
         model = train(TASK, x, y, steps=args.steps, batch=args.batch, width=args.width, min_positive=0.35,
-                      mine_at=0.5, init=args.init, lr=args.lr, progress=step_done)
+                      mine_at=0.5, init=args.init, lr=args.lr, progress=step_done,
+                      maps=maps if args.dense else None)
     log(f"trained {args.steps} steps ({time.time() - t0:.0f} s since start)")
     val = build_series(TASK, args.val, VAL_SEED0)
     probs = [predict(model, xs) for xs, _, _ in track(val, "validating", "series")]

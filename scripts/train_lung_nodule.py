@@ -1,4 +1,4 @@
-"""Train the `lung_nodule` model (pulmonary nodule, chest CT) on chest phantoms (v2 recipe).
+"""Train the `lung_nodule` model (pulmonary nodule, chest CT) on chest phantoms (v2 recipe; 2.5-D options).
 
 A dev tool, not part of the package: run with the PyTorch CPU venv,
 
@@ -10,7 +10,17 @@ A dev tool, not part of the package: run with the PyTorch CPU venv,
 (the 2026-12-02 v2 candidate: two fine-tuning stages from v1, each ~10 min on 2 busy shared cores after a
 ~20 min rendering of 500 cases and 24 validation series; ``cp engines/lung_nodule/model.onnx
 /tmp/lung_v1/model.onnx`` while v1 ships; copy engines/lung_nodule/manifest.json into --out first so the
-domain block and applies_to are kept. Without ``--init`` the network starts from random weights.) Fixed seeds and a budget in optimizer steps (not wall time), so
+domain block and applies_to are kept. Without ``--init`` the network starts from random weights.)
+
+2.5-D experiments of 2026-12-02 (none shipped, docs/MODELS.md "2.5-D candidates"):
+
+    ... train_lung_nodule.py --context-mm 5 --init /tmp/lung_v1/model.onnx --cases 600 --steps 1000 \
+        --batch 16 --lr 1e-3 --out /tmp/lung_v3          # v1 grown to 5 channels (neighbours start at zero)
+    ... train_lung_nodule.py --context-mm 5 --cases 600 --steps 1500 --batch 32 --lr 2e-3 --out /tmp/lung_v3s
+    ... train_lung_nodule.py --context-mm 5 --dense --cases 1500 --steps 3000 --batch 16 --lr 2e-3 --val 30 \
+        --out /tmp/lung_v4                               # finding-map network, dense supervision
+
+Fixed seeds and a budget in optimizer steps (not wall time), so
 a rerun draws the same phantoms and follows the same schedule. Training cases: seeds 1,000,000+;
 validation series (where the decision rule is chosen): seeds 2,000,000+; evaluation
 (scripts/evaluate_models.py): 3,500,000+. Writes <out>/{model.onnx,manifest.json,README.md}; an existing
@@ -40,13 +50,20 @@ from edge_agent.phantoms import chest_phantom
 from edge_agent.phantoms.chest import MIN_LABEL_AREA_MM2, generate_chest
 from edge_agent.preprocess import ContextSpec, PreprocessSpec, neighbour_of
 
-#: v3 is 2.5-D: the slice in three windows plus, in the lung window, the slices 5 mm below and above it along
-#: the normal (docs/MANIFEST.md "context"): a vessel seen end-on continues into them, a nodule ends within
-#: its own size. 5 mm: one slice of the thickest series the model accepts, about a small nodule's diameter.
-CONTEXT_MM = 5.0
+#: One slice in three windows (v1, v2): the default recipe.
 SPEC = PreprocessSpec(windows=((-600.0, 1500.0), (40.0, 400.0), (-500.0, 700.0)), size=(160, 160),
-                      pixel_spacing_mm=2.2, dtype="float32",
-                      context=ContextSpec(offset_mm=CONTEXT_MM, windows=((-600.0, 1500.0),)))
+                      pixel_spacing_mm=2.2, dtype="float32")
+#: ``--context-mm 5``: 2.5-D, the slice in three windows plus, in the lung window, the slices 5 mm below and
+#: above it along the normal (docs/MANIFEST.md "context"): a vessel seen end-on continues into them, a
+#: nodule ends within its own size. 5 mm: one slice of the thickest series the model accepts.
+CONTEXT_MM = 5.0
+
+
+def spec_for(context_mm: float) -> PreprocessSpec:
+    if context_mm <= 0:
+        return SPEC
+    return PreprocessSpec(SPEC.windows, SPEC.size, SPEC.pixel_spacing_mm, SPEC.dtype,
+                          context=ContextSpec(offset_mm=context_mm, windows=((-600.0, 1500.0),)))
 
 APPLIES_TO = {
     "applies_to": {
@@ -114,7 +131,10 @@ def _draw_case(seed: int):
 
 
 def sample(seed: int):
-    """The picked slices of one case, each as (the slice, its neighbour below, above) in HU."""
+    """The picked slices of one case in HU: each alone, or for a 2.5-D spec as (the slice, its neighbour
+    below, above); the nodule's mask in ``meta["mask"]`` (dense supervision)."""
+    context = TASK.spec.context
+    offset = context.offset_mm if context is not None else 0.0
     nodule, force, matrix = _draw_case(seed)
     picked: list[int] = []
 
@@ -122,9 +142,9 @@ def sample(seed: int):
         picked.extend(_pick(acq, nodule_z, rng, a))
         z = np.asarray(acq.z_positions, float)
         need = set(picked)
-        for i in picked:
-            need.add(neighbour_of(z, i, CONTEXT_MM, -1))
-            need.add(neighbour_of(z, i, CONTEXT_MM, +1))
+        for i in picked if offset else ():
+            need.add(neighbour_of(z, i, offset, -1))
+            need.add(neighbour_of(z, i, offset, +1))
         return sorted(need)
 
     gen = generate_chest(seed, nodule=nodule, diameter_mm=None, slices=None, thickness_mm=None, matrix=matrix,
@@ -141,8 +161,10 @@ def sample(seed: int):
     out = []
     for i in picked:
         area = float(gen["areas"][at[i]])
-        stack = np.stack([hu(i), hu(neighbour_of(z, i, CONTEXT_MM, -1)), hu(neighbour_of(z, i, CONTEXT_MM, +1))])
-        meta = {"type": None if nod is None else nod["type"], "area_mm2": area, "hard": sorted(force)}
+        stack = hu(i) if not offset else np.stack([hu(i), hu(neighbour_of(z, i, offset, -1)),
+                                                   hu(neighbour_of(z, i, offset, +1))])
+        meta = {"type": None if nod is None else nod["type"], "area_mm2": area, "hard": sorted(force),
+                "mask": gen["masks"][at[i]]}
         out.append((stack, (acq.pixel_spacing, acq.pixel_spacing), bool(area >= MIN_LABEL_AREA_MM2), meta))
     return out
 
@@ -164,7 +186,13 @@ def series(seed: int, positive: bool):
 
 
 TASK = Task(name="lung_nodule", finding="lung_nodule", label="Pulmonary nodule", severity="urgent", spec=SPEC,
-            sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=3)
+            sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=4)
+
+
+def _use_spec(spec: PreprocessSpec) -> None:
+    """The task's preprocessing; the cache key follows it (1-slice data 5, 2.5-D data 4)."""
+    TASK.spec = spec
+    TASK.data_version = 4 if spec.context is not None else 5
 
 DESCRIPTION = ("Pulmonary nodule, v2: trained on synthetic chest phantoms with 3-D vessel trees, fissures, "
                "atelectasis, emphysema, diaphragm, heart and calcium, ribs and cartilage, motion and kernel "
@@ -230,14 +258,21 @@ def main() -> None:
     ap.add_argument("--init", type=Path, help="start from this model.onnx (same architecture), e.g. v1")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--context-mm", type=float, default=0.0,
+                    help="2.5-D: also show the model the slices this far below and above (0 = one slice, as v1/v2)")
+    ap.add_argument("--dense", action="store_true",
+                    help="a fully convolutional finding-map network trained with the nodule masks as well as the "
+                         "slice labels (_training.make_map_model); without it, the pooled classifier of v1/v2")
     args = ap.parse_args()
+    _use_spec(spec_for(args.context_mm))
     t0 = time.time()
     TASK.manifest_extra = existing_applies_to(args.out, APPLIES_TO)
-    x, y, meta = build_dataset(TASK, args.cases, TRAIN_SEED0, workers=args.workers)
+    x, y, meta, maps = build_dataset(TASK, args.cases, TRAIN_SEED0, workers=args.workers, with_maps=True)
     log(f"train slices {len(y)} (positive {int(y.sum())}) in {time.time() - t0:.0f} s")
     progress = _Progress(args.steps)
     model = train(TASK, x, y, steps=args.steps, batch=args.batch, width=args.width, min_positive=0.35,
-                  mine_at=0.5, init=args.init, lr=args.lr, progress=progress)
+                  mine_at=0.5, init=args.init, lr=args.lr, progress=progress,
+                  maps=maps if args.dense else None)
     progress.close()
     log(f"trained {args.steps} steps ({time.time() - t0:.0f} s since start)")
     val = build_series(TASK, args.val, VAL_SEED0, workers=args.workers)
