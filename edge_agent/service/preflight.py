@@ -16,7 +16,10 @@ what to fix:
 - every port the agent would listen on (metrics, DICOM receiver, embedded
   broker) is in range and free: bound and released at once, with the same
   SO_REUSEADDR the servers use. A port held by an ``edge-agent run`` already
-  running (an upgrade's check) is reported as such, not as a failure.
+  running (an upgrade's check) is reported as such, not as a failure;
+- every PACS destination accepts an association from our calling AE title with
+  the SR and KO storage classes results use, and answers C-ECHO (released at
+  once; nothing is stored).
 
 Nothing here writes a file, creates a folder or leaves a thread running.
 """
@@ -396,6 +399,68 @@ def metrics_checks(cfg: Config) -> list[Check]:
     return [port_check("metrics port", cfg.metrics.bind, cfg.metrics.port, "metrics.port / --metrics-port")]
 
 
+# --------------------------------------------------------------------------- PACS destinations
+
+#: How long a PACS destination gets to accept the association and answer C-ECHO.
+PACS_TIMEOUT_S = 5.0
+#: What the agent stores at a destination (edge_agent.results): Comprehensive 3D SR and Key Object Selection.
+RESULT_STORAGE = (("1.2.840.10008.5.1.4.1.1.88.34", "Comprehensive 3D SR"),
+                  ("1.2.840.10008.5.1.4.1.1.88.59", "Key Object Selection"))
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def pacs_checks(cfg: Config, timeout: float = PACS_TIMEOUT_S) -> list[Check]:
+    """Each destination: an association with our calling AE title proposing Verification and the two storage
+    classes results use, one C-ECHO, then release — a destination that is down, refuses our AE title or
+    would not accept SR/KO storage fails here rather than as dead letters a day later."""
+    if not cfg.pacs.destinations:
+        return [_ok("PACS", "no destinations (pacs.destinations / --pacs): results go to MQTT only")]
+    from pynetdicom import AE  # noqa: PLC0415 - only where destinations are configured
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian  # noqa: PLC0415
+
+    from edge_agent.results.destination import parse_destination  # noqa: PLC0415
+
+    out = []
+    for text in cfg.pacs.destinations:
+        d = parse_destination(text)
+        what = f"PACS {d}"
+        ae = AE(ae_title=cfg.pacs.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+        ae.add_requested_context(VERIFICATION)
+        for uid, _name in RESULT_STORAGE:
+            ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        try:
+            assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
+        except Exception as exc:  # noqa: BLE001 - a host name that does not resolve, a socket error
+            out.append(_fail(what, f"cannot connect ({type(exc).__name__}: {exc}); fix pacs.destinations or the "
+                                   "network"))
+            continue
+        if assoc.is_rejected:
+            out.append(_fail(what, f"rejected the association: add our calling AE title {cfg.pacs.ae_title} "
+                                   f"(pacs.ae_title) to the PACS's known modalities, and check that its AE title is "
+                                   f"{d.ae_title}"))
+            continue
+        if not assoc.is_established:
+            out.append(_fail(what, f"no DICOM answer at {d.host}:{d.port} within {timeout:.0f} s (connection "
+                                   "refused, aborted or timed out); check the host, the port and that the PACS runs"))
+            continue
+        try:
+            accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+            missing = [name for uid, name in RESULT_STORAGE if uid not in accepted]
+            status = assoc.send_c_echo() if VERIFICATION in accepted else None
+        finally:
+            assoc.release()
+        if missing:
+            out.append(_fail(what, f"does not accept {' and '.join(missing)} storage: results sent there would "
+                                   "become dead letters; enable those SOP classes at the PACS"))
+            continue
+        echo = ("C-ECHO answered" if status is not None and getattr(status, "Status", None) == 0x0000
+                else "accepts SR and KO storage (C-ECHO not answered)")
+        out.append(_ok(what, f"{echo}; accepts Comprehensive 3D SR and Key Object Selection storage from "
+                             f"{cfg.pacs.ae_title}"))
+    return out
+
+
 def run_preflight(cfg: Config, *, broker_timeout: float = BROKER_TIMEOUT_S) -> list[Check]:
     """Every check of ``run --check``, in the order printed."""
     checks = [watch_check(cfg), state_check(cfg.state_dir, "state folder", "agent.state_dir / --state-dir")]
@@ -405,6 +470,7 @@ def run_preflight(cfg: Config, *, broker_timeout: float = BROKER_TIMEOUT_S) -> l
     checks += broker_check(cfg, broker_timeout)
     checks.append(_ok("delivery", f"{cfg.mqtt.delivery} (mqtt.delivery)"))
     checks += dicom_checks(cfg)
+    checks += pacs_checks(cfg)
     checks += metrics_checks(cfg)
     checks += _duplicate_ports(cfg)
     return checks
