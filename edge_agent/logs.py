@@ -109,8 +109,21 @@ def setup_logging(verbose: int = 0, json_lines: bool = False) -> None:
     for name in ("amqtt", "transitions", "pynetdicom", "highdicom"):
         other = logging.getLogger(name)
         other.handlers[:] = [handler]
-        other.setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL if name == "amqtt" else logging.WARNING)
+        other.setLevel(logging.DEBUG if verbose >= 3 else _third_party_level(name, verbose))
         other.propagate = False
+
+
+#: Third-party loggers kept quiet at the default verbosity. pynetdicom logs an ERROR line of its own for every
+#: association that fails ("Association request failed: unable to connect to remote", "TCP Initialisation
+#: Error"), which the PACS sender and the receiver already tell in one sentence each with what to do: its own
+#: lines come back with -vv (and everything it says with -vvv).
+QUIET_BY_DEFAULT = ("amqtt", "pynetdicom")
+
+
+def _third_party_level(name: str, verbose: int) -> int:
+    if name == "amqtt" or (name in QUIET_BY_DEFAULT and verbose <= 1):
+        return logging.CRITICAL
+    return logging.WARNING
 
 
 def use_json() -> None:

@@ -174,6 +174,9 @@ def test_a_destination_that_is_down_receives_everything_when_it_returns(orthanc,
                  "failed attempts while the PACS is down")
     assert all(r["state"] in ("pending", "sending") for r in _deliveries(agent.state))
     assert "did not answer" in rows[0]["last_error"]
+    log = agent.log_text()
+    assert "PACS " in log and "did not answer" in log                   # our sentence, with what failed
+    assert "Association request failed" not in log and "TCP Initialisation Error" not in log   # not pynetdicom's
 
     orthanc.start()
     orthanc.upload(paths)
