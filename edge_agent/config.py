@@ -92,11 +92,11 @@ class MqttSection:
     protocol: str = _f("auto", "5 | 3.1.1 | auto (5, falling back to 3.1.1).", choices=("5", "3.1.1", "auto"))
     prefix: str = _f("edge-agent", "First level of every topic.")
     client_id: str = _f("", "MQTT client id (default: edge-agent-<site>-<device>).")
-    username: str = _f("", "Username (or EDGE_AGENT_MQTT_USERNAME).")
-    password_file: str = _f("", "File holding the password (or EDGE_AGENT_MQTT_PASSWORD).")
-    ca_file: str = _f("", "CA bundle for mqtts:// (default: the system store).")
-    cert_file: str = _f("", "Client certificate for mutual TLS.")
-    key_file: str = _f("", "Client key for mutual TLS.")
+    username: str = _f("", "Username (or EDGE_AGENT_MQTT_USERNAME).", hashed=False)
+    password_file: str = _f("", "File holding the password (or EDGE_AGENT_MQTT_PASSWORD).", hashed=False)
+    ca_file: str = _f("", "CA bundle for mqtts:// (default: the system store).", hashed=False)
+    cert_file: str = _f("", "Client certificate for mutual TLS.", hashed=False)
+    key_file: str = _f("", "Client key for mutual TLS.", hashed=False)
     tls_insecure: bool = _f(False, "Skip the host-name check of the broker certificate (the chain is still verified; logged as a warning).")
     delivery: str = _f("receipt", "receipt: done when a consumer acknowledges; broker: done at PUBACK.",
                        choices=("receipt", "broker"))
@@ -122,9 +122,11 @@ class DicomSection:
     ae_title: str = _f("EDGE_AGENT", "Our AE title.")
     bind: str = _f("0.0.0.0", "Address the receiver listens on.")
     allowed_calling_aets: list = _f([], "Calling AE titles accepted (empty: any).")
-    tls_cert: str = _f("", "PEM certificate for DICOM TLS (with tls_key): the port then takes TLS 1.2+ only.")
-    tls_key: str = _f("", "Unencrypted PEM private key of tls_cert.")
-    tls_ca: str = _f("", "PEM CA certificates: every peer must present a certificate they signed (mutual TLS).")
+    tls_cert: str = _f("", "PEM certificate for DICOM TLS (with tls_key): the port then takes TLS 1.2+ only.",
+                       hashed=False)
+    tls_key: str = _f("", "Unencrypted PEM private key of tls_cert.", hashed=False)
+    tls_ca: str = _f("", "PEM CA certificates: every peer must present a certificate they signed (mutual TLS).",
+                     hashed=False)
 
 
 @dataclass
@@ -437,6 +439,31 @@ def validate(cfg: Config) -> None:
         raise ConfigError("dicom.tls_cert and dicom.tls_key go together; set both for DICOM TLS, or neither.")
     if cfg.dicom.tls_ca and not cfg.dicom.tls_cert:
         raise ConfigError("dicom.tls_ca needs dicom.tls_cert and dicom.tls_key: peers are checked over TLS only.")
+
+
+#: Hex digits kept of the configuration's sha256 (``config_hash``): 64 bits, plenty to tell configs apart.
+CONFIG_HASH_HEX = 16
+
+
+def config_hash(cfg: Config) -> str:
+    """A stable id of the effective configuration: the first 16 hex digits of the sha256 of every setting.
+
+    Every section and ``[models.<name>]`` table as canonical JSON (sorted keys, no spaces), without the
+    credentials and TLS material (the fields declared ``hashed=False``: MQTT username, password file, CA,
+    certificate and key paths; DICOM TLS certificate, key and CA): rotating those changes nothing the agent
+    decides. The MQTT password is not a setting at all (environment or file only), so it never counts.
+    The same settings give the same hash on any machine and after any restart.
+    """
+    import hashlib  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    body: dict[str, Any] = {}
+    for section in _section_types():
+        obj = getattr(cfg, section)
+        body[section] = {f.name: getattr(obj, f.name) for f in fields(obj) if f.metadata.get("hashed", True)}
+    body[MODELS] = {name: {f.name: getattr(s, f.name) for f in fields(s)} for name, s in sorted(cfg.models.items())}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:CONFIG_HASH_HEX]
 
 
 def reference_markdown() -> str:

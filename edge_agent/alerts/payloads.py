@@ -39,6 +39,8 @@ PHI_KEYS = frozenset({"PatientName", "PatientID", "PatientBirthDate", "PatientSe
 _STUDY_FIELDS = ("study_instance_uid", "series_instance_uid", "accession_number", "modality", "body_part",
                  "series_description")
 _FINDING_FIELDS = ("code", "label", "probability", "positive", "severity")
+#: What a model's provenance adds to its name and version (edge_agent.results.algorithm.model_provenance).
+MODEL_PROVENANCE_FIELDS = ("sha256", "backend", "precision", "engine_fingerprint")
 
 
 class PayloadError(EdgeAgentError):
@@ -105,14 +107,27 @@ def _study(series: dict) -> dict:
     return study
 
 
+def agent_provenance(provenance: dict | None) -> dict:
+    """``{agent_version, config_hash}``: the one given (the agent's, computed at start), else this agent's version
+    with no config hash (a payload built outside the agent)."""
+    from edge_agent import __version__
+
+    given = provenance or {}
+    return {"agent_version": str(given.get("agent_version") or __version__),
+            "config_hash": given.get("config_hash") or None}
+
+
 def build_alert(*, site: str, device: str, series: dict, model: dict, finding: dict, state: str,
-                revision: int, timestamps: dict[str, str]) -> dict:
+                revision: int, timestamps: dict[str, str], provenance: dict | None = None) -> dict:
     """The alert payload (schema ``edge-agent/alert/1``), built from an allow-list of fields and validated.
 
     ``series``: study_instance_uid, series_instance_uid, accession_number, modality, body_part,
-    series_description (other keys are ignored). ``model``: name, version, synthetic_training.
+    series_description (other keys are ignored). ``model``: name, version, synthetic_training and its
+    provenance sha256, backend, precision, engine_fingerprint (the agent always gives them:
+    ``edge_agent.results.algorithm.model_provenance``; each one given is kept, None when unknown).
     ``finding``: code, label, probability, positive, severity, key_slices. ``state``: preliminary,
-    final or retracted; ``revision`` grows with each update of the same alert.
+    final or retracted; ``revision`` grows with each update of the same alert. ``provenance``:
+    ``{agent_version, config_hash}`` (the top-level ``provenance``; default: this version, no hash).
     """
     if state not in ALERT_STATES:
         raise PayloadError(f"Alert state {state!r} is unknown; use one of {', '.join(ALERT_STATES)}.")
@@ -136,18 +151,28 @@ def build_alert(*, site: str, device: str, series: dict, model: dict, finding: d
         "device": device,
         "study": _study(series),
         "model": {"name": str(model.get("name", "")), "version": str(model.get("version", "")),
-                  "synthetic_training": synthetic},
+                  "synthetic_training": synthetic,
+                  **{k: (None if model[k] in (None, "") else str(model[k]))
+                     for k in MODEL_PROVENANCE_FIELDS if k in model}},
         "finding": clean_finding,
         "timestamps": dict(timestamps),
+        "provenance": agent_provenance(provenance),
     }
     if synthetic:
         payload["disclaimer"] = DISCLAIMER
     return validate_payload("alert", payload)
 
 
-def build_result(*, site: str, device: str, series: dict, result: dict, timestamps: dict) -> dict:
-    """The per-series result payload (schema ``edge-agent/result/1``): the ``edge-agent infer`` object, PHI-stripped."""
+def build_result(*, site: str, device: str, series: dict, result: dict, timestamps: dict,
+                 provenance: dict | None = None) -> dict:
+    """The per-series result payload (schema ``edge-agent/result/2``): the ``edge-agent infer`` object, PHI-stripped.
+
+    ``result.provenance`` is ``{agent_version, config_hash}`` (``provenance``, or the one the result carries);
+    it sits inside ``result`` — where ``edge-agent infer`` prints it — so that a version-1 consumer, whose schema
+    allows no new top-level field, still validates the payload.
+    """
     clean = strip_phi(dict(result))
+    clean["provenance"] = agent_provenance(provenance or clean.get("provenance"))
     study = _study({**{"study_instance_uid": result.get("study_instance_uid"),
                        "series_instance_uid": result.get("series_instance_uid")},
                     **{k: v for k, v in series.items() if v is not None}})

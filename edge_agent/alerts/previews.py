@@ -188,12 +188,21 @@ class PreviewCache:
         return len(self._best) < self.keep or score > min(s for s, _ in self._best.values())
 
     def offer(self, sop_instance_uid: str, score: float, hu_fn, pixel_spacing) -> None:
+        def image():
+            hu = hu_fn()
+            return None if hu is None else thumbnail(hu, self.window, pixel_spacing, self.settings.size)
+
+        self.offer_image(sop_instance_uid, score, image)
+
+    def offer_image(self, sop_instance_uid: str, score: float, image_fn) -> None:
+        """Like :meth:`offer` with the thumbnail itself (``image_fn()``: uint8, or None): a slice scored after
+        its pixels went (a 2.5-D model's, once its neighbours landed) had its thumbnail made on arrival."""
         if sop_instance_uid in self._best or not self.wants(score):
             return
-        hu = hu_fn()
-        if hu is None:
+        image = image_fn()
+        if image is None:
             return
-        self._best[sop_instance_uid] = (score, thumbnail(hu, self.window, pixel_spacing, self.settings.size))
+        self._best[sop_instance_uid] = (score, image)
         if len(self._best) > self.keep:
             worst = min(self._best, key=lambda k: self._best[k][0])
             del self._best[worst]

@@ -7,7 +7,9 @@ pinned copies and with zero-copy mapped memory), on a synthetic 512×512
 series of ``--slices`` slices:
 
 - preprocessing per series (CPU reference from HU; the raw→input numpy
-  mirror of the GPU kernel; the GPU kernel itself when pycuda is present);
+  mirror of the GPU kernel; the GPU kernel itself when pycuda is present —
+  neither for a 2.5-D model, whose input, with its neighbour slices'
+  channels, is always prepared on the CPU);
 - inference latency p50/p99 for the whole series in one batch and for one
   slice, and slices/s;
 - end to end per series = preprocessing p50 + inference p50;
@@ -39,6 +41,8 @@ from edge_agent.inference.trt.measure import synthetic_series
 from edge_agent.progress import Progress
 
 _QUIET = Progress(None, "", "", enabled=False)  # the default bar: draws nothing
+#: Why a 2.5-D model (manifest ``preprocessing.context``) has no GPU preprocessing rows.
+CONTEXT_ON_CPU = "the model needs neighbour slices (preprocessing.context): its input is prepared on the CPU"
 
 
 def _timings(fn: Callable[[], object], repeat: int, warmup: int, bar: Progress = _QUIET) -> list[float]:
@@ -74,22 +78,28 @@ def _stats(ms: list[float]) -> dict:
 def preprocess_rows(spec, slices: int, repeat: int, warmup: int, bar: Progress = _QUIET) -> list[dict]:
     """Preprocessing of one series: CPU reference, numpy mirror of the kernel, GPU kernel if present."""
     from edge_agent.inference.trt import preprocess_kernel as pk
-    from edge_agent.preprocess import prepare_slices
+    from edge_agent.preprocess import prepare_volume
 
     raw, hu = synthetic_series(slices)
     spacing = (0.5, 0.5)
     rows = [
         {"stage": "preprocess", "path": "cpu reference (HU → input)",
-         **_stats(_timings(lambda: prepare_slices(hu, spacing, spec), repeat, warmup, bar))},
-        {"stage": "preprocess", "path": "cpu raw → input (kernel mirror)",
-         **_stats(_timings(lambda: pk.raw_to_input(raw, spacing, spec, intercept=-1024.0, padding_value=0),
-                           repeat, warmup, bar))},
+         **_stats(_timings(lambda: prepare_volume(hu, spacing, spec), repeat, warmup, bar))},
     ]
-    from edge_agent.inference.trt.measure import gpu_preprocess_ms
+    if spec.context is not None:  # the kernel writes a slice's own channels only: a 2.5-D input is the CPU's
+        why = CONTEXT_ON_CPU
+        bar.update(repeat + warmup)
+        rows += [{"stage": "preprocess", "path": "cpu raw → input (kernel mirror)", "unavailable": why},
+                 {"stage": "preprocess", "path": "gpu kernel", "unavailable": why}]
+    else:
+        rows.append({"stage": "preprocess", "path": "cpu raw → input (kernel mirror)",
+                     **_stats(_timings(lambda: pk.raw_to_input(raw, spacing, spec, intercept=-1024.0,
+                                                               padding_value=0), repeat, warmup, bar))})
+        from edge_agent.inference.trt.measure import gpu_preprocess_ms
 
-    gpu = gpu_preprocess_ms(raw, spacing, spec, repeat=repeat, warmup=warmup)
-    rows.append({"stage": "preprocess", "path": "gpu kernel (raw → input, incl. upload+download)", **gpu}
-                if "p50_ms" in gpu else {"stage": "preprocess", "path": "gpu kernel", "unavailable": gpu["why"]})
+        gpu = gpu_preprocess_ms(raw, spacing, spec, repeat=repeat, warmup=warmup)
+        rows.append({"stage": "preprocess", "path": "gpu kernel (raw → input, incl. upload+download)", **gpu}
+                    if "p50_ms" in gpu else {"stage": "preprocess", "path": "gpu kernel", "unavailable": gpu["why"]})
     from edge_agent.inference.trt.measure import h2d_bandwidth
 
     h2d = h2d_bandwidth(raw.nbytes * 2, repeat=max(3, repeat // 4))
@@ -100,10 +110,10 @@ def preprocess_rows(spec, slices: int, repeat: int, warmup: int, bar: Progress =
 
 def _runner_rows(label: str, make: Callable[[], object], spec, slices: int, repeat: int, warmup: int,
                  pre_ms: float, bar: Progress = _QUIET) -> list[dict]:
-    from edge_agent.preprocess import prepare_slices
+    from edge_agent.preprocess import prepare_volume
 
     _, hu = synthetic_series(slices, matrix=spec.size[0] * 2)
-    x = prepare_slices(hu, (0.5, 0.5), spec)
+    x = prepare_volume(hu, (0.5, 0.5), spec)  # spec.channels channels: a 2.5-D model's neighbours too
     runner, unavailable = _activated(label, make)
     if runner is None:
         bar.update(_slot(repeat, warmup))
@@ -167,13 +177,13 @@ def model_rows(manifest, backends: tuple[str, ...], slices: int, repeat: int, wa
     """Every requested backend for one model."""
     from edge_agent.inference import trt
     from edge_agent.inference.onnxrt import OnnxRuntimeRunner, available_providers
-    from edge_agent.preprocess import prepare_slices
+    from edge_agent.preprocess import prepare_volume
 
     spec = manifest.preprocessing
     _, hu = synthetic_series(slices)
     model = f"{manifest.name}@{manifest.version}"
     bar.describe(f"{model} preprocessing")
-    pre_ms = _stats(_timings(lambda: prepare_slices(hu, (0.5, 0.5), spec), max(3, repeat // 4), 1, bar))["p50_ms"]
+    pre_ms = _stats(_timings(lambda: prepare_volume(hu, (0.5, 0.5), spec), max(3, repeat // 4), 1, bar))["p50_ms"]
     onnx_path = manifest.artefacts["onnx"].path
     rows: list[dict] = []
     if "onnxrt" in backends:

@@ -209,8 +209,34 @@ def ort_check() -> Check:
     return "OK", "onnxruntime", text + ("" if gpu else " (CPU only)")
 
 
+def _provenance(manifest, backend: str) -> str:
+    """What a model's outputs name it by (edge_agent.results.algorithm): sha256[:12], backend, precision,
+    engine fingerprint."""
+    from edge_agent.results.algorithm import LOG_HEX, algorithm_for
+
+    a = algorithm_for(manifest, backend)
+    return (f"sha256 {(a.sha256 or 'unknown')[:LOG_HEX]}, backend {a.backend or 'unknown'}, precision "
+            f"{a.precision or 'none'}, engine fingerprint {a.engine_fingerprint or 'none'}")
+
+
+def agent_check(config_file: Path | None, overrides: dict) -> Check:
+    """The header: this agent's version and the hash of the configuration ``run`` would use with these settings."""
+    from edge_agent import __version__
+    from edge_agent.config import config_hash, load_config
+    from edge_agent.errors import EdgeAgentError
+
+    source = f"{config_file}, the environment and these flags" if config_file else \
+        "the defaults, the environment and these flags; pass --config FILE for the agent's"
+    try:
+        digest = config_hash(load_config(config_file, overrides=overrides))
+    except EdgeAgentError as exc:
+        return "WARN", "edge-agent", f"{__version__}; config hash unknown: {str(exc).rstrip('.')}"
+    return "OK", "edge-agent", f"{__version__}; config hash {digest} (of {source})"
+
+
 def engines_check(folder: Path) -> list[Check]:
-    """Every model folder's manifest loads; every TensorRT engine fits this machine."""
+    """Every model folder's manifest loads; every TensorRT engine fits this machine. Each line also names the
+    model's provenance as its alerts and results will (sha256[:12], backend, precision, engine fingerprint)."""
     from edge_agent.errors import EdgeAgentError
     from edge_agent.inference.manifest import MANIFEST_NAME, load_manifest
     from edge_agent.inference.trt.fingerprint import current_platform, verify_engine
@@ -227,28 +253,35 @@ def engines_check(folder: Path) -> list[Check]:
             out.append(("FAIL", f"model {path.parent.name}", str(exc).rstrip(".")))
             continue
         if m.plugin is not None:
-            out.append(("OK", f"model {m.name}", f"{m.version}: the {m.plugin.name} plug-in (no network, CPU)"))
+            out.append(("OK", f"model {m.name}", f"{m.version}: the {m.plugin.name} plug-in (no network, CPU); "
+                                                 f"{_provenance(m, 'plugin')}"))
             continue
         engine = m.artefacts.get("engine")
         if engine is None:
-            out.append(("OK", f"model {m.name}", f"{m.version}: ONNX only (runs on ONNX Runtime)"))
+            out.append(("OK", f"model {m.name}", f"{m.version}: ONNX only (runs on ONNX Runtime); "
+                                                 f"{_provenance(m, 'onnxrt')}"))
             continue
         platform = platform or current_platform()
         try:
             fp = verify_engine(engine.path, platform, m.artefacts["onnx"].sha256, engine.fingerprint)
             out.append(("OK", f"model {m.name}", f"{m.version}: engine fits ({fp.precision}, TensorRT "
-                                                 f"{fp.tensorrt_version})"))
+                                                 f"{fp.tensorrt_version}); {_provenance(m, 'tensorrt')}"))
         except EdgeAgentError as exc:
-            out.append(("WARN", f"model {m.name}", f"{str(exc).rstrip('.')} (until then it runs on ONNX Runtime)"))
+            out.append(("WARN", f"model {m.name}", f"{m.version}: {str(exc).rstrip('.')} (until then it runs on ONNX "
+                                                   f"Runtime; {_provenance(m, 'onnxrt')})"))
     return out
 
 
 def run_checks(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None,
-               pacs: tuple[str, ...] = ()) -> list[Check]:
-    """All checks, in the order they are printed."""
+               pacs: tuple[str, ...] = (), config_file: Path | None = None) -> list[Check]:
+    """All checks, in the order they are printed; the first is the header (agent version, config hash)."""
     from edge_agent.inference.trt import health
 
-    checks: list[Check] = []
+    overrides = {"agent": {"state_dir": None if state_dir is None else str(state_dir)},
+                 "ingest": {"watch": None if watch is None else str(watch)}, "mqtt": {"broker": broker},
+                 "inference": {"engines": None if engines is None else str(engines)},
+                 "pacs": {"destinations": list(pacs) or None}}  # as `edge-agent run` maps the same flags
+    checks: list[Check] = [agent_check(config_file, overrides)]
     for subject, fn in (("GPU", health.gpu_driver), ("TensorRT", health.tensorrt_check),
                         ("pycuda", health.pycuda_check), ("nvcc", health.nvcc_check)):
         level, message = _guarded(fn)
@@ -287,10 +320,16 @@ def _guarded(fn: Callable[[], tuple[str, str]]) -> tuple[str, str]:
 @click.option("--engines", type=click.Path(path_type=Path), help="Folder of model folders (default: shipped models).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="State folder to check (writable, disk, PACS queue).")
 @click.option("--pacs", multiple=True, metavar="AET@HOST:PORT", help="PACS destination to C-ECHO (repeatable).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE", help="The agent's config file: the header shows its config hash (as alerts name it).")
 def doctor(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None,
-           pacs: tuple[str, ...]) -> None:
-    """Check this machine: GPU, TensorRT, pycuda, ONNX Runtime, inotify, folders, disk, broker, PACS, clock, models."""
-    checks = run_checks(watch, broker, engines, state_dir, pacs)
+           pacs: tuple[str, ...], config_file: Path | None) -> None:
+    """Check this machine: GPU, TensorRT, pycuda, ONNX Runtime, inotify, folders, disk, broker, PACS, clock, models.
+
+    The first line names this agent's version and config hash; each model line its version, sha256, backend,
+    precision and engine fingerprint — what its alerts, results and SRs name (docs/ALERTS.md, Provenance).
+    """
+    checks = run_checks(watch, broker, engines, state_dir, pacs, config_file)
     width = max(len(subject) for _, subject, _ in checks)
     for level, subject, message in checks:
         click.echo(f"{level:<4}  {subject:<{width}}  {message}")

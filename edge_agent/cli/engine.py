@@ -250,6 +250,7 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     info = describe(file)
     if info["kind"] == "tensorrt-engine":
         _engine_is_known(file, info)
+    info["provenance"] = _provenance(file, info)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
@@ -274,3 +275,20 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
                    f"ONNX sha256 {fp['onnx_sha256'][:12]}…")
     fits = info["fits"]
     click.echo(f"  fits this machine: {'yes' if fits['ok'] else 'no'} — {fits['why']}")
+    p = info["provenance"]
+    model = f"{p['name']} {p['version']}" if p["name"] else "none (no manifest.json beside it lists this file)"
+    click.echo(f"  provenance (as alerts and results name it): model {model}, sha256 {p['sha256'] or 'unknown'}, "
+               f"backend {p['backend']}, precision {p['precision'] or 'unknown'}, engine fingerprint "
+               f"{p['engine_fingerprint'] or 'none'}, edge-agent {p['agent_version']}")
+
+
+def _provenance(file: Path, info: dict) -> dict:
+    """The file's provenance fields (edge_agent.results.algorithm.file_provenance) from what describe found."""
+    from edge_agent.inference.trt.fingerprint import sha256_file
+    from edge_agent.results.algorithm import file_provenance
+
+    engine = info["kind"] == "tensorrt-engine"
+    fp = info.get("fingerprint")
+    sha = (fp["engine_sha256"] if fp else sha256_file(file)) if engine else info.get("sha256") or sha256_file(file)
+    return file_provenance(file, engine=engine, sha256=sha,
+                           fingerprint_file=info.get("fingerprint_file") if fp else None)

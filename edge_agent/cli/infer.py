@@ -31,9 +31,11 @@ from edge_agent.service.analyse import analyse_series
 
 EPILOG = ("Output: one JSON object per series on stdout (series_instance_uid, study_instance_uid, slices, "
           "status analysed|skipped|rejected, reason, findings [{code, label, probability, positive, severity, "
-          "model, model_version, key_slices}], models, timings_ms, warnings, disclaimer; with --explain: explain "
-          "[{model, outcome, reason, rules [{rule, result, detail}]}]). Files left out are listed on stderr, one "
-          "line each. No patient identifiers are printed (Patient Age decides the age rule only).")
+          "model, model_version, key_slices}], models [{name, version, backend, sha256, precision, "
+          "engine_fingerprint, status}], provenance {agent_version, config_hash}, timings_ms, warnings, disclaimer; "
+          "with --explain: explain [{model, outcome, reason, rules [{rule, result, detail}]}]). Files left out are "
+          "listed on stderr, one line each. No patient identifiers are printed (Patient Age decides the age rule "
+          "only).")
 
 
 @click.command("infer", epilog=EPILOG)
@@ -63,11 +65,16 @@ def infer(paths: tuple[Path, ...], engines: Path | None, backend: str, threads: 
     if missing:
         raise EdgeAgentError(f"{missing[0]} does not exist; give existing DICOM files or folders.")
     overrides = alert_at = None
+    hashed = None  # the config hash: of the --config given (with the environment), none without one
     if config_file is not None:
-        from edge_agent.config import load_config  # noqa: PLC0415 - only with --config
+        from edge_agent.config import config_hash, load_config  # noqa: PLC0415 - only with --config
 
         site = load_config(config_file)
         overrides, alert_at = site.applies_to_overrides(), site.alert_at_overrides()
+        hashed = config_hash(site)
+    from edge_agent.results.algorithm import agent_provenance  # noqa: PLC0415
+
+    provenance = agent_provenance(hashed)
     models = ModelSet.load(engines, backend=backend, threads=threads, names=list(model_names) or None,
                            overrides=overrides, alert_at=alert_at)
     try:
@@ -85,6 +92,7 @@ def infer(paths: tuple[Path, ...], engines: Path | None, backend: str, threads: 
                                  "starting with '.' are skipped); point infer at CT DICOM files or folders.")
         for series in report.series:
             result = analyse_series(series, models)
+            result["provenance"] = dict(provenance)
             if explain:
                 result["explain"] = models.explain(series)
                 _print_explain(series.series_instance_uid, result["explain"])

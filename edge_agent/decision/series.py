@@ -73,10 +73,16 @@ class ModelOutcome:
     mode: str = "live"  # live | shadow: a shadow model decides and reports, and raises no alert
 
     def entry(self) -> dict:
-        """The ``models`` entry of a result: name, version, backend, status, reason."""
+        """The ``models`` entry of a result: name, version, backend, its provenance (sha256, precision,
+        engine_fingerprint: edge_agent.results.algorithm, cached per model), status, reason."""
         e = {"name": self.manifest.name, "version": self.manifest.version}
         if self.backend is not None:
             e["backend"] = self.backend
+            from edge_agent.results.algorithm import algorithm_for, has_provenance, model_provenance  # noqa: PLC0415
+
+            if has_provenance(self.manifest):
+                p = model_provenance(algorithm_for(self.manifest, self.backend))
+                e.update({k: p[k] for k in ("sha256", "precision", "engine_fingerprint")})
         e["status"] = self.status
         if self.mode != "live":
             e["mode"] = self.mode

@@ -179,14 +179,8 @@ class _Reader:
 
 
 def _preprocessing(r: _Reader, d: Any) -> PreprocessSpec:
-    d = r.obj(d, "preprocessing", {"windows", "size"}, {"pixel_spacing_mm", "dtype"})
-    windows = d["windows"]
-    if not isinstance(windows, list) or not windows or not all(isinstance(w, list) and len(w) == 2 for w in windows):
-        raise r.fail("preprocessing.windows", "must be a non-empty list of [centre, width] pairs in HU")
-    for i, (c, w) in enumerate(windows):
-        r.number(c, f"preprocessing.windows[{i}][0]")
-        if r.number(w, f"preprocessing.windows[{i}][1]") <= 0:
-            raise r.fail(f"preprocessing.windows[{i}][1]", "(the window width) must be > 0")
+    d = r.obj(d, "preprocessing", {"windows", "size"}, {"pixel_spacing_mm", "dtype", "context"})
+    _windows(r, d["windows"], "preprocessing.windows")
     size = d["size"]
     if not isinstance(size, list) or len(size) != 2:
         raise r.fail("preprocessing.size", "must be [rows, cols]")
@@ -196,7 +190,23 @@ def _preprocessing(r: _Reader, d: Any) -> PreprocessSpec:
     if spacing is not None and r.number(spacing, "preprocessing.pixel_spacing_mm") <= 0:
         raise r.fail("preprocessing.pixel_spacing_mm", "must be > 0 or null")
     r.string(d.get("dtype", "float32"), "preprocessing.dtype", choices=("float32", "float16"))
+    if "context" in d:
+        context = r.obj(d["context"], "preprocessing.context", {"offset_mm", "windows"}, set())
+        if r.number(context["offset_mm"], "preprocessing.context.offset_mm") <= 0:
+            raise r.fail("preprocessing.context.offset_mm", "(the distance to each neighbour slice along the "
+                                                            f"normal) must be > 0 mm, not {context['offset_mm']!r}")
+        _windows(r, context["windows"], "preprocessing.context.windows")
     return PreprocessSpec.from_dict(d)
+
+
+def _windows(r: _Reader, windows: Any, field: str) -> None:
+    """A non-empty list of [centre, width] pairs in HU, width > 0."""
+    if not isinstance(windows, list) or not windows or not all(isinstance(w, list) and len(w) == 2 for w in windows):
+        raise r.fail(field, "must be a non-empty list of [centre, width] pairs in HU")
+    for i, (c, w) in enumerate(windows):
+        r.number(c, f"{field}[{i}][0]")
+        if r.number(w, f"{field}[{i}][1]") <= 0:
+            raise r.fail(f"{field}[{i}][1]", "(the window width) must be > 0")
 
 
 def _tensors(r: _Reader, value: Any, field: str) -> tuple[TensorSpec, ...]:
@@ -278,10 +288,15 @@ def _cross_checks(r: _Reader, m: Manifest) -> None:
     pp = m.preprocessing
     if len(first.shape) != 4:
         raise r.fail("inputs[0].shape", "must be [batch, channels, rows, cols]")
-    expected = (len(pp.windows), *pp.size)
+    expected = (pp.channels, *pp.size)  # channels: the slice's windows, with context two neighbours' too
     for axis, (have, want) in enumerate(zip(first.shape[1:], expected), start=1):
         if have != -1 and have != want:
-            raise r.fail(f"inputs[0].shape[{axis}]", f"is {have} but preprocessing gives {want}")
+            how = ""
+            if axis == 1 and pp.context is not None:
+                how = (f" channels ({len(pp.windows)} window{'s' if len(pp.windows) != 1 else ''} of the slice, "
+                       f"then {len(pp.context.windows)} of the neighbour below and as many of the neighbour above, "
+                       "preprocessing.context)")
+            raise r.fail(f"inputs[0].shape[{axis}]", f"is {have} but preprocessing gives {want}{how}")
     if first.dtype != pp.dtype:
         raise r.fail("inputs[0].dtype", f"is {first.dtype} but preprocessing.dtype is {pp.dtype}")
     out = m.outputs[0]

@@ -24,7 +24,7 @@ from edge_agent.inference.manifest import (
     MANIFEST_NAME, Manifest, ManifestError, load_manifest, override_alert_at, override_applies_to,
 )
 from edge_agent.inference.runner import Runner, RunnerError, make_runner
-from edge_agent.preprocess import prepare_slices
+from edge_agent.preprocess import context_planes, neighbour_indices, prepare_slices, prepare_volume, stack_context
 
 DEFAULT_BATCH = 16
 
@@ -44,10 +44,17 @@ class Model:
     batch_size: int = DEFAULT_BATCH
     fallback: Callable[[], Runner] | None = None  # backend "auto": ONNX Runtime if the first runner cannot start
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _told_cpu: bool = field(default=False, repr=False)  # the "needs neighbour slices" line was logged
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def context(self):
+        """The manifest's ``preprocessing.context`` (a 2.5-D model's neighbour slices), or None."""
+        pp = self.manifest.preprocessing
+        return None if pp is None else pp.context
 
     def ensure_active(self) -> None:
         """Activate the runner in the calling thread if it is not active yet."""
@@ -64,9 +71,31 @@ class Model:
                 self.runner, self.fallback = self.fallback(), None
                 self.runner.activate()
 
-    def preprocess(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> np.ndarray:
-        """HU slices ``(N, H, W)`` → the model input ``(N, C, rows, cols)`` (manifest preprocessing)."""
-        return prepare_slices(hu, pixel_spacing, self.manifest.preprocessing)
+    def preprocess(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
+                   positions: np.ndarray | None = None) -> np.ndarray:
+        """HU slices ``(N, H, W)`` → the model input ``(N, C, rows, cols)`` (manifest preprocessing).
+
+        A 2.5-D model (``preprocessing.context``) takes the slices as one series: ``positions`` (mm along the
+        normal; None: equally spaced) pick each slice's neighbours (:func:`edge_agent.preprocess.prepare_volume`).
+        """
+        return prepare_volume(hu, pixel_spacing, self.manifest.preprocessing, positions)
+
+    def prepare_context(self, hu: np.ndarray, pixel_spacing: tuple[float, float], *, own: bool = True
+                        ) -> tuple[np.ndarray | None, np.ndarray]:
+        """A 2.5-D model's two parts of each slice's input: (its own channels or None, its context planes).
+
+        ``prepare_slices`` and ``context_planes`` of the manifest's preprocessing; the daemon keeps these
+        (not the HU) until the slice and its neighbours are scored (:meth:`infer_batched` on
+        :func:`edge_agent.preprocess.stack_context` of them).
+        """
+        spec = self.manifest.preprocessing
+        return (prepare_slices(hu, pixel_spacing, spec) if own else None), context_planes(hu, pixel_spacing, spec)
+
+    def tell_cpu_input(self) -> None:
+        """Once per model: a 2.5-D model on TensorRT does not use the GPU stored-pixel preprocessing."""
+        if not self._told_cpu and getattr(self.runner, "backend", None) == "tensorrt":
+            self._told_cpu = True
+            log.info("model %s needs neighbour slices: its input is prepared on the CPU", self.name)
 
     def _batch(self) -> tuple[int, int | None]:
         """(slices per runner call, the runner's fixed batch limit or None)."""
@@ -109,6 +138,8 @@ class Model:
         """
         self.ensure_active()
         out = np.zeros((len(slices), len(self.manifest.findings)), dtype=np.float32)
+        if self.context is not None:  # 2.5-D: the slices are one stack, scored with their neighbours among them
+            return self._score_stack(slices, out, timings)
         on_device = self.runner.stored_input_dtypes()
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(slices):
@@ -132,6 +163,19 @@ class Model:
                     self.runner.stop_device_preprocessing(f"it failed: {type(exc).__name__}: {exc}")
             hu = np.stack([_hu(slices[i]) for i in index])
             out[index] = self.score_slices(hu, spacing, timings=timings)
+        return out
+
+    def _score_stack(self, slices: Sequence[Any], out: np.ndarray, timings: dict[str, float] | None) -> np.ndarray:
+        """A 2.5-D model on a set of slices: HU on the CPU (never the device kernel), neighbours chosen among
+        the slices of the same image size and pixel spacing by their positions along the normal."""
+        self.tell_cpu_input()
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(slices):
+            groups.setdefault(((s.rows, s.columns), tuple(float(v) for v in s.pixel_spacing)), []).append(i)
+        for (_shape, spacing), index in groups.items():
+            positions = _positions_along_normal([slices[i] for i in index])
+            hu = np.stack([_hu(slices[i]) for i in index])
+            out[index] = self.score_slices(hu, spacing, timings=timings, positions=positions)
         return out
 
     def _score_stored(self, stored: np.ndarray, spacing: tuple[float, float], rescale: tuple,
@@ -177,11 +221,20 @@ class Model:
         probabilities = self.score_images(slices, timings=timings)
         return probabilities, self._features_of(slices, timings)
 
+    def slice_features_of(self, slices: Sequence[Any], timings: dict[str, float] | None = None) -> list[dict | None]:
+        """Each slice's evidence/domain numbers (None each when the manifest declares neither), from its HU."""
+        return self._features_of(slices, timings)
+
     def analyse_volume(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
                        geometries: Sequence[dict | None] | None = None,
-                       timings: dict[str, float] | None = None) -> tuple[np.ndarray, list[dict | None]]:
-        """A whole series in HU ``(N, H, W)`` → (probabilities, features); ``infer``'s step."""
-        probabilities = self.score_slices(hu, pixel_spacing, timings=timings)
+                       timings: dict[str, float] | None = None,
+                       positions: np.ndarray | None = None) -> tuple[np.ndarray, list[dict | None]]:
+        """A whole series in HU ``(N, H, W)`` → (probabilities, features); ``infer``'s step.
+
+        ``positions``: mm along the normal of each slice, which a 2.5-D model needs to pick neighbours
+        (None: equally spaced).
+        """
+        probabilities = self.score_slices(hu, pixel_spacing, timings=timings, positions=positions)
         geometries = list(geometries) if geometries is not None else [None] * len(hu)
         t0 = time.perf_counter()
         features = [self.slice_features(hu[i], pixel_spacing, geometries[i]) for i in range(len(hu))]
@@ -190,12 +243,17 @@ class Model:
         return probabilities, features
 
     def score_slices(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
-                     timings: dict[str, float] | None = None) -> np.ndarray:
+                     timings: dict[str, float] | None = None, positions: np.ndarray | None = None) -> np.ndarray:
         """Preprocess + batched inference: HU ``(N, H, W)`` → probabilities ``(N, F)``.
 
         Slices are prepared one batch at a time, so memory stays flat for long
         series. When ``timings`` is given, ``preprocess`` and ``inference``
-        wall times (ms) are added to it.
+        wall times (ms) are added to it. A 2.5-D model (``preprocessing.context``)
+        scores the slices as one series, each with its neighbours at ±offset
+        along the normal: ``positions`` (mm, any order; None: equally spaced,
+        ``offset_mm`` apart) pick them, as :func:`edge_agent.preprocess.prepare_volume`
+        does; every slice's context planes are prepared first (small), the own
+        channels one batch at a time.
         """
         hu = np.asarray(hu)
         if hu.ndim == 2:
@@ -203,9 +261,29 @@ class Model:
         self.ensure_active()
         step = max(1, self.batch_size)
         parts, t_pre, t_inf = [], 0.0, 0.0
+        context = self.context
+        if context is not None:
+            self.tell_cpu_input()
+            t0 = time.perf_counter()
+            n = hu.shape[0]
+            if positions is None:
+                positions = np.arange(n, dtype=np.float64) * context.offset_mm
+            positions = np.asarray(positions, dtype=np.float64)
+            if positions.shape != (n,):
+                raise RunnerError(f"Model {self.name} was given {positions.size} slice positions for {n} slices.")
+            below, above = neighbour_indices(positions, context.offset_mm)
+            spec = self.manifest.preprocessing
+            planes = np.concatenate([context_planes(hu[i:i + step], pixel_spacing, spec) for i in range(0, n, step)]
+                                    ) if n else None
+            t_pre += time.perf_counter() - t0
         for start in range(0, hu.shape[0], step):
             t0 = time.perf_counter()
-            x = self.preprocess(hu[start:start + step], pixel_spacing)
+            if context is None:
+                x = self.preprocess(hu[start:start + step], pixel_spacing)
+            else:
+                part = slice(start, start + step)
+                x = stack_context(prepare_slices(hu[part], pixel_spacing, self.manifest.preprocessing),
+                                  planes[below[part]], planes[above[part]])
             t1 = time.perf_counter()
             parts.append(self.infer_batched(x))
             t_pre += t1 - t0
@@ -271,7 +349,8 @@ class PluginModel(Model):
 
     def analyse_volume(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
                        geometries: Sequence[dict | None] | None = None,
-                       timings: dict[str, float] | None = None) -> tuple[np.ndarray, list[dict]]:
+                       timings: dict[str, float] | None = None,
+                       positions: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
         self.ensure_active()
         geometries = list(geometries) if geometries is not None else [None] * len(hu)
         t0 = time.perf_counter()
@@ -284,15 +363,28 @@ class PluginModel(Model):
         return self.analyse_images(slices, timings)[0]
 
     def score_slices(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
-                     timings: dict[str, float] | None = None) -> np.ndarray:
+                     timings: dict[str, float] | None = None, positions: np.ndarray | None = None) -> np.ndarray:
         hu = np.asarray(hu)
         return self.analyse_volume(hu[None] if hu.ndim == 2 else hu, pixel_spacing, timings=timings)[0]
 
-    def preprocess(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> np.ndarray:
+    def preprocess(self, hu: np.ndarray, pixel_spacing: tuple[float, float],
+                   positions: np.ndarray | None = None) -> np.ndarray:
         raise RunnerError(f"Model {self.name} is the {self.manifest.plugin.name} plug-in: it has no network input.")
 
     def infer_batched(self, x: np.ndarray) -> np.ndarray:
         raise RunnerError(f"Model {self.name} is the {self.manifest.plugin.name} plug-in: it has no network to run.")
+
+
+def _positions_along_normal(slices: Sequence[Any]) -> np.ndarray | None:
+    """Each slice's ImagePositionPatient projected on its slice normal (mm), None when a slice lacks them."""
+    out = []
+    for s in slices:
+        position, orientation = getattr(s, "position", None), getattr(s, "orientation", None)
+        if position is None or orientation is None:
+            return None
+        o = np.asarray(orientation, dtype=np.float64)
+        out.append(float(np.dot(np.asarray(position, dtype=np.float64), np.cross(o[:3], o[3:]))))
+    return np.asarray(out, dtype=np.float64)
 
 
 def _geometry(s: Any) -> dict | None:

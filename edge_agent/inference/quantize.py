@@ -7,7 +7,8 @@ only when it is **symmetric and signed** (zero points 0, QDQ format, no
 dynamic quantisation — onnx-tensorrt ``onnxOpImporters.cpp``), so
 :data:`TENSORRT_SETTINGS` fixes exactly those options. Calibration data are
 real DICOM series passed through the very same preprocessing as inference
-(:func:`edge_agent.preprocess.prepare_slices`).
+(:func:`edge_agent.preprocess.prepare_volume`: for a 2.5-D model each slice
+with its neighbours, picked by the series' positions along the normal).
 
 The quantised model also runs on ONNX Runtime CPU (its Q/DQ arithmetic as
 written, :data:`ORT_QDQ_CONFIG`), which is how :func:`compare` measures what
@@ -41,7 +42,7 @@ from edge_agent.decision import DecisionRule
 from edge_agent.decision.rules import series_probability
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference.onnxrt import ORT_QDQ_CONFIG
-from edge_agent.preprocess import PreprocessSpec, prepare_slices
+from edge_agent.preprocess import PreprocessSpec, prepare_volume
 
 log = logging.getLogger("edge_agent.quantize")
 
@@ -103,12 +104,20 @@ class Comparison:
 
 
 def prepare_series(series: Iterable, spec: PreprocessSpec, labels: dict[str, bool] | None = None) -> list[SeriesInput]:
-    """``edge_agent.dicom`` Series (``.hu``, ``.pixel_spacing``/``.spacing``) → :class:`SeriesInput` list."""
+    """``edge_agent.dicom`` Series (``.hu``, ``.pixel_spacing``/``.spacing``) → :class:`SeriesInput` list.
+
+    The inputs are the model's real input (:func:`edge_agent.preprocess.prepare_volume`): with
+    ``spec.context`` each slice's own channels, then its neighbours' below and above, chosen by the series'
+    ``positions`` along the normal (equally spaced when it has none).
+    """
     out = []
     for s in series:
         spacing = getattr(s, "pixel_spacing", None) or tuple(s.spacing[1:])
         uid = s.series_instance_uid
-        out.append(SeriesInput(uid, prepare_slices(s.hu, spacing, spec), (labels or {}).get(uid)))
+        positions = getattr(s, "positions", None)
+        if positions is not None and len(positions) != len(s.hu):
+            positions = None
+        out.append(SeriesInput(uid, prepare_volume(s.hu, spacing, spec, positions), (labels or {}).get(uid)))
     return out
 
 

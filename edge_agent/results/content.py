@@ -39,6 +39,7 @@ class Algorithm:
     backend: str = ""
     precision: str = ""
     synthetic_training: bool = False
+    engine_fingerprint: str | None = None  # short id of the TensorRT engine's fingerprint file; None: ONNX, plug-in
 
 
 @dataclass
@@ -57,7 +58,10 @@ class ModelResult:
 
     def digest(self) -> str:
         """sha256 of the content (not of when it was decided): equal digests, equal results."""
-        body = {"series": self.series_instance_uid, "algorithm": asdict(self.algorithm), "findings": self.findings}
+        algorithm = asdict(self.algorithm)
+        if algorithm["engine_fingerprint"] is None:  # as before the field existed: an ONNX result keeps its digest
+            del algorithm["engine_fingerprint"]
+        body = {"series": self.series_instance_uid, "algorithm": algorithm, "findings": self.findings}
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def uid(self, kind: str, revision: int | None = None) -> str:
@@ -94,7 +98,9 @@ def model_results(result: dict, algorithms: dict[str, Algorithm], body_part: str
         findings = [f for f in result.get("findings", []) if f.get("model") == name and not f.get("shadow")]
         if not findings:
             continue
-        algorithm = algorithms.get(name) or Algorithm(name, version, backend=entry.get("backend") or "")
+        algorithm = algorithms.get(name) or Algorithm(
+            name, version, entry.get("sha256") or "", entry.get("backend") or "", entry.get("precision") or "",
+            engine_fingerprint=entry.get("engine_fingerprint"))
         out.append(ModelResult(result["series_instance_uid"], result["study_instance_uid"], algorithm,
                                [_finding(f) for f in findings], body_part))
     return out

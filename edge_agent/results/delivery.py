@@ -47,8 +47,9 @@ class PacsDelivery:
     """Builds and queues the DICOM results; starts and stops one sender per destination."""
 
     def __init__(self, queue_path: Path, destinations: list[Destination], settings: SenderSettings, *,
-                 site: str, device: str, on_event=None) -> None:
+                 site: str, device: str, on_event=None, provenance: dict | None = None) -> None:
         self.queue_path = Path(queue_path)
+        self.provenance = provenance  # {agent_version, config_hash}: named in every SR's algorithm parameters
         self.destinations = list(destinations)
         self.settings = settings
         self.site, self.device = site, device
@@ -104,7 +105,8 @@ class PacsDelivery:
         revision = 1 if latest is None else latest[0] + 1
         common = dict(revision=revision, site=self.site, device=self.device, decided_at=decided_at)
         try:
-            objects = [queued(build_sr(result, header, **common), "sr", COMPREHENSIVE_3D_SR)]
+            objects = [queued(build_sr(result, header, provenance=self.provenance, **common), "sr",
+                              COMPREHENSIVE_3D_SR)]
             kos = build_kos(result, header, **common)
         except EdgeAgentError:
             raise

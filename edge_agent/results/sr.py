@@ -10,8 +10,9 @@ Measurement and Qualitative Evaluation Group (TID 1501) holds:
 * the probability (DCM 122157 "Probability", unit 1) and, where the evidence
   measured them, the volume (mL) and the diameter (mm),
 * the algorithm identification (TID 4019): model name, version, and as
-  parameters the sha256 of the artefact that ran, the backend, the precision
-  and the decision threshold,
+  parameters the sha256 of the artefact that ran, the backend, the precision,
+  the TensorRT engine's fingerprint id (when it ran on one), the decision
+  threshold, the agent's version and its config hash,
 * the key slices as source images (with the frame for a multi-frame image),
 * the disclaimer as a comment when the model was trained on synthetic data.
 
@@ -91,17 +92,25 @@ def evidence_datasets(result: ModelResult, header: StudyHeader) -> list[Dataset]
     return list(seen.values())
 
 
-def _algorithm(result: ModelResult, threshold: float | None) -> hd.sr.AlgorithmIdentification:
+def _algorithm(result: ModelResult, threshold: float | None,
+               provenance: dict | None = None) -> hd.sr.AlgorithmIdentification:
     a = result.algorithm
     parameters = [f"sha256={a.sha256 or 'unknown'}", f"backend={a.backend or 'unknown'}",
                   f"precision={a.precision or 'unknown'}"]
+    if a.engine_fingerprint:
+        parameters.append(f"engine_fingerprint={a.engine_fingerprint}")
     if threshold is not None:
         parameters.append(f"threshold={threshold:g}")
+    provenance = provenance or {}
+    parameters.append(f"agent_version={provenance.get('agent_version') or __version__}")
+    if provenance.get("config_hash"):
+        parameters.append(f"config_hash={provenance['config_hash']}")
     return hd.sr.AlgorithmIdentification(name=a.name, version=a.version, parameters=parameters,
                                          manufacturer=MANUFACTURER)
 
 
-def _group(result: ModelResult, finding: dict, header: StudyHeader) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _group(result: ModelResult, finding: dict, header: StudyHeader,
+           provenance: dict | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     concept = finding_concept(finding["code"], finding["label"])
     measurements = [hd.sr.Measurement(name=_PROBABILITY, value=finding["probability"], unit=_UNITY)]
     if finding.get("volume_ml") is not None:
@@ -118,7 +127,7 @@ def _group(result: ModelResult, finding: dict, header: StudyHeader) -> hd.sr.Mea
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=result.uid(f"tracking:{finding['code']}"), identifier=f"{result.algorithm.name} {finding['code']}"),
         finding_type=concept,
-        algorithm_id=_algorithm(result, finding.get("threshold")),
+        algorithm_id=_algorithm(result, finding.get("threshold"), provenance),
         measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             name=concept, value=codes.SCT.Present if finding["positive"] else codes.SCT.Absent)],
@@ -131,14 +140,16 @@ def _group(result: ModelResult, finding: dict, header: StudyHeader) -> hd.sr.Mea
 
 
 def build_sr(result: ModelResult, header: StudyHeader, *, revision: int, site: str, device: str,
-             decided_at: float) -> hd.sr.Comprehensive3DSR:
-    """The SR of ``result`` (revision ``revision``), in the original study of ``header``."""
+             decided_at: float, provenance: dict | None = None) -> hd.sr.Comprehensive3DSR:
+    """The SR of ``result`` (revision ``revision``), in the original study of ``header``.
+
+    ``provenance``: ``{agent_version, config_hash}`` of the agent, named in each algorithm identification."""
     procedure = PROCEDURES.get(result.body_part.strip().upper(), UNSPECIFIED_PROCEDURE)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=device_observer(site, device, result.algorithm.name)),
         procedure_reported=hd.sr.CodedConcept(*procedure),
-        imaging_measurements=[_group(result, f, header) for f in result.findings],
+        imaging_measurements=[_group(result, f, header, provenance) for f in result.findings],
         title=codes.cid7021.ImagingMeasurementReport)
     series_uid = result.uid("sr-series")
     previous = []

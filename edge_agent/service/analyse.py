@@ -87,8 +87,10 @@ def _run_model(model: Model, series: Any, timings: dict[str, float], backend: st
                slice_probabilities: bool) -> ModelOutcome:
     """Score and decide inside an error boundary: a failure becomes a ``failed`` outcome."""
     try:
-        geometries = _geometries(series, _positions(series, len(series.hu)))
-        probs, features = model.analyse_volume(series.hu, tuple(series.pixel_spacing), geometries, timings)
+        positions = _positions(series, len(series.hu))  # along the normal: a 2.5-D model's neighbours
+        geometries = _geometries(series, positions)
+        probs, features = model.analyse_volume(series.hu, tuple(series.pixel_spacing), geometries, timings,
+                                               positions=positions)
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim == 1:
             probs = probs[:, None]

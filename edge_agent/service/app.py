@@ -64,6 +64,11 @@ class _Outputs:
     def __init__(self, app: "Agent"):
         self.app = app
 
+    @property
+    def provenance(self) -> dict:
+        """``{agent_version, config_hash}`` of every alert and result (computed once, at the agent's start)."""
+        return self.app.provenance
+
     def raise_alert(self, payload: dict) -> None:
         self.app.publisher.raise_alert(payload)
 
@@ -78,7 +83,8 @@ class _Outputs:
         payload = build_result(site=cfg.agent.site, device=cfg.agent.device,
                                series={"study_instance_uid": result["study_instance_uid"],
                                        "series_instance_uid": result["series_instance_uid"]},
-                               result=result, timestamps={"decided": utc_iso(time.time())})
+                               result=result, timestamps={"decided": utc_iso(time.time())},
+                               provenance=self.app.provenance)
         self.app.publisher.publish_result(payload)
         for listener in list(self.app.result_listeners):
             listener(result)
@@ -116,7 +122,12 @@ class Agent:
     """The daemon behind ``edge-agent run`` (and the agent inside ``demo``)."""
 
     def __init__(self, config: Config):
+        from edge_agent.config import config_hash
+        from edge_agent.results.algorithm import agent_provenance
+
         self.config = config
+        # What every alert, result and SR names besides its model (docs/ALERTS.md, "Provenance"): computed once.
+        self.provenance = agent_provenance(config_hash(config))
         self.broker = None
         self.publisher = None
         self.pacs = None
@@ -200,7 +211,8 @@ class Agent:
                 state / "pacs.sqlite3", [parse_destination(d) for d in cfg.pacs.destinations],
                 SenderSettings(calling_ae_title=cfg.pacs.ae_title, dead_after=cfg.pacs.dead_after,
                                retry_max=cfg.pacs.retry_max),
-                site=cfg.agent.site, device=cfg.agent.device, on_event=self._pacs_event)
+                site=cfg.agent.site, device=cfg.agent.device, on_event=self._pacs_event,
+                provenance=self.provenance)
             self.pacs.start()
             self._started.append(("pacs", self.pacs))
             study_header = read_study_header
@@ -280,11 +292,18 @@ class Agent:
     def _load_models(self):
         from edge_agent.inference.models import ModelSet
 
+        from edge_agent.results.algorithm import algorithm_for
+
         cfg = self.config.inference
-        return ModelSet.load(Path(cfg.engines) if cfg.engines else None, backend=cfg.backend,
-                             threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off",
-                             zero_copy=cfg.zero_copy, overrides=self.config.applies_to_overrides(),
-                             alert_at=self.config.alert_at_overrides())
+        models = ModelSet.load(Path(cfg.engines) if cfg.engines else None, backend=cfg.backend,
+                               threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off",
+                               zero_copy=cfg.zero_copy, overrides=self.config.applies_to_overrides(),
+                               alert_at=self.config.alert_at_overrides())
+        for model in models:  # each model's provenance now (cached), not on the first alert's path
+            algorithm_for(model.manifest, getattr(model.runner, "backend", None))
+            if getattr(model, "fallback", None) is not None:  # auto: ONNX Runtime if TensorRT cannot start
+                algorithm_for(model.manifest, "onnxrt")
+        return models
 
     def _preview_settings(self):
         """PreviewSettings from [alerts] when key-image previews are on, else None."""
@@ -363,9 +382,10 @@ class Agent:
         lines: list[tuple[str, dict]] = []
         settings = self.publisher.settings
         lines.append((f"edge-agent {__version__} started: site {cfg.agent.site}, device {cfg.agent.device}; "
-                      f"topics {settings.base_topic}/{{alerts,results,status,receipts}}",
+                      f"topics {settings.base_topic}/{{alerts,results,status,receipts}}; config hash "
+                      f"{self.provenance['config_hash']}",
                       {"version": __version__, "site": cfg.agent.site, "device": cfg.agent.device,
-                       "topics": settings.base_topic}))
+                       "topics": settings.base_topic, "config_hash": self.provenance["config_hash"]}))
         address = settings.address
         who = f"user {settings.username}" if settings.username else "no username"
         delivery = ("an alert is done when a consumer's receipt arrives" if settings.delivery == "receipt"
@@ -407,10 +427,12 @@ class Agent:
         summary = (f"a summary every {_every(cfg.agent.summary_interval)}" if cfg.agent.summary_interval > 0
                    else "no periodic summary (agent.summary_interval = 0)")
         lines.append((f"state folder: {cfg.state_dir}; {summary}", {"state_dir": str(cfg.state_dir)}))
+        from edge_agent.results.algorithm import algorithm_of, provenance_words
+
         models = []
         for model in self.pipeline.models or []:
             m = model.manifest
-            words = [getattr(model.runner, "backend", "?"), self._mode_for(m.name)]
+            words = [provenance_words(algorithm_of(model)), self._mode_for(m.name)]  # sha256 <12 hex>, backend ...
             if m.synthetic_training:
                 words.append("trained on synthetic phantoms, not a medical device")
             models.append(f"{m.name} {m.version} ({', '.join(words)})")

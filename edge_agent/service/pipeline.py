@@ -10,6 +10,19 @@ series has been quiet for ``settle`` seconds (or open for ``max_open``). A
 series that reopens is re-decided with all its slices and its alert updated
 under the same ``alert_id`` (higher revision: final again, or retracted).
 
+A 2.5-D model (manifest ``preprocessing.context``) scores a slice with its
+neighbours at ±``offset_mm`` along the normal, so a slice waits for them:
+on arrival its pixels still go, but its preprocessed planes stay in the
+series' :class:`~edge_agent.service.context.ContextWindow` (bounded: a
+window around the slices still to be scored, never the series' HU) until it
+and the slices that may take it as a neighbour are scored — as soon as its
+neighbours have landed, the rest at settle (the ends of the series repeat
+the slice itself). Not persisted: after a restart the ingest re-emits the
+files of every series not marked done, so slices scored before come back
+as neighbours (planes only, not scored again) and the others are scored as
+they land; a series reopened after its final decision has lost its planes,
+so its late slices see only each other (usually none: the slice itself).
+
 Every series runs inside an error boundary: a failure is logged and recorded
 in that series' result; the pipeline goes on with the next.
 
@@ -41,7 +54,9 @@ from edge_agent.decision.series import (
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference.applicability import Refusal
 from edge_agent.logs import SERIES_LOG, header_text
+from edge_agent.results.algorithm import algorithm_for, model_provenance, provenance_words
 from edge_agent.service.analyse import no_model_reason
+from edge_agent.service.context import ContextWindow
 from edge_agent.service.state import AlertState, Outcome, SeriesStore, SliceScore
 
 log = logging.getLogger(__name__)
@@ -84,6 +99,9 @@ class OpenSeries:
     study: Any = field(default=None, repr=False)
     # model name -> PreviewCache: thumbnails of the few best-scoring slices (alert key-image previews)
     previews: dict = field(default_factory=dict, repr=False)
+    # model name -> ContextWindow of a 2.5-D model: the preprocessed planes (never HU) of the slices that
+    # are still to be scored or that a pending slice may still take as its neighbour (bounded; service/context.py)
+    context: dict[str, ContextWindow] = field(default_factory=dict, repr=False)
 
 
 def series_info(first) -> dict:
@@ -375,6 +393,9 @@ class SeriesPipeline:
         return known
 
     def _score(self, series: OpenSeries, model, good: list) -> None:
+        if getattr(model, "context", None) is not None:  # 2.5-D: scored once its neighbours have landed
+            self._score_context(series, model, good)
+            return
         name = model.manifest.name
         scored = self._known_scores(series, name)
         todo = [(f, s) for f, s in good if (s.hu is not None or s.stored is not None)
@@ -402,16 +423,133 @@ class SeriesPipeline:
             self._keep_previews(series, model, todo, probabilities)
         self._check_preliminary(series, model, scores)
 
-    def _keep_previews(self, series: OpenSeries, model, todo: list, probabilities: np.ndarray) -> None:
-        """Thumbnails of the best-scoring slices, kept (bounded) for the key-image previews of its alerts."""
+    # -- 2.5-D models (manifest preprocessing.context) -----------------------------------
+    def _score_context(self, series: OpenSeries, model, good: list) -> None:
+        """A 2.5-D model's step: keep each landed slice's preprocessed planes, score the slices now settled.
+
+        On arrival a slice still to be scored gives its own channels, its context planes and its
+        evidence/domain numbers (from its HU, which go right after, as for every model); a slice scored
+        before (a resend, or re-emitted after a restart) gives its planes only, as a neighbour. A pending
+        slice is scored as soon as its neighbours are settled on both sides (``ContextWindow.ready``: the
+        scanner has written ``offset_mm`` past it and no hole is left between), with the neighbours that
+        ``infer`` would choose; the rest at settle (:meth:`_settle_context`). The preliminary rule is checked
+        on the slices scored now. Memory: only the window's planes, bounded (service/context.py).
+        """
+        name = model.manifest.name
+        scored = self._known_scores(series, name)
+        window = series.context.get(name)
+        if window is None:
+            window = series.context[name] = ContextWindow(model.context, series.info.get("slice_thickness"))
+        model.tell_cpu_input()
+        timings: dict[str, float] = {}
+        arrived = [(f, s) for f, s in good if (s.hu is not None or s.stored is not None)
+                   and s.sop_instance_uid not in window.held]  # held already: a batch retried after a full disk
+        if arrived:
+            new = [(f, s) for f, s in arrived if s.sop_instance_uid not in scored]
+            features = model.slice_features_of([s for _, s in new], timings) if new else []
+            meta = {s.sop_instance_uid: (features[i], f.received_at, getattr(f, "written_at", 0.0) or f.complete_at,
+                                         self._thumbnail(series, model, s))
+                    for i, (f, s) in enumerate(new)}
+            t0 = time.perf_counter()
+            groups: dict[tuple, list] = {}
+            for f, s in arrived:
+                groups.setdefault((tuple(float(v) for v in s.pixel_spacing), s.sop_instance_uid in meta),
+                                  []).append(s)
+            for (spacing, pending), slices in groups.items():
+                own, planes = model.prepare_context(np.stack([s.hu_pixels() for s in slices]), spacing, own=pending)
+                for i, s in enumerate(slices):
+                    window.add(s.sop_instance_uid, float(np.dot(np.asarray(s.position, float), series.normal)),
+                               planes[i], own[i] if pending else None, meta.get(s.sop_instance_uid))
+            timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t0) * 1000.0
+        self._score_window(series, model, window, window.ready(), timings, preliminary=True)
+        window.drop()
+        self._observe_timings(timings)
+
+    def _settle_context(self, series: OpenSeries, model) -> None:
+        """At settle: score every slice still pending with the neighbours held (at the ends and beside a hole
+        nothing filled, the slice itself stands in for the missing neighbour)."""
+        window = series.context.get(model.manifest.name)
+        if window is None:
+            return
+        timings: dict[str, float] = {}
+        self._score_window(series, model, window, window.pending(), timings, preliminary=False)
+        window.drop()
+        self._observe_timings(timings)
+
+    def _score_window(self, series: OpenSeries, model, window: ContextWindow, uids: list[str],
+                      timings: dict[str, float], *, preliminary: bool) -> None:
+        """Score pending slices of a 2.5-D model in batches; store each batch before forgetting its inputs."""
+        if not uids:
+            return
+        name = model.manifest.name
+        known = self._known_scores(series, name)
+        done: list[SliceScore] = []
+        step = max(1, int(getattr(model, "batch_size", 16) or 16))
+        for start in range(0, len(uids), step):
+            part = uids[start:start + step]
+            t0 = time.perf_counter()
+            x = window.inputs(part)
+            t1 = time.perf_counter()
+            probabilities = np.asarray(model.infer_batched(x), dtype=np.float64)
+            if probabilities.ndim == 1:
+                probabilities = probabilities[:, None]
+            timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0) * 1000.0
+            timings["inference"] = timings.get("inference", 0.0) + (time.perf_counter() - t1) * 1000.0
+            held = [window.held[uid] for uid in part]
+            scores = [SliceScore(h.sop_instance_uid, h.position, [float(p) for p in probabilities[i]], h.meta[1],
+                                 h.meta[2], h.meta[0]) for i, h in enumerate(held)]
+            self.store.add_scores(series.series_instance_uid, name, scores)
+            known.update((sc.sop_instance_uid, sc) for sc in scores)
+            if self.previews is not None:
+                self._keep_thumbnails(series, model, held, probabilities)
+            window.scored(part)
+            done += scores
+        if preliminary:
+            self._check_preliminary(series, model, done)
+
+    def _observe_timings(self, timings: dict[str, float]) -> None:
+        for stage in ("preprocess", "inference"):
+            self.outputs.observe(stage, timings.get(stage, 0.0) / 1000.0)
+        if "evidence" in timings:
+            self.outputs.observe("evidence", timings["evidence"] / 1000.0)
+
+    def _thumbnail(self, series: OpenSeries, model, s):
+        """A pending 2.5-D slice's preview thumbnail, made while its pixels are here (None without previews)."""
+        if self.previews is None:
+            return None
+        try:
+            from edge_agent.alerts.previews import thumbnail, window_for  # noqa: PLC0415 - Pillow on first use
+
+            return thumbnail(s.hu_pixels(), window_for(model.manifest), s.pixel_spacing, self.previews.size)
+        except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
+            log.warning("series %s: no key-image preview for slice %s (%s: %s)", series.series_instance_uid,
+                        s.sop_instance_uid, type(exc).__name__, exc)
+            return None
+
+    def _keep_thumbnails(self, series: OpenSeries, model, held: list, probabilities: np.ndarray) -> None:
+        try:
+            cache = self._preview_cache(series, model.manifest)
+            for i, h in enumerate(held):
+                score = float(np.max(probabilities[i])) if probabilities.shape[1] else 0.0
+                cache.offer_image(h.sop_instance_uid, score, lambda h=h: h.meta[3])
+        except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
+            log.warning("series %s: no key-image previews from this batch (%s: %s)", series.series_instance_uid,
+                        type(exc).__name__, exc)
+
+    def _preview_cache(self, series: OpenSeries, manifest):
+        """The series' bounded thumbnail cache of one model (its key slices plus ``previews.keep``)."""
         from edge_agent.alerts.previews import PreviewCache, window_for  # noqa: PLC0415 - Pillow on first use
 
-        manifest = model.manifest
+        cache = series.previews.get(manifest.name)
+        if cache is None:
+            keep = max(1, int(getattr(manifest.decision, "key_slices", 3) or 1)) + self.previews.keep
+            cache = series.previews[manifest.name] = PreviewCache(window_for(manifest), self.previews, keep)
+        return cache
+
+    def _keep_previews(self, series: OpenSeries, model, todo: list, probabilities: np.ndarray) -> None:
+        """Thumbnails of the best-scoring slices, kept (bounded) for the key-image previews of its alerts."""
         try:
-            cache = series.previews.get(manifest.name)
-            if cache is None:
-                keep = max(1, int(getattr(manifest.decision, "key_slices", 3) or 1)) + self.previews.keep
-                cache = series.previews[manifest.name] = PreviewCache(window_for(manifest), self.previews, keep)
+            cache = self._preview_cache(series, model.manifest)
             for i, (_, s) in enumerate(todo):
                 score = float(np.max(probabilities[i])) if probabilities.shape[1] else 0.0
                 cache.offer(s.sop_instance_uid, score, s.hu_pixels, s.pixel_spacing)
@@ -464,16 +602,17 @@ class SeriesPipeline:
         if action.key_slices:
             timestamps["inferred"] = utc_iso(now)
         finding = manifest.findings[action.finding_index]
+        algorithm = self._algorithm(series, manifest)
         payload = build_alert(
             site=self.site, device=self.device, series=dict(series.info),
-            model={"name": manifest.name, "version": manifest.version,
-                   "synthetic_training": bool(manifest.synthetic_training)},
+            model={**model_provenance(algorithm), "synthetic_training": bool(manifest.synthetic_training)},
             finding={"code": finding.code, "label": finding.label, "probability": round(action.probability, 4),
                      "positive": action.state != "retracted", "severity": finding.severity,
                      "key_slices": [{"sop_instance_uid": k["sop_instance_uid"],
                                      "position_mm": None if k["position_mm"] is None else round(k["position_mm"], 2),
                                      "probability": round(k["probability"], 4)} for k in action.key_slices]},
-            state=action.state, revision=revision, timestamps=timestamps)
+            state=action.state, revision=revision, timestamps=timestamps,
+            provenance=getattr(self.outputs, "provenance", None))
         t0 = time.perf_counter()
         self.outputs.raise_alert(payload)  # committed to the outbox before we record it as raised
         self.outputs.observe("outbox", time.perf_counter() - t0)
@@ -485,8 +624,15 @@ class SeriesPipeline:
         self.outputs.count("alerts", action.state)
         if self.previews is not None:
             self._publish_preview(series, manifest, payload, action)
-        log.warning("ALERT %s %s series=%s p=%.3f rev=%d", action.state, finding.code, series.series_instance_uid,
-                    action.probability, revision)
+        log.warning("ALERT %s %s series=%s p=%.3f rev=%d model=%s %s (%s)", action.state, finding.code,
+                    series.series_instance_uid, action.probability, revision, manifest.name, manifest.version,
+                    provenance_words(algorithm))
+
+    @staticmethod
+    def _algorithm(series: OpenSeries, manifest):
+        """The provenance of ``manifest``'s model as it runs now (its route's runner; cached per model)."""
+        model = next((m for m, _ in series.routes if m.manifest is manifest), None)
+        return algorithm_for(manifest, getattr(getattr(model, "runner", None), "backend", None))
 
     def _finalise_due(self) -> None:
         now = time.monotonic()
@@ -530,6 +676,9 @@ class SeriesPipeline:
 
     def _finalise(self, series: OpenSeries) -> None:
         outcomes, emitted = [], set()  # emitted: alert_ids this decision sent (final or retracted)
+        for model, reason in series.routes:  # 2.5-D models: the slices still waiting for a neighbour
+            if reason is None and getattr(model, "context", None) is not None:
+                self._settle_context(series, model)
         for model, reason in series.routes:
             manifest = model.manifest
             scores = self.store.scores(series.series_instance_uid, manifest.name)  # ordered along the normal
@@ -591,17 +740,22 @@ class SeriesPipeline:
                            "series_instance_uid": series.series_instance_uid, "status": result["status"],
                            "slices": series.slices, "since_last_slice_s": round(since, 3),
                            "findings": [{k: f.get(k) for k in ("model", "code", "probability", "positive", "shadow")
-                                         if k in f} for f in result.get("findings", [])]}})
+                                         if k in f} for f in result.get("findings", [])],
+                           "models": [model_provenance(algorithm_for(o.manifest, o.backend)) for o in outcomes
+                                      if o.status == "analysed"],
+                           "provenance": getattr(self.outputs, "provenance", None)}})
         except Exception as exc:  # noqa: BLE001 - a log line must not fail a series
             log.debug("series %s: the decided line failed (%s)", series.series_instance_uid, exc)
 
     def _outcome_words(self, series: OpenSeries, outcome: ModelOutcome, emitted: set) -> str:
-        """One model's part of the decided line: status, and per finding p, positive or not, alert or not."""
+        """One model's part of the decided line: status, and per finding p, positive or not, alert or not; an
+        analysed model also names what ran (sha256 of the artefact, backend, precision, engine fingerprint)."""
         m = outcome.manifest
         head = f"{m.name} {m.version}" + (" [shadow]" if outcome.mode == "shadow" else "") + (
             " [synthetic-trained]" if getattr(m, "synthetic_training", False) else "")
         if outcome.status != "analysed":
             return f"{head}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else "")
+        head += f" ({provenance_words(algorithm_for(m, outcome.backend))})"
         parts = []
         for f in outcome.findings:
             words = f"{f['code']} p={f['probability']:.3f} {'positive' if f['positive'] else 'negative'}"

@@ -156,7 +156,10 @@ def _fill(case: Case, target: Target, result: dict, series: Any, slice_truth: di
     if slice_truth:
         scores = f.get("slice_probabilities")
         if scores is None or len(scores) != n:
-            scores = model.score_slices(series.hu, tuple(series.pixel_spacing))[:, target.column]
+            positions = getattr(series, "positions", None)  # a 2.5-D model picks its neighbours by them
+            scores = model.score_slices(series.hu, tuple(series.pixel_spacing),
+                                        positions=positions if positions is not None and len(positions) == n
+                                        else None)[:, target.column]
         uids = list(series.sop_instance_uids)
         pick = [i for i, u in enumerate(uids) if u in slice_truth]
         case.slice_scores = np.asarray(scores, np.float64)[pick]

@@ -43,8 +43,10 @@ def test_positive_series_is_analysed_with_key_slices(models):
     assert (finding["model"], finding["model_version"], finding["severity"]) == ("tiny_ich", "0.0.1", "critical")
     assert sorted(k["index"] for k in finding["key_slices"][:2]) == [3, 4]
     assert finding["key_slices"][0]["sop_instance_uid"].startswith("1.2.826.0.1.3680043.2.3.")
-    assert result["models"] == [{"name": "tiny_ich", "version": "0.0.1", "backend": "onnxrt",
-                                 "status": "analysed"}]
+    [entry] = result["models"]
+    assert {k: entry[k] for k in ("name", "version", "backend", "status")} == {
+        "name": "tiny_ich", "version": "0.0.1", "backend": "onnxrt", "status": "analysed"}
+    assert entry["precision"] == "fp32" and entry["engine_fingerprint"] is None and len(entry["sha256"]) == 64
     assert result["timings_ms"]["inference"] > 0 and result["timings_ms"]["preprocess"] > 0
     assert result["disclaimer"] == DISCLAIMER
     text = json.dumps(result)  # JSON-ready, and no PHI

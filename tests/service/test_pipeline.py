@@ -26,6 +26,7 @@ from edge_agent.inference.models import ModelSet  # noqa: E402
 from edge_agent.ingest import IngestedFile  # noqa: E402
 from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
 from support.outputs import RecordingOutputs  # noqa: E402,F401 (also imported from here)
+from support.polling import wait
 
 
 def series_files(tmp_path, values_hu, *, description="HEAD 5mm", body_part="HEAD", name="s", headers=None):
@@ -56,15 +57,6 @@ def make_pipeline(engines, tmp_path, outputs, settle=0.3):
                        settle=settle, batch=4)
     p.start()
     return p
-
-
-def wait(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.parametrize("stored_only", [False, True], ids=["hu", "stored"])

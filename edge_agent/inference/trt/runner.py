@@ -147,6 +147,11 @@ class TrtRunner(Runner):
         spec = self.preprocessing
         if spec is None:
             return
+        if spec.context is not None:  # a 2.5-D input needs neighbour slices: Model prepares it on the CPU
+            self.preprocess_problem = ("the model needs neighbour slices (preprocessing.context): its input is "
+                                       "prepared on the CPU")
+            log.debug("model %s: %s", self.name, self.preprocess_problem)
+            return
         inputs = [t for t in self._tensors if t.is_input]
         t = inputs[0]
         expected = (len(spec.windows), *spec.size)
