@@ -151,26 +151,33 @@ def build_series(task: Task, n_each: int, seed0: int, workers: int = 2) -> list[
 # --------------------------------------------------------------------------- model
 
 
+def _block(cin: int, cout: int, stride: int, dilation: int = 1):
+    """3×3 convolution (no bias) + BatchNorm + ReLU: the one building block of both networks."""
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _trunk(in_channels: int, w: int) -> list:
+    """The first seven blocks both networks share: three stride-2 stages, to stride 8 and ``4 w`` channels."""
+    return [_block(in_channels, w, 1),
+            _block(w, w * 3 // 2, 2), _block(w * 3 // 2, w * 3 // 2, 1),
+            _block(w * 3 // 2, w * 2, 2), _block(w * 2, w * 2, 1),
+            _block(w * 2, w * 4, 2), _block(w * 4, w * 4, 1)]
+
+
 def make_model(in_channels: int, width: int = 16):
     """A small per-slice CNN: 4 stride-2 stages, global max+mean pooling, one logit."""
     import torch
     from torch import nn
-
-    def block(cin, cout, stride):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
     w = width
 
     class SliceNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.features = nn.Sequential(
-                block(in_channels, w, 1),
-                block(w, w * 3 // 2, 2), block(w * 3 // 2, w * 3 // 2, 1),
-                block(w * 3 // 2, w * 2, 2), block(w * 2, w * 2, 1),
-                block(w * 2, w * 4, 2), block(w * 4, w * 4, 1),
-                block(w * 4, w * 6, 2), block(w * 6, w * 6, 1),
-            )
+            self.features = nn.Sequential(*_trunk(in_channels, w), _block(w * 4, w * 6, 2), _block(w * 6, w * 6, 1))
             self.head = nn.Linear(w * 12, 1)
 
         def forward(self, x):
@@ -193,22 +200,13 @@ def make_map_model(in_channels: int, width: int = 16):
     import torch
     from torch import nn
 
-    def block(cin, cout, stride, dilation=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation=dilation, bias=False),
-                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
     w = width
 
     class MapNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.features = nn.Sequential(
-                block(in_channels, w, 1),
-                block(w, w * 3 // 2, 2), block(w * 3 // 2, w * 3 // 2, 1),
-                block(w * 3 // 2, w * 2, 2), block(w * 2, w * 2, 1),
-                block(w * 2, w * 4, 2), block(w * 4, w * 4, 1),
-                block(w * 4, w * 4, 1, 2), block(w * 4, w * 4, 1, 4),   # context: ~20 cm receptive field
-            )
+            self.features = nn.Sequential(*_trunk(in_channels, w),   # then context: ~20 cm receptive field
+                                          _block(w * 4, w * 4, 1, 2), _block(w * 4, w * 4, 1, 4))
             self.head = nn.Conv2d(w * 4, 1, 1)
 
         def logit_map(self, x):
