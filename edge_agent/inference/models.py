@@ -24,7 +24,7 @@ from edge_agent.inference.manifest import (
     MANIFEST_NAME, Manifest, ManifestError, load_manifest, override_alert_at, override_applies_to,
 )
 from edge_agent.inference.runner import Runner, RunnerError, make_runner
-from edge_agent.preprocess import context_planes, neighbour_indices, prepare_slices, prepare_volume, stack_context
+from edge_agent.preprocess import context_planes, prepare_slices, prepare_volume, volume_batches
 
 DEFAULT_BATCH = 16
 
@@ -259,34 +259,21 @@ class Model:
         if hu.ndim == 2:
             hu = hu[None]
         self.ensure_active()
-        step = max(1, self.batch_size)
-        parts, t_pre, t_inf = [], 0.0, 0.0
-        context = self.context
-        if context is not None:
+        if self.context is not None:
             self.tell_cpu_input()
-            t0 = time.perf_counter()
             n = hu.shape[0]
-            if positions is None:
-                positions = np.arange(n, dtype=np.float64) * context.offset_mm
-            positions = np.asarray(positions, dtype=np.float64)
-            if positions.shape != (n,):
-                raise RunnerError(f"Model {self.name} was given {positions.size} slice positions for {n} slices.")
-            below, above = neighbour_indices(positions, context.offset_mm)
-            spec = self.manifest.preprocessing
-            planes = np.concatenate([context_planes(hu[i:i + step], pixel_spacing, spec) for i in range(0, n, step)]
-                                    ) if n else None
-            t_pre += time.perf_counter() - t0
-        for start in range(0, hu.shape[0], step):
+            if positions is not None and np.shape(positions) != (n,):
+                raise RunnerError(f"Model {self.name} was given {np.size(positions)} slice positions for {n} slices.")
+        batches = volume_batches(hu, pixel_spacing, self.manifest.preprocessing, positions, max(1, self.batch_size))
+        parts, t_pre, t_inf = [], 0.0, 0.0
+        while True:
             t0 = time.perf_counter()
-            if context is None:
-                x = self.preprocess(hu[start:start + step], pixel_spacing)
-            else:
-                part = slice(start, start + step)
-                x = stack_context(prepare_slices(hu[part], pixel_spacing, self.manifest.preprocessing),
-                                  planes[below[part]], planes[above[part]])
+            x = next(batches, None)
             t1 = time.perf_counter()
-            parts.append(self.infer_batched(x))
             t_pre += t1 - t0
+            if x is None:
+                break
+            parts.append(self.infer_batched(x[1]))
             t_inf += time.perf_counter() - t1
         if timings is not None:
             timings["preprocess"] = timings.get("preprocess", 0.0) + t_pre * 1000.0

@@ -189,6 +189,37 @@ def neighbour_indices(positions: np.ndarray, offset_mm: float) -> tuple[np.ndarr
     return below, above
 
 
+def volume_batches(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: PreprocessSpec,
+                   positions: np.ndarray | None = None, batch: int | None = None):
+    """A series' model input in batches of ``batch`` slices (all at once when None): yields ``(start, x)``.
+
+    Without ``context`` each batch is :func:`prepare_slices`. With it, ``positions`` (mm along the normal;
+    None: equally spaced, ``offset_mm`` apart) pick each slice's neighbours (:func:`neighbour_indices`);
+    every slice's context planes are prepared first (small), the own channels one batch at a time, so
+    memory stays flat for long series.
+    """
+    hu = np.asarray(hu)   # converted to float32 one batch at a time (prepare_slices)
+    if hu.ndim == 2:
+        hu = hu[None]
+    n = hu.shape[0]
+    step = max(1, int(batch or n or 1))
+    if spec.context is None:
+        for start in range(0, n, step):
+            yield start, prepare_slices(hu[start:start + step], pixel_spacing, spec)
+        return
+    positions = np.arange(n, dtype=np.float64) * spec.context.offset_mm if positions is None \
+        else np.asarray(positions, dtype=np.float64)
+    if positions.shape != (n,):
+        raise ValueError(f"{positions.size} slice positions for {n} slices")
+    below, above = neighbour_indices(positions, spec.context.offset_mm)
+    planes = np.concatenate([context_planes(hu[i:i + step], pixel_spacing, spec) for i in range(0, n, step)]) \
+        if n else None
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        yield start, stack_context(prepare_slices(hu[part], pixel_spacing, spec), planes[below[part]],
+                                   planes[above[part]])
+
+
 def prepare_volume(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: PreprocessSpec,
                    positions: np.ndarray | None = None) -> np.ndarray:
     """A series' HU ``(N, H, W)`` → the model input ``(N, spec.channels, rows, cols)``.
@@ -197,12 +228,6 @@ def prepare_volume(hu: np.ndarray, pixel_spacing: tuple[float, float], spec: Pre
     each slice's neighbours (:func:`neighbour_indices`); when ``positions`` is None the slices are taken as
     equally spaced, ``offset_mm`` apart (one slice each side).
     """
-    own = prepare_slices(hu, pixel_spacing, spec)
     if spec.context is None:
-        return own
-    n = own.shape[0]
-    if positions is None:
-        positions = np.arange(n, dtype=np.float64) * spec.context.offset_mm
-    planes = context_planes(hu, pixel_spacing, spec)
-    below, above = neighbour_indices(np.asarray(positions, dtype=np.float64), spec.context.offset_mm)
-    return stack_context(own, planes[below], planes[above])
+        return prepare_slices(hu, pixel_spacing, spec)
+    return next(volume_batches(hu, pixel_spacing, spec, positions))[1]
