@@ -209,10 +209,13 @@ def test_a_restart_before_settle_resumes_with_the_re_emitted_files(engines, tmp_
         pipeline.stop()                                   # slices 1..6 scored, 0 and 7 pending: lost
     assert out.results == []
     out2 = RecordingOutputs()
-    pipeline = make_pipeline(engines, tmp_path, out2, settle=0.5)
+    # read before submitting, and a settle no loaded machine stalls through: the series must not settle
+    # between the re-emitted files (CI once saw slice 7 scored without its neighbour)
+    items = [ingested(p) for p in paths]
+    pipeline = make_pipeline(engines, tmp_path, out2, settle=2.0)
     try:
-        for p in paths:                                   # the resume re-emits every file of the series
-            pipeline.submit(ingested(p))
+        for item in items:                                # the resume re-emits every file of the series
+            pipeline.submit(item)
         wait(lambda: out2.results)
         assert out2.results[0]["slices"] == n
     finally:
