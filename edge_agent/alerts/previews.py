@@ -183,6 +183,24 @@ class PreviewCache:
         self.settings = settings
         self.keep = max(1, keep)
         self._best: dict[str, tuple[float, np.ndarray]] = {}
+        # what changed since the last drain(): kept thumbnails (uid -> (score, image)) and evicted uids, so the
+        # pipeline can mirror the cache in its state DB (previews after a restart or a reopen)
+        self._added: dict[str, tuple[float, np.ndarray]] = {}
+        self._dropped: set[str] = set()
+
+    def load(self, items) -> None:
+        """Seed the cache with thumbnails kept before (``(uid, score, image)``, from the state DB); not a change."""
+        for uid, score, image in items:
+            self._best[uid] = (float(score), image)
+        while len(self._best) > self.keep:
+            del self._best[min(self._best, key=lambda k: self._best[k][0])]
+
+    def drain(self) -> tuple[list[tuple[str, float, np.ndarray]], list[str]]:
+        """(thumbnails kept, uids evicted) since the last call."""
+        added = [(uid, score, image) for uid, (score, image) in self._added.items()]
+        dropped = sorted(self._dropped)
+        self._added, self._dropped = {}, set()
+        return added, dropped
 
     def wants(self, score: float) -> bool:
         return len(self._best) < self.keep or score > min(s for s, _ in self._best.values())
@@ -202,10 +220,13 @@ class PreviewCache:
         image = image_fn()
         if image is None:
             return
-        self._best[sop_instance_uid] = (score, image)
+        self._best[sop_instance_uid] = self._added[sop_instance_uid] = (score, image)
+        self._dropped.discard(sop_instance_uid)
         if len(self._best) > self.keep:
             worst = min(self._best, key=lambda k: self._best[k][0])
             del self._best[worst]
+            if self._added.pop(worst, None) is None:
+                self._dropped.add(worst)
 
     def image_for(self, sop_instance_uids) -> tuple[str, np.ndarray] | None:
         """The first of ``sop_instance_uids`` (key slices, best first) that has a thumbnail."""

@@ -113,6 +113,8 @@ class _Outputs:
             return
         if name == "alerts":
             m.alerts.labels(state=f"raised_{state}" if state in ("preliminary", "final") else state).inc()
+        elif name == "previews":
+            m.previews.labels(outcome=state).inc()
         elif name == "series":
             {"analysed": m.series_analysed, "rejected": m.series_rejected, "skipped": m.series_skipped,
              "not_assessable": m.series_not_assessable}[state].inc()

@@ -44,6 +44,7 @@ NAMESPACE = "edge_agent"
 
 #: Alert lifecycle states counted by ``alerts{state=...}``.
 ALERT_STATES = ("raised_preliminary", "raised_final", "retracted", "confirmed", "rejected")
+PREVIEW_OUTCOMES = ("published", "no_thumbnail", "failed")
 
 #: Pipeline stages timed by ``stage_latency_seconds{stage=...}``.
 STAGES = ("decode", "preprocess", "inference", "decision", "outbox", "end_to_end")
@@ -92,6 +93,9 @@ class Metrics:
             ["destination"], namespace=ns, registry=reg)
         self.pacs_stores = Counter("pacs_stores", "C-STORE outcomes per destination: done, retry, dead.",
                                    ["destination", "outcome"], namespace=ns, registry=reg)
+        self.previews = Counter("previews", "Key-image previews of alert revisions: published, no_thumbnail (its key "
+                                "slices' pixels were not kept), failed (could not be made).", ["outcome"],
+                                namespace=ns, registry=reg)
         self.stage_latency_seconds = Histogram(
             "stage_latency_seconds", "Time spent per pipeline stage.", ["stage"], namespace=ns, registry=reg,
             buckets=LATENCY_BUCKETS)
@@ -100,6 +104,8 @@ class Metrics:
             ["stage"], namespace=ns, registry=reg)
         for state in ALERT_STATES:
             self.alerts.labels(state=state)
+        for outcome in PREVIEW_OUTCOMES:
+            self.previews.labels(outcome=outcome)
         for stage in STAGES:
             self.stage_latency_seconds.labels(stage=stage)
         if process_metrics:

@@ -57,7 +57,7 @@ from edge_agent.logs import SERIES_LOG, header_text
 from edge_agent.results.algorithm import algorithm_for, model_provenance, provenance_words
 from edge_agent.service.analyse import no_model_reason
 from edge_agent.service.context import ContextWindow
-from edge_agent.service.state import AlertState, Outcome, SeriesStore, SliceScore
+from edge_agent.service.state import THUMBNAIL_MEMORY_S, AlertState, Outcome, SeriesStore, SliceScore
 
 log = logging.getLogger(__name__)
 story = logging.getLogger(SERIES_LOG)
@@ -272,6 +272,7 @@ class SeriesPipeline:
     def _prune(self) -> None:
         try:
             forgotten = self.store.prune_final(time.time() - SERIES_MEMORY_S)
+            self.store.forget_thumbnails(time.time() - THUMBNAIL_MEMORY_S)
         except Exception:  # noqa: BLE001 - housekeeping must never stop the pipeline
             log.exception("pruning the series state DB failed; retrying in an hour")
             return
@@ -535,6 +536,7 @@ class SeriesPipeline:
         except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
             log.warning("series %s: no key-image previews from this batch (%s: %s)", series.series_instance_uid,
                         type(exc).__name__, exc)
+        self._persist_thumbnails(series, model.manifest.name)
 
     def _preview_cache(self, series: OpenSeries, manifest):
         """The series' bounded thumbnail cache of one model (its key slices plus ``previews.keep``)."""
@@ -544,7 +546,20 @@ class SeriesPipeline:
         if cache is None:
             keep = max(1, int(getattr(manifest.decision, "key_slices", 3) or 1)) + self.previews.keep
             cache = series.previews[manifest.name] = PreviewCache(window_for(manifest), self.previews, keep)
+            # the thumbnails kept before a restart or before the series went final (a reopen)
+            cache.load(self.store.thumbnails(series.series_instance_uid, manifest.name))
         return cache
+
+    def _persist_thumbnails(self, series: OpenSeries, name: str) -> None:
+        """Mirror the cache's new and evicted thumbnails in the state DB (never raises: a preview is a convenience)."""
+        cache = series.previews.get(name)
+        if cache is None:
+            return
+        try:
+            self.store.keep_thumbnails(series.series_instance_uid, name, *cache.drain())
+        except Exception as exc:  # noqa: BLE001 - the preview of this run still works from memory
+            log.warning("series %s: key-image thumbnails of %s not saved (%s: %s); a restart loses their previews",
+                        series.series_instance_uid, name, type(exc).__name__, exc)
 
     def _keep_previews(self, series: OpenSeries, model, todo: list, probabilities: np.ndarray) -> None:
         """Thumbnails of the best-scoring slices, kept (bounded) for the key-image previews of its alerts."""
@@ -556,24 +571,33 @@ class SeriesPipeline:
         except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
             log.warning("series %s: no key-image previews from this batch (%s: %s)", series.series_instance_uid,
                         type(exc).__name__, exc)
+        self._persist_thumbnails(series, model.manifest.name)
 
     def _publish_preview(self, series: OpenSeries, manifest, payload: dict, action: AlertAction) -> None:
         """The key-image preview of an alert revision, after the alert itself (never raises)."""
         from edge_agent.alerts.previews import build_preview  # noqa: PLC0415
 
-        cache = series.previews.get(manifest.name)
+        try:
+            cache = self._preview_cache(series, manifest)  # after a restart or a reopen: from the state DB
+        except Exception as exc:  # noqa: BLE001 - the alert is out; its preview is a convenience
+            log.warning("series %s: the key-image thumbnails could not be read (%s: %s)", series.series_instance_uid,
+                        type(exc).__name__, exc)
+            cache = None
         found = None if cache is None else cache.image_for(k["sop_instance_uid"] for k in action.key_slices)
         if found is None:
-            log.info("series %s: no key-image preview for alert %s revision %d (the key slices' pixels were not "
-                     "kept: scored before a restart or reopening)", series.series_instance_uid,
+            self.outputs.count("previews", "no_thumbnail")
+            log.info("series %s: no key-image preview for alert %s revision %d (no thumbnail of its key slices: "
+                     "none was among the best-scoring slices kept, or they were scored over a day before a reopen)",
+                     series.series_instance_uid,
                      payload["alert_id"], payload["revision"])
             return
         try:
             preview = build_preview(payload, sop_instance_uid=found[0], image=found[1], window=cache.window,
                                     settings=self.previews)
             self.outputs.publish_preview(preview)
-            self.outputs.count("previews", action.state)
+            self.outputs.count("previews", "published")
         except Exception as exc:  # noqa: BLE001 - the alert is out; its preview is a convenience
+            self.outputs.count("previews", "failed")
             log.warning("series %s: the key-image preview of alert %s revision %d was not published (%s: %s)",
                         series.series_instance_uid, payload["alert_id"], payload["revision"],
                         type(exc).__name__, exc)

@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -60,6 +63,16 @@ CREATE TABLE IF NOT EXISTS outcomes (
     latency_s REAL,                  -- first slice received -> decided
     PRIMARY KEY (series_instance_uid, model, finding)
 );
+CREATE TABLE IF NOT EXISTS thumbnails (
+    series_instance_uid TEXT NOT NULL,
+    model TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    score REAL NOT NULL,
+    height INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    pixels BLOB NOT NULL,            -- zlib of the uint8 windowed, downscaled key-image preview (no PHI)
+    PRIMARY KEY (series_instance_uid, model, sop_instance_uid)
+);
 CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes(decided_at);
 CREATE INDEX IF NOT EXISTS alerts_by_series ON alerts(series_instance_uid);
 CREATE INDEX IF NOT EXISTS series_by_status ON series(status, finalised_at);
@@ -92,6 +105,9 @@ class Outcome:
     scanner: str
     latency_s: float | None
 
+
+#: Thumbnails of a final series are kept this long for a reopen's previews (the slice scores: a week).
+THUMBNAIL_MEMORY_S = 24 * 3600
 
 #: Outcomes are kept this long for ``edge-agent report`` (longer than the week of slice scores).
 OUTCOME_MEMORY_S = 90 * 24 * 3600
@@ -154,10 +170,43 @@ class SeriesStore:
         if not uids:
             return 0
         self._db.execute("BEGIN")
-        for table in ("slices", "alerts", "series"):  # outcomes stay for report (OUTCOME_MEMORY_S)
+        for table in ("slices", "alerts", "thumbnails", "series"):  # outcomes stay for report (OUTCOME_MEMORY_S)
             self._db.executemany(f"DELETE FROM {table} WHERE series_instance_uid=?", uids)
         self._db.execute("COMMIT")
         return len(uids)
+
+    # -- key-image thumbnails (previews after a restart or a reopen) --------------
+    def thumbnails(self, series_instance_uid: str, model: str) -> list[tuple[str, float, np.ndarray]]:
+        """The kept thumbnails of one series and model: ``(sop_instance_uid, score, uint8 image)``."""
+        rows = self._db.execute("SELECT sop_instance_uid, score, height, width, pixels FROM thumbnails "
+                                "WHERE series_instance_uid=? AND model=?", (series_instance_uid, model)).fetchall()
+        out = []
+        for uid, score, height, width, pixels in rows:
+            image = np.frombuffer(zlib.decompress(pixels), np.uint8)
+            if image.size == height * width:  # anything else is a damaged row: no preview rather than a wrong one
+                out.append((uid, score, image.reshape(height, width)))
+        return out
+
+    def keep_thumbnails(self, series_instance_uid: str, model: str, added: list, dropped: list[str]) -> None:
+        """Mirror a preview cache's changes (:meth:`PreviewCache.drain`)."""
+        if not added and not dropped:
+            return
+        self._db.execute("BEGIN")
+        self._db.executemany("DELETE FROM thumbnails WHERE series_instance_uid=? AND model=? AND sop_instance_uid=?",
+                             [(series_instance_uid, model, uid) for uid in dropped])
+        self._db.executemany(
+            "INSERT OR REPLACE INTO thumbnails VALUES (?,?,?,?,?,?,?)",
+            [(series_instance_uid, model, uid, float(score), int(image.shape[0]), int(image.shape[1]),
+              zlib.compress(np.ascontiguousarray(image, np.uint8).tobytes(), 1)) for uid, score, image in added])
+        self._db.execute("COMMIT")
+
+    def forget_thumbnails(self, before: float) -> int:
+        """Drop the thumbnails of series final since before ``before`` (a later reopen then has no preview of the
+        slices scored before it); returns how many."""
+        cursor = self._db.execute(
+            "DELETE FROM thumbnails WHERE series_instance_uid IN (SELECT series_instance_uid FROM series "
+            "WHERE status='final' AND finalised_at < ?)", (before,))
+        return cursor.rowcount
 
     def mark_final(self, series_instance_uid: str) -> None:
         self._db.execute("UPDATE series SET status='final', finalised_at=? WHERE series_instance_uid=?",

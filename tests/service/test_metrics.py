@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.service.metrics import ALERT_STATES, STAGES, Heartbeats, Metrics, MetricsServer
+from edge_agent.service.metrics import ALERT_STATES, PREVIEW_OUTCOMES, STAGES, Heartbeats, Metrics, MetricsServer
 
 
 def get(url: str) -> tuple[int, dict, bytes]:
@@ -50,6 +50,7 @@ def test_scrape_shows_every_metric_with_its_value(served):
     metrics.series_skipped.inc(4)
     metrics.alerts.labels(state="raised_preliminary").inc()
     metrics.alerts.labels(state="raised_final").inc(2)
+    metrics.previews.labels(outcome="published").inc(3)
     metrics.set_outbox(5, 12.5)
     metrics.set_queue("pipeline", 9)
     metrics.observe("inference", 0.03)
@@ -70,6 +71,9 @@ def test_scrape_shows_every_metric_with_its_value(served):
     assert s[("edge_agent_alerts_total", (("state", "raised_preliminary"),))] == 1
     for state in ALERT_STATES:  # zeros are present, not missing
         assert ("edge_agent_alerts_total", (("state", state),)) in s
+    assert s[("edge_agent_previews_total", (("outcome", "published"),))] == 3
+    for outcome in PREVIEW_OUTCOMES:
+        assert ("edge_agent_previews_total", (("outcome", outcome),)) in s
     assert s[("edge_agent_outbox_depth", ())] == 5
     assert s[("edge_agent_outbox_oldest_pending_age_seconds", ())] == 12.5
     assert s[("edge_agent_queue_depth", (("queue", "pipeline"),))] == 9
