@@ -236,7 +236,7 @@ class AlertListener:
         self.counts["received"] += 1
         try:
             payload = json.loads(message.payload)
-            validate_payload("alert", payload)
+            validate_payload("alert", payload, strict=False)
         except (ValueError, EdgeAgentError) as exc:
             self.counts["invalid"] += 1
             log.warning("listener: ignoring an invalid alert on %s: %s", message.topic, exc)
@@ -253,7 +253,7 @@ class AlertListener:
     def _handle_preview(self, message) -> None:
         try:
             payload = json.loads(message.payload)
-            validate_payload("preview", payload)
+            validate_payload("preview", payload, strict=False)
         except (ValueError, EdgeAgentError) as exc:
             self.counts["invalid"] += 1
             log.warning("listener: ignoring an invalid preview on %s: %s", message.topic, exc)

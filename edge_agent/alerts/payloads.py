@@ -72,16 +72,29 @@ def load_schema(kind: str) -> dict:
     return json.loads(text)
 
 
+def _closed(schema: Any) -> Any:
+    """A copy of ``schema`` with every ``additionalProperties: true`` made false (the producer's check)."""
+    if isinstance(schema, dict):
+        return {k: (False if k == "additionalProperties" and v is True else _closed(v)) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
 @functools.lru_cache(maxsize=None)
-def _validator(kind: str) -> jsonschema.protocols.Validator:
-    schema = load_schema(kind)
+def _validator(kind: str, strict: bool) -> jsonschema.protocols.Validator:
+    schema = _closed(load_schema(kind)) if strict else load_schema(kind)
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
-def validate_payload(kind: str, payload: dict) -> dict:
-    """Validate ``payload`` against the ``kind`` schema; return it, or raise PayloadError naming the field."""
-    error = jsonschema.exceptions.best_match(_validator(kind).iter_errors(payload))
+def validate_payload(kind: str, payload: dict, *, strict: bool = True) -> dict:
+    """Validate ``payload`` against the ``kind`` schema; return it, or raise PayloadError naming the field.
+
+    ``strict`` (what the agent sends): no field the schema does not name, so a misspelt one fails here. A
+    consumer passes ``strict=False``: the shipped schemas are open to additions, so a payload of a later agent
+    with new optional fields still validates (docs/ALERTS.md, "Versions")."""
+    error = jsonschema.exceptions.best_match(_validator(kind, strict).iter_errors(payload))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise PayloadError(f"The {kind} payload is invalid at {where}: {error.message}; fix the caller.")

@@ -504,7 +504,7 @@ class AlertPublisher:
     def _handle_receipt(self, outbox: Outbox, raw: bytes, now: float) -> None:
         try:
             receipt = json.loads(raw)
-            validate_payload("receipt", receipt)
+            validate_payload("receipt", receipt, strict=False)
         except (ValueError, EdgeAgentError) as exc:
             log.warning("ignoring a malformed receipt on %s: %s", self.settings.topic("receipts"), exc)
             return
