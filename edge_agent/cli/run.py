@@ -10,6 +10,7 @@ import click
 
 from edge_agent.config import load_config
 from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.backends import BACKENDS
 
 
 @click.command("run")
@@ -19,7 +20,7 @@ from edge_agent.errors import EdgeAgentError
 @click.option("--site", help="Site name (topic level).")
 @click.option("--device", help="Device name (topic level).")
 @click.option("--engines", type=click.Path(file_okay=False), help="Folder of model folders (default: shipped models).")
-@click.option("--backend", type=click.Choice(["auto", "onnxrt", "tensorrt"]), help="Inference backend.")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Inference backend.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Ledger, outbox, series state, quarantine.")
 @click.option("--settle", type=float, help="Quiet period in seconds before a series is final.")
 @click.option("--poll/--no-poll", default=None, help="Poll the folder (network shares) instead of inotify.")
@@ -93,10 +94,15 @@ def run(config_file, watch, broker, site, device, engines, backend, state_dir, s
 
 def _check(cfg) -> None:
     """``--check``: one line per check, OK lines on stdout, FAIL lines on stderr; non-zero exit if any fails."""
+    from edge_agent import __version__
+    from edge_agent.config import config_hash
     from edge_agent.errors import ConfigError
-    from edge_agent.service.preflight import run_preflight
+    from edge_agent.service.preflight import Check, run_preflight
 
-    checks = run_preflight(cfg)
+    # first: the hash that `run` with this configuration (file, environment, flags) names in every alert's provenance
+    checks = [Check(True, "configuration", f"edge-agent {__version__}; config hash {config_hash(cfg)} (every alert, "
+                                           "result and SR of `run` with these settings names it)")]
+    checks += run_preflight(cfg)
     for c in checks:
         click.echo(c.line, err=not c.ok)
     failed = [c for c in checks if not c.ok]

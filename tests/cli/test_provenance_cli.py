@@ -109,3 +109,21 @@ def test_infer_prints_models_provenance_and_the_config_hash(tmp_path, capsys, mo
                              "--backend", "onnxrt", "--config", str(config))
     assert code == 0, err
     assert json.loads(out)["provenance"]["config_hash"] == config_hash(load_config(config))
+
+
+def test_run_check_names_the_config_hash_that_run_and_doctor_use(tmp_path, capsys, model_dir, monkeypatch):
+    monkeypatch.delenv("EDGE_AGENT_SERIES_SETTLE", raising=False)
+    config = tmp_path / "agent.toml"
+    config.write_text("[series]\nsettle = 7.5\n")
+    engines = model_dir.parent
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    _, out, err = run_cli(capsys, "run", "--check", "--config", str(config), "--engines", str(engines),
+                          "--watch", str(watch), "--state-dir", str(tmp_path / "state"))
+    assert "Traceback" not in err
+    expected = config_hash(load_config(config, overrides={"inference": {"engines": str(engines)},
+                                                          "ingest": {"watch": str(watch)},
+                                                          "agent": {"state_dir": str(tmp_path / "state")}}))
+    first = out.splitlines()[0]
+    assert first.startswith("OK  configuration: edge-agent ") and f"config hash {expected} " in first, first
+    assert f"config hash {config_hash(load_config(config))}" not in first          # the flags count too
