@@ -237,3 +237,15 @@ class PreviewCache:
 
     def __len__(self) -> int:
         return len(self._best)
+
+
+def save_preview(directory, payload: dict):
+    """Write a preview's image as ``<alert_id>-r<revision>.<png|jpg>`` in ``directory`` (atomically); its path."""
+    import os
+    from pathlib import Path
+
+    target = Path(directory) / preview_file_name(payload)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(decode_preview(payload))
+    os.replace(tmp, target)
+    return target

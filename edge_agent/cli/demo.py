@@ -15,7 +15,10 @@ from edge_agent.errors import EdgeAgentError
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the demo's files in this folder.")
 @click.option("--mode", type=click.Choice(["live", "shadow"]), default="live", show_default=True,
               help="shadow: the silent trial — results say what would have alerted, no alert is raised.")
-def demo(rate, settle, seed, keep, mode):
+@click.option("--save-previews", "previews_dir", type=click.Path(file_okay=False), default=None,
+              help="Write each alert's key-image preview (PNG/JPEG) into this folder (created; default with "
+                   "--keep: KEEP/previews).")
+def demo(rate, settle, seed, keep, mode, previews_dir):
     """Embedded broker + agent + simulated scanner + listener: shows an alert and its timing."""
     import logging
     from pathlib import Path
@@ -32,7 +35,7 @@ def demo(rate, settle, seed, keep, mode):
         logging.getLogger(BROKER_LOG).setLevel(logging.WARNING)  # trouble with the embedded broker still shows
 
     timeline = run_demo(rate=rate, settle=settle, seed=seed, keep=Path(keep) if keep else None, echo=click.echo,
-                        mode=mode)
+                        mode=mode, save_previews=Path(previews_dir) if previews_dir else None)
     if mode == "shadow":
         if timeline.alerts:
             raise EdgeAgentError("the demo raised an alert in shadow mode; that is a bug, please report it.")

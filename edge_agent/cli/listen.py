@@ -68,19 +68,6 @@ def check_store(store: Path) -> None:
                              "it) or a store an earlier 'edge-agent listen' wrote.")
 
 
-def save_preview(directory: Path, payload: dict) -> Path:
-    """Write a preview's image as ``<alert_id>-r<revision>.<png|jpg>`` in ``directory`` (atomically)."""
-    import os
-
-    from edge_agent.alerts.previews import decode_preview, preview_file_name
-
-    target = directory / preview_file_name(payload)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(decode_preview(payload))
-    os.replace(tmp, target)
-    return target
-
-
 def listener_settings(config_path: Path | None, **flags) -> MqttSettings:
     """Flags > config file ([mqtt] section, its password file) > environment > defaults."""
     values = {}
@@ -151,6 +138,8 @@ def listen(url, config_path, prefix, site, device, group, json_lines, store, no_
                 done.set()
 
     def on_preview(payload: dict) -> None:
+        from edge_agent.alerts.previews import save_preview
+
         try:
             path = save_preview(previews_dir, payload)
         except (OSError, ValueError) as exc:

@@ -30,6 +30,7 @@ class Timeline:
     events: list[tuple[float, str]] = field(default_factory=list)
     alerts: list[tuple[float, dict]] = field(default_factory=list)
     results: list[tuple[float, dict]] = field(default_factory=list)
+    previews: list[tuple[float, dict, Path | None]] = field(default_factory=list)  # (at, payload, saved to)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, t: float, text: str) -> None:
@@ -54,8 +55,11 @@ def demo_config(root: Path, settle: float, mode: str = "live") -> Config:
 
 def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0, seed: int = 7,
              style: str = "inplace", keep: Path | None = None, echo: Callable[[str], None] = print,
-             timeout: float = 120.0, mode: str = "live") -> Timeline:
-    """Run the whole chain once; returns what happened (the CLI prints it as it goes)."""
+             timeout: float = 120.0, mode: str = "live", save_previews: Path | None = None) -> Timeline:
+    """Run the whole chain once; returns what happened (the CLI prints it as it goes).
+
+    Key-image previews reach the listener too; they are written to ``save_previews`` (created), or to
+    ``<keep>/previews`` when the files are kept, else only described."""
     from edge_agent.alerts import MqttSettings
     from edge_agent.alerts.consumer import AlertListener
     from edge_agent.service.app import Agent
@@ -78,6 +82,22 @@ def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0,
         with timeline.lock:
             timeline.alerts.append((time.time(), payload))
 
+    previews_dir = Path(save_previews) if save_previews else (root / "previews" if keep else None)
+    if previews_dir is not None:
+        previews_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_preview(payload: dict) -> None:
+        from edge_agent.alerts.previews import save_preview
+
+        at, saved = time.time(), None
+        if previews_dir is not None:
+            try:
+                saved = save_preview(previews_dir, payload)
+            except (OSError, ValueError) as exc:
+                echo(f"  (the preview of alert {payload.get('alert_id')} was not saved: {exc})")
+        with timeline.lock:
+            timeline.previews.append((at, payload, saved))
+
     agent = Agent(cfg)
     agent.result_listeners.append(on_result)
     listener = None
@@ -92,7 +112,7 @@ def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0,
         settings = MqttSettings(url=agent.broker.url, prefix=cfg.mqtt.prefix, site=cfg.agent.site,
                                 device=cfg.agent.device, protocol="3.1.1", client_id="edge-agent-demo-listener")
         listener = AlertListener(settings, on_alert=on_alert, store_path=root / "listener.sqlite3",
-                                 send_receipts=True)
+                                 send_receipts=True, on_preview=on_preview)
         listener.start()
         # A clearly visible bleed (12 mL) in a routine 5 mm head series, without motion or metal, so the
         # demo shows the early warning; tests and docs/MODELS.md cover the small and the hard ones.
@@ -144,6 +164,12 @@ def report(series_list, timeline: Timeline, t0: float, echo: Callable[[str], Non
                 extra = f" — {1000 * (at - decisive):.0f} ms after the decisive slice"
             rows.append((at, f"{payload['state'].upper()} alert {f['code']} p={f['probability']:.2f} "
                              f"rev {payload['revision']} at the listener{extra}"))
+            for p_at, preview, saved in timeline.previews:
+                if preview["alert_id"] == payload["alert_id"] and preview["revision"] == payload["revision"]:
+                    kind = preview["mime"].split("/")[-1].upper()
+                    rows.append((p_at, f"  key-image preview rev {preview['revision']}: {preview['width']}x"
+                                       f"{preview['height']} {kind}, {preview['bytes'] / 1024:.1f} KiB"
+                                       + (f" -> {saved}" if saved else "")))
         for at, result in timeline.results:
             if result["series_instance_uid"] != uid:
                 continue

@@ -1,7 +1,12 @@
 """`simulate` writes real series like a scanner; `demo` shows a real alert end to end."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from edge_agent.dicom import read_series
 
@@ -29,11 +34,24 @@ def test_simulate_bad_target_is_one_sentence(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
 
 
-def test_demo_shows_an_alert_and_its_timing():
-    proc = subprocess.run([sys.executable, "-m", "edge_agent", "demo", "--rate", "20"], capture_output=True,
-                          text=True, timeout=300)
+def test_demo_shows_an_alert_its_timing_and_its_key_image_preview(tmp_path):
+    previews = tmp_path / "previews"
+    proc = subprocess.run([sys.executable, "-m", "edge_agent", "demo", "--rate", "20", "--save-previews",
+                           str(previews)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
+    # the final alert's preview line names the file it wrote: <alert_id>-r<revision>.png
+    lines = out.splitlines()
+    final = next(i for i, line in enumerate(lines) if "FINAL alert ich" in line)
+    revision = re.search(r"rev (\d+) at the listener", lines[final]).group(1)
+    shown = [m for line in lines if (m := re.search(rf"key-image preview rev {revision}: (\d+)x(\d+) PNG, "
+                                                    r"[0-9.]+ KiB -> (\S+)", line))]
+    assert shown, out
+    width, height, path = int(shown[0].group(1)), int(shown[0].group(2)), Path(shown[0].group(3))
+    assert path.parent == previews and path.name.endswith(f"-r{revision}.png")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (width, height) and max(im.size) <= 256
+        assert np.asarray(im).std() > 5                # a picture of a head, not a blank
     assert "first slice written" in out and "decisive slice" in out
     assert "FINAL alert ich" in out
     assert "final result: analysed (ich POSITIVE" in out
