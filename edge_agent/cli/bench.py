@@ -175,7 +175,7 @@ def _stored_rows(trt_runner, spec, slices: int, repeat: int, warmup: int, bar: P
 def model_rows(manifest, backends: tuple[str, ...], slices: int, repeat: int, warmup: int,
                threads: int | None, bar: Progress = _QUIET) -> list[dict]:
     """Every requested backend for one model."""
-    from edge_agent.inference import trt
+    from edge_agent.inference.backends import get
     from edge_agent.inference.onnxrt import OnnxRuntimeRunner, available_providers
     from edge_agent.preprocess import prepare_volume
 
@@ -204,23 +204,25 @@ def model_rows(manifest, backends: tuple[str, ...], slices: int, repeat: int, wa
                 onnx_path, name=manifest.name, providers=[p, "CPUExecutionProvider"]),
                 spec, slices, repeat, warmup, pre_ms, bar)
     if "tensorrt" in backends:
-        why = trt.why_unavailable()
-        if why is None and "engine" not in manifest.artefacts:
-            why = f"model {manifest.name} has no engine; build one with 'edge-agent convert'"
-        if why is not None:
+        usable, why = get("tensorrt").is_available()
+        if usable and "engine" not in manifest.artefacts:
+            usable, why = False, f"model {manifest.name} has no engine; build one with 'edge-agent convert'"
+        if not usable:
             rows.append({"stage": "inference", "backend": "tensorrt", "unavailable": why.rstrip(".")})
             bar.update(3 * _slot(repeat, warmup))
         else:
+            from edge_agent.inference.trt.runner import TrtRunner
+
             engine = manifest.artefacts["engine"]
             for mapped in (False, True):
                 label = f"tensorrt {'zero-copy' if mapped else 'pinned copy'}"
                 bar.describe(f"{model} {label}")
                 rows += _runner_rows(label, lambda m=mapped:
-                                     trt.TrtRunner(engine.path, name=manifest.name, fingerprint=engine.fingerprint,
-                                                   mapped=m), spec, slices, repeat, warmup, pre_ms, bar)
+                                     TrtRunner(engine.path, name=manifest.name, fingerprint=engine.fingerprint,
+                                               mapped=m), spec, slices, repeat, warmup, pre_ms, bar)
             bar.describe(f"{model} tensorrt + gpu preprocess")
-            rows += _stored_rows(trt.TrtRunner(engine.path, name=manifest.name, fingerprint=engine.fingerprint,
-                                               preprocessing=spec), spec, slices, repeat, warmup, bar)
+            rows += _stored_rows(TrtRunner(engine.path, name=manifest.name, fingerprint=engine.fingerprint,
+                                           preprocessing=spec), spec, slices, repeat, warmup, bar)
     for row in rows:
         row["model"] = model
     return rows

@@ -67,10 +67,10 @@ def convert(model: Path, output: Path | None, manifest: Path | None, precision: 
             dla_core: int | None, timing_cache: Path | None, profiles: tuple[str, ...], opt_batch: int,
             max_batch: int) -> None:
     """Build a TensorRT engine for THIS device from MODEL.onnx (plus its fingerprint)."""
-    from edge_agent.inference import trt
+    from edge_agent.inference.backends import get
 
-    why = trt.why_unavailable()
-    if why is not None:  # checked first: without TensorRT nothing else matters
+    usable, why = get("tensorrt").is_available()
+    if not usable:  # checked first: without TensorRT nothing else matters
         raise MissingDependency(why)
     if not model.is_file():
         raise ConfigError(f"ONNX model {model} does not exist; give the path of an .onnx file.")
@@ -211,7 +211,7 @@ def _engine_is_known(file: Path, info: dict) -> None:
     A fingerprint whose sha256 matches says what the engine is (TensorRT or not). Without one, TensorRT is
     asked to deserialize the bytes; where TensorRT is missing the file cannot be inspected at all.
     """
-    from edge_agent.inference import trt
+    from edge_agent.inference.backends import get
     from edge_agent.inference.trt.fingerprint import EngineRefused, sha256_file
 
     if info.get("fingerprint") is not None:
@@ -224,7 +224,7 @@ def _engine_is_known(file: Path, info: dict) -> None:
     what = (f"its fingerprint {fingerprint.name} is unreadable" if fingerprint.exists()
             else f"no fingerprint {fingerprint.name} beside it says what it is")
     rebuild = f"rebuild it with 'edge-agent convert MODEL.onnx --output {file}'"
-    if trt.why_unavailable() is not None:
+    if not get("tensorrt").is_available()[0]:
         raise EngineRefused(f"{file} cannot be inspected: {what}, and TensorRT is not installed here to read the "
                             f"file itself; inspect it where TensorRT is installed, or {rebuild}.")
     from edge_agent.errors import EdgeAgentError

@@ -24,8 +24,8 @@ import click
 
 from edge_agent.dicom import scan
 from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.backends import BACKENDS
 from edge_agent.inference.models import ModelSet
-from edge_agent.inference.runner import BACKENDS
 from edge_agent.service.analyse import analyse_series
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.inference.runner import BACKENDS
+from edge_agent.inference.backends import BACKENDS
 
 EPILOG = ("Labels: DIR/positive/... and DIR/negative/... (or DIR/<finding>/positive|negative/...), or --labels CSV "
           "with columns series_instance_uid (or path, relative to DIR), label (1/0 or positive/negative), optional "

@@ -1,7 +1,10 @@
 """Inference: model manifests, the ``Runner`` interface and its backends, model sets.
 
 - :mod:`edge_agent.inference.manifest` — ``manifest.json`` validation (docs/MANIFEST.md);
-- :mod:`edge_agent.inference.runner` — the Polygraphy-style ``Runner`` and :func:`make_runner`;
+- :mod:`edge_agent.inference.runner` — the Polygraphy-style ``Runner`` base (no backend) and the
+  ``DevicePreprocessing`` interface of runners that prepare stored pixels on their device;
+- :mod:`edge_agent.inference.backends` — the registry of backends (name → loader, ``is_available()``
+  with a reason), :func:`make_runner` and ``TrtOptions``;
 - :mod:`edge_agent.inference.onnxrt` — ONNX Runtime (CPU; CUDA/TensorRT EPs where present);
 - ``edge_agent.inference.trt`` — TensorRT + pycuda, imported only on demand;
 - :mod:`edge_agent.inference.models` — a folder of models, routing series to them;
@@ -22,9 +25,10 @@ from edge_agent.inference.manifest import (
     TensorSpec,
     load_manifest,
 )
-from edge_agent.inference.runner import BACKENDS, Runner, RunnerError, make_runner
+from edge_agent.inference.backends import BACKENDS, TrtOptions, make_runner
+from edge_agent.inference.runner import DevicePreprocessing, Runner, RunnerError
 
 __all__ = [
-    "AppliesTo", "Artefact", "BACKENDS", "FindingSpec", "Manifest", "ManifestError", "Runner", "RunnerError",
-    "Refusal", "TensorSpec", "load_manifest", "make_runner",
+    "AppliesTo", "Artefact", "BACKENDS", "DevicePreprocessing", "FindingSpec", "Manifest", "ManifestError", "Runner",
+    "RunnerError", "Refusal", "TensorSpec", "TrtOptions", "load_manifest", "make_runner",
 ]

@@ -23,7 +23,8 @@ from edge_agent.inference.applicability import Refusal
 from edge_agent.inference.manifest import (
     MANIFEST_NAME, Manifest, ManifestError, load_manifest, override_alert_at, override_applies_to,
 )
-from edge_agent.inference.runner import Runner, RunnerError, make_runner
+from edge_agent.inference.backends import TrtOptions, make_runner
+from edge_agent.inference.runner import DevicePreprocessing, Runner, RunnerError
 from edge_agent.preprocess import context_planes, prepare_slices, prepare_volume, volume_batches
 
 DEFAULT_BATCH = 16
@@ -93,7 +94,7 @@ class Model:
 
     def tell_cpu_input(self) -> None:
         """Once per model: a 2.5-D model on TensorRT does not use the GPU stored-pixel preprocessing."""
-        if not self._told_cpu and getattr(self.runner, "backend", None) == "tensorrt":
+        if not self._told_cpu and isinstance(self.runner, DevicePreprocessing):
             self._told_cpu = True
             log.info("model %s needs neighbour slices: its input is prepared on the CPU", self.name)
 
@@ -140,7 +141,7 @@ class Model:
         out = np.zeros((len(slices), len(self.manifest.findings)), dtype=np.float32)
         if self.context is not None:  # 2.5-D: the slices are one stack, scored with their neighbours among them
             return self._score_stack(slices, out, timings)
-        on_device = self.runner.stored_input_dtypes()
+        on_device = self.runner.stored_input_dtypes() if isinstance(self.runner, DevicePreprocessing) else ()
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(slices):
             stored = getattr(s, "stored", None)
@@ -188,8 +189,7 @@ class Model:
             parts.append(self._probabilities(self.runner.infer_stored(chunk, spacing, rescale), chunk.shape[0]))
             if timings is not None:
                 # the runner's stream timings where it has them (GPU: upload + kernel, engine), else wall time
-                spent = getattr(self.runner, "last_timings", None) or {
-                    "inference": (time.perf_counter() - t0) * 1000.0}
+                spent = self.runner.last_timings or {"inference": (time.perf_counter() - t0) * 1000.0}
                 for stage, ms in spent.items():
                     timings[stage] = timings.get(stage, 0.0) + ms
         return np.concatenate(parts)
@@ -461,14 +461,13 @@ class ModelSet:
     @classmethod
     def load(cls, engines_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None, *,
              device: int = 0, names: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
-             verify: bool = True, gpu_preprocess: bool = True, zero_copy: str = "auto",
+             verify: bool = True, trt_options: TrtOptions = TrtOptions(),
              overrides: dict[str, dict] | None = None, alert_at: dict[str, str] | None = None) -> "ModelSet":
         """Load every model folder (``<name>/manifest.json``) under ``engines_dir``.
 
         ``engines_dir`` may also be one model folder. None = the shipped
         models (``edge_agent.engines``). ``names`` keeps only those models.
-        ``gpu_preprocess``: TensorRT runners prepare stored pixels on the GPU.
-        ``zero_copy``: auto | on | off, mapped pinned memory for TensorRT runners.
+        ``trt_options``: how TensorRT runners run (GPU preprocessing, zero-copy; ``TrtOptions``).
         ``overrides``: ``{model name: {applies_to key: value}}``, a site's
         ``[models.<name>.applies_to]`` (``Config.applies_to_overrides()``);
         each key replaces the manifest's. ``alert_at``: ``{model name: grade}``,
@@ -516,8 +515,7 @@ class ModelSet:
             if m.plugin is not None:  # a named non-neural step: no backend to choose
                 models.append(PluginModel(m))
                 continue
-            runner = make_runner(m, backend, threads=threads, device=device, gpu_preprocess=gpu_preprocess,
-                                 zero_copy=zero_copy)
+            runner = make_runner(m, backend, threads=threads, device=device, trt_options=trt_options)
             fallback = None
             if backend == "auto" and runner.backend != "onnxrt":
                 def fallback(m=m):

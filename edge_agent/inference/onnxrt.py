@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: :class:`OnnxRuntimeRunner`.
+"""ONNX Runtime backend: :class:`OnnxRuntimeRunner`, and :func:`load_runner` (the registry's ``onnxrt`` loader).
 
 CPU by default; the CUDA and TensorRT execution providers are used where the
 installed onnxruntime has them (onnxruntime-gpu, JetPack builds) — see
@@ -10,12 +10,16 @@ module level.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from edge_agent.inference.manifest import TensorSpec
-from edge_agent.inference.runner import Runner, RunnerError
+from edge_agent.inference.runner import Runner, RunnerError, manifest_args
+
+if TYPE_CHECKING:
+    from edge_agent.inference.manifest import Manifest
 
 #: Session config for judging a Q/DQ model on ORT CPU: run its Q/DQ arithmetic as written (DQ → float op → Q, what
 #: TensorRT's INT8 computes) instead of fusing it into ORT's QLinearConv/QGemm. Those fused kernels run u8 x s8 on
@@ -131,3 +135,10 @@ class OnnxRuntimeRunner(Runner):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RunnerError(f"onnxruntime failed running {self.name} ({first}).") from None
         return dict(zip(self._output_names, outputs))
+
+
+def load_runner(manifest: "Manifest", *, threads: int | None = None, device: int = 0,
+                providers: list[str] | None = None) -> OnnxRuntimeRunner:
+    """The runner of ``manifest``'s ``onnx`` artefact, not yet active (:mod:`edge_agent.inference.backends`)."""
+    return OnnxRuntimeRunner(Path(manifest.artefacts["onnx"].path), **manifest_args(manifest), threads=threads,
+                             device=device, providers=providers)

@@ -3,11 +3,10 @@
 Polygraphy's pattern (``polygraphy/backend/base/runner.py``): the public
 :meth:`Runner.activate`, :meth:`Runner.infer` and :meth:`Runner.deactivate`
 check state and inputs, then call the backend's ``*_impl``; a runner is a
-context manager. Backends:
-
-- :class:`edge_agent.inference.onnxrt.OnnxRuntimeRunner` (always available);
-- ``edge_agent.inference.trt.TrtRunner`` (TensorRT + pycuda; imported lazily,
-  only by :func:`make_runner`, so the package works without them).
+context manager. This module is the base only: it imports no backend. The
+backends (:mod:`edge_agent.inference.onnxrt`, ``edge_agent.inference.trt``)
+import it, and :mod:`edge_agent.inference.backends` names them and picks one
+for a model (:func:`~edge_agent.inference.backends.make_runner`).
 
 A backend subclass implements ``activate_impl()``, ``deactivate_impl()``,
 ``infer_impl(feed) -> dict``, ``input_specs_impl()`` and
@@ -16,26 +15,23 @@ model/engine, -1 for dynamic dimensions) and may override
 :meth:`Runner.max_batch_size`. Runners whose resources belong to one OS
 thread (CUDA contexts) set ``thread_bound = True``: ``infer`` and
 ``deactivate`` are then refused from any thread but the one that activated.
+A runner that prepares stored pixels on its device (TensorRT) also
+implements :class:`DevicePreprocessing`; callers check it with ``isinstance``.
 """
 
 from __future__ import annotations
 
-import logging
+import abc
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.errors import EdgeAgentError, MissingDependency
-from edge_agent.inference.manifest import ManifestError, TensorSpec
+from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.manifest import TensorSpec
 
 if TYPE_CHECKING:
     from edge_agent.inference.manifest import Manifest
-
-BACKENDS = ("auto", "onnxrt", "tensorrt")
-
-log = logging.getLogger("edge_agent.inference")
 
 
 class RunnerError(EdgeAgentError):
@@ -45,6 +41,12 @@ class RunnerError(EdgeAgentError):
 def shapes_compatible(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     """Same rank and every static dimension equal (-1 matches anything)."""
     return len(actual) == len(expected) and all(a == e or a == -1 or e == -1 for a, e in zip(actual, expected))
+
+
+def manifest_args(manifest: "Manifest") -> dict:
+    """What every backend's runner takes from a manifest: its name (``name@version``) and expected tensors."""
+    return {"name": f"{manifest.name}@{manifest.version}", "expected_inputs": manifest.inputs,
+            "expected_outputs": manifest.outputs}
 
 
 class Runner:
@@ -61,6 +63,9 @@ class Runner:
         self._active = False
         self._owner: threading.Thread | None = None
         self._inputs: tuple[TensorSpec, ...] = ()
+        #: ms per stage ("preprocess", "inference") of the last call, where the backend times it on its device;
+        #: empty: the caller times the call itself.
+        self.last_timings: dict[str, float] = {}
 
     # -- state ---------------------------------------------------------------
     @property
@@ -164,31 +169,6 @@ class Runner:
                                   f"takes {list(spec.shape)} (-1 = any).")
         return self.infer_impl(feed)
 
-    def stored_input_dtypes(self) -> tuple[np.dtype, ...]:
-        """Stored-pixel dtypes this runner turns into model input itself, on its device (empty: none)."""
-        return ()
-
-    def stop_device_preprocessing(self, reason: str) -> None:
-        """Give up preprocessing on the device (after a failure); :meth:`stored_input_dtypes` is empty after."""
-
-    def infer_stored(self, stored: np.ndarray, pixel_spacing: tuple[float, float],
-                     rescale: tuple) -> dict[str, np.ndarray]:
-        """Run the model on stored pixels ``(N, H, W)`` as they came out of the DICOM files.
-
-        ``rescale`` is ``(slope, intercept, padding)`` with ``padding`` a
-        ``(lo, hi)`` stored-value range or None (``Slice.rescale``). Only for
-        runners whose :meth:`stored_input_dtypes` lists ``stored.dtype``; the
-        runner applies the manifest's preprocessing on its device.
-        """
-        self._require_active("infer_stored()")
-        self._check_thread("infer")
-        if np.dtype(stored.dtype) not in self.stored_input_dtypes():
-            raise RunnerError(f"Runner {self.name} cannot preprocess {stored.dtype} stored pixels itself; "
-                              "convert them to HU and call infer().")
-        if stored.ndim != 3:
-            raise RunnerError(f"Stored pixels for {self.name} must be (N, H, W), not {list(stored.shape)}.")
-        return self.infer_stored_impl(stored, pixel_spacing, rescale)
-
     # -- backend hooks -------------------------------------------------------------
     def activate_impl(self) -> None:
         raise NotImplementedError
@@ -197,10 +177,6 @@ class Runner:
         raise NotImplementedError
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def infer_stored_impl(self, stored: np.ndarray, pixel_spacing: tuple[float, float],
-                          rescale: tuple) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def input_specs_impl(self) -> list[TensorSpec]:
@@ -213,61 +189,44 @@ class Runner:
         return f"<{type(self).__name__} {self.name} {'active' if self._active else 'inactive'}>"
 
 
-def _trt_module():
-    """Import ``edge_agent.inference.trt`` lazily; None with the reason when TensorRT cannot be used here."""
-    try:
-        from edge_agent.inference import trt  # noqa: PLC0415 - optional backend, imported only on demand
-    except ImportError as exc:
-        return None, f"the TensorRT backend cannot be imported ({exc})"
-    is_available = getattr(trt, "is_available", None)
-    if is_available is None or not hasattr(trt, "TrtRunner"):
-        return None, "this build has no TensorRT backend"
-    if not is_available():
-        why = getattr(trt, "why_unavailable", lambda: "TensorRT or pycuda is not installed")()
-        return None, str(why).rstrip(".")
-    return trt, None
+class DevicePreprocessing(abc.ABC):
+    """What a :class:`Runner` has that turns stored pixels into its model's input itself, on its device.
 
-
-def make_runner(manifest: "Manifest", backend: str = "auto", *, threads: int | None = None, device: int = 0,
-                providers: list[str] | None = None, gpu_preprocess: bool = True,
-                zero_copy: str = "auto") -> Runner:
-    """The runner for a model, not yet active.
-
-    ``backend``: ``"onnxrt"`` (ONNX Runtime; CPU, or CUDA/TensorRT execution
-    providers where present — ``providers`` overrides), ``"tensorrt"`` (the
-    ``engine`` artefact through TensorRT + pycuda) or ``"auto"`` (TensorRT when
-    the manifest lists an engine and TensorRT is usable here, else ONNX Runtime).
-    ``threads``: ONNX Runtime intra-op threads (None = its default).
-    ``gpu_preprocess``: a TensorRT runner turns stored pixels into the model
-    input with the CUDA kernel (``inference/trt/preprocess_kernel.py``).
-    ``zero_copy``: ``"auto"`` (mapped pinned memory on integrated GPUs),
-    ``"on"`` or ``"off"`` for a TensorRT runner's buffers.
+    Only the TensorRT runner has it (the CUDA kernel, ``inference/trt/preprocess_kernel.py``); callers
+    check ``isinstance(runner, DevicePreprocessing)``, then :meth:`stored_input_dtypes`, which is empty
+    while device preprocessing is off (``preprocess_problem`` says why). Mix it into a ``Runner``
+    subclass: :meth:`infer_stored` checks state and thread as :meth:`Runner.infer` does.
     """
-    if backend not in BACKENDS:
-        raise RunnerError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-    name = f"{manifest.name}@{manifest.version}"
-    if backend in ("auto", "tensorrt"):
-        engine = manifest.artefacts.get("engine")
-        if backend == "tensorrt" and engine is None:
-            raise ManifestError(f"Model {manifest.name} has no TensorRT engine in {manifest.path}; build one with "
-                                f"'edge-agent convert {manifest.artefacts['onnx'].path}'.")
-        if engine is not None:
-            trt, why = _trt_module()
-            if trt is not None:
-                return trt.TrtRunner(engine.path, name=name, expected_inputs=manifest.inputs,
-                                     expected_outputs=manifest.outputs, device=device,
-                                     fingerprint=engine.fingerprint,
-                                     onnx_sha256=manifest.artefacts["onnx"].sha256,
-                                     preprocessing=manifest.preprocessing if gpu_preprocess else None,
-                                     mapped={"on": True, "off": False}.get(zero_copy, "auto"))
-            if backend == "auto":
-                log.info("model %s has a TensorRT engine but TensorRT is unusable here (%s); using ONNX Runtime",
-                         manifest.name, why)
-            else:
-                raise MissingDependency(f"Cannot use the TensorRT backend for {manifest.name}: {why}, "
-                                        "or run with --backend onnxrt.")
-    from edge_agent.inference.onnxrt import OnnxRuntimeRunner  # noqa: PLC0415 - keeps runner.py import-light
 
-    return OnnxRuntimeRunner(Path(manifest.artefacts["onnx"].path), name=name, expected_inputs=manifest.inputs,
-                             expected_outputs=manifest.outputs, threads=threads, device=device,
-                             providers=providers)
+    preprocess_problem: str | None = None  # why device preprocessing is off (None: on, or not asked for)
+
+    @abc.abstractmethod
+    def stored_input_dtypes(self) -> tuple[np.dtype, ...]:
+        """Stored-pixel dtypes this runner turns into model input itself, on its device (empty: none now)."""
+
+    @abc.abstractmethod
+    def stop_device_preprocessing(self, reason: str) -> None:
+        """Give up preprocessing on the device (after a failure); :meth:`stored_input_dtypes` is empty after."""
+
+    def infer_stored(self, stored: np.ndarray, pixel_spacing: tuple[float, float],
+                     rescale: tuple) -> dict[str, np.ndarray]:
+        """Run the model on stored pixels ``(N, H, W)`` as they came out of the DICOM files.
+
+        ``rescale`` is ``(slope, intercept, padding)`` with ``padding`` a
+        ``(lo, hi)`` stored-value range or None (``Slice.rescale``). Only for
+        dtypes :meth:`stored_input_dtypes` lists; the runner applies the
+        manifest's preprocessing on its device.
+        """
+        self._require_active("infer_stored()")
+        self._check_thread("infer")
+        if np.dtype(stored.dtype) not in self.stored_input_dtypes():
+            raise RunnerError(f"Runner {self.name} cannot preprocess {stored.dtype} stored pixels itself; "
+                              "convert them to HU and call infer().")
+        if stored.ndim != 3:
+            raise RunnerError(f"Stored pixels for {self.name} must be (N, H, W), not {list(stored.shape)}.")
+        return self.infer_stored_impl(stored, pixel_spacing, rescale)
+
+    @abc.abstractmethod
+    def infer_stored_impl(self, stored: np.ndarray, pixel_spacing: tuple[float, float],
+                          rescale: tuple) -> dict[str, np.ndarray]:
+        """The backend's stored pixels → outputs (inputs checked)."""

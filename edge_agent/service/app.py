@@ -89,14 +89,16 @@ class _Outputs:
         for listener in list(self.app.result_listeners):
             listener(result)
 
-    def store_results(self, result: dict, study, info: dict, models: list) -> None:
-        """A final analysed result → its SR and KOS, queued for every PACS destination (pipeline thread)."""
+    def store_results(self, result: dict, study, info: dict, models: list, key_images: dict | None = None) -> None:
+        """A final analysed result → its SR and KOS (and, with pacs.secondary_capture, the key image), queued for
+        every PACS destination (pipeline thread)."""
         pacs = self.app.pacs
         if pacs is None:
             return
         from edge_agent.results.algorithm import algorithm_of
 
-        pacs.submit(result, study, {m.manifest.name: algorithm_of(m) for m in models}, info.get("body_part") or "")
+        pacs.submit(result, study, {m.manifest.name: algorithm_of(m) for m in models}, info.get("body_part") or "",
+                    key_images=key_images)
 
     def series_done(self, series_instance_uid: str) -> None:
         if self.app.ingest is not None:
@@ -203,7 +205,7 @@ class Agent:
         self._started.append(("publisher", self.publisher))
 
         study_header = None
-        if cfg.pacs.destinations:  # DICOM results into the study, delivered by C-STORE (docs/RESULTS.md)
+        if cfg.pacs.destinations:  # DICOM results into the study: C-STORE, DICOM TLS or STOW-RS (docs/RESULTS.md)
             from edge_agent.results.delivery import PacsDelivery
             from edge_agent.results.destination import parse_destination
             from edge_agent.results.sender import SenderSettings
@@ -211,10 +213,12 @@ class Agent:
 
             self.pacs = PacsDelivery(
                 state / "pacs.sqlite3", [parse_destination(d) for d in cfg.pacs.destinations],
-                SenderSettings(calling_ae_title=cfg.pacs.ae_title, dead_after=cfg.pacs.dead_after,
-                               retry_max=cfg.pacs.retry_max),
+                SenderSettings.from_config(cfg.pacs),
                 site=cfg.agent.site, device=cfg.agent.device, on_event=self._pacs_event,
-                provenance=self.provenance)
+                provenance=self.provenance, secondary_capture=cfg.pacs.secondary_capture)
+            if cfg.pacs.secondary_capture and not cfg.alerts.previews:
+                log.warning("pacs.secondary_capture is on but alerts.previews is off: the key images are made from "
+                            "the preview thumbnails, so none will be sent; turn alerts.previews on")
             self.pacs.start()
             self._started.append(("pacs", self.pacs))
             study_header = read_study_header
@@ -292,15 +296,15 @@ class Agent:
 
     # -- wiring -----------------------------------------------------------------
     def _load_models(self):
+        from edge_agent.inference.backends import TrtOptions
         from edge_agent.inference.models import ModelSet
 
         from edge_agent.results.algorithm import algorithm_for
 
         cfg = self.config.inference
         models = ModelSet.load(Path(cfg.engines) if cfg.engines else None, backend=cfg.backend,
-                               threads=cfg.threads or None, gpu_preprocess=cfg.gpu_preprocess != "off",
-                               zero_copy=cfg.zero_copy, overrides=self.config.applies_to_overrides(),
-                               alert_at=self.config.alert_at_overrides())
+                               threads=cfg.threads or None, trt_options=TrtOptions.from_config(cfg),
+                               overrides=self.config.applies_to_overrides(), alert_at=self.config.alert_at_overrides())
         for model in models:  # each model's provenance now (cached), not on the first alert's path
             algorithm_for(model.manifest, getattr(model.runner, "backend", None))
             if getattr(model, "fallback", None) is not None:  # auto: ONNX Runtime if TensorRT cannot start
@@ -417,9 +421,10 @@ class Agent:
         else:
             lines.append(("metrics: off (metrics.port = 0)", {"metrics_port": None}))
         if self.pacs is not None:
-            lines.append((f"PACS: SR and key images of every final result to {', '.join(cfg.pacs.destinations)} as AE "
+            names = [str(d) for d in self.pacs.destinations]  # the queue keys (never a credential)
+            lines.append((f"PACS: SR and key images of every final result to {', '.join(names)} as AE "
                           f"title {cfg.pacs.ae_title}; queue {self.pacs.queue_path}, dead letters after "
-                          f"{_every(cfg.pacs.dead_after)}", {"pacs": list(cfg.pacs.destinations)}))
+                          f"{_every(cfg.pacs.dead_after)}", {"pacs": names}))
         else:
             lines.append(("PACS: off (pacs.destinations is empty)", {"pacs": []}))
         how = (f"polling every {_every(cfg.ingest.poll_interval)}" if cfg.ingest.poll else "inotify")

@@ -19,7 +19,9 @@ what to fix:
   running (an upgrade's check) is reported as such, not as a failure;
 - every PACS destination accepts an association from our calling AE title with
   the SR and KO storage classes results use, and answers C-ECHO (released at
-  once; nothing is stored).
+  once; nothing is stored) — over DICOM TLS for ``tls:`` destinations, a TLS
+  handshake that fails told in one sentence; a STOW-RS destination answers a
+  QIDO-RS search with the configured TLS and credentials.
 
 Nothing here writes a file, creates a folder or leaves a thread running.
 """
@@ -135,14 +137,14 @@ def _state_check(path: Path, what: str, setting: str) -> Check:
 
 def model_checks(cfg: Config) -> list[Check]:
     """The models load as the agent loads them (sha256 verified), each runner starts and is closed again."""
+    from edge_agent.inference.backends import TrtOptions  # noqa: PLC0415
     from edge_agent.inference.models import ModelSet  # noqa: PLC0415 - onnxruntime is slow to import
 
     inference = cfg.inference
     try:
         models = ModelSet.load(Path(inference.engines) if inference.engines else None, backend=inference.backend,
-                               threads=inference.threads or None, gpu_preprocess=inference.gpu_preprocess != "off",
-                               zero_copy=inference.zero_copy, overrides=cfg.applies_to_overrides(),
-                               alert_at=cfg.alert_at_overrides())
+                               threads=inference.threads or None, trt_options=TrtOptions.from_config(inference),
+                               overrides=cfg.applies_to_overrides(), alert_at=cfg.alert_at_overrides())
     except EdgeAgentError as exc:
         return [_fail("models", str(exc))]
     out: list[Check] = []
@@ -407,58 +409,100 @@ PACS_TIMEOUT_S = 5.0
 RESULT_STORAGE = (("1.2.840.10008.5.1.4.1.1.88.34", "Comprehensive 3D SR"),
                   ("1.2.840.10008.5.1.4.1.1.88.59", "Key Object Selection"))
 VERIFICATION = "1.2.840.10008.1.1"
+#: With pacs.secondary_capture: the key image's storage class too.
+CAPTURE_STORAGE = ("1.2.840.10008.5.1.4.1.1.7", "Secondary Capture Image")
+
+
+def result_storage(cfg: Config) -> tuple:
+    """The storage SOP classes the results of this configuration send: (uid, name) pairs."""
+    return RESULT_STORAGE + ((CAPTURE_STORAGE,) if cfg.pacs.secondary_capture else ())
 
 
 def pacs_checks(cfg: Config, timeout: float = PACS_TIMEOUT_S) -> list[Check]:
-    """Each destination: an association with our calling AE title proposing Verification and the two storage
-    classes results use, one C-ECHO, then release — a destination that is down, refuses our AE title or
-    would not accept SR/KO storage fails here rather than as dead letters a day later."""
+    """Each destination, as its sender will reach it — a destination that is down, refuses us, fails the TLS
+    handshake or would not accept SR/KO storage fails here rather than as dead letters a day later:
+
+    * C-STORE (plain or ``tls:``): an association with our calling AE title proposing Verification and the two
+      storage classes results use (over TLS with pacs.tls_*), one C-ECHO, then release;
+    * STOW-RS: a QIDO-RS ``GET {root}/studies?limit=1`` with the configured TLS and credentials.
+
+    Nothing is stored."""
     if not cfg.pacs.destinations:
         return [_ok("PACS", "no destinations (pacs.destinations / --pacs): results go to MQTT only")]
-    from pynetdicom import AE  # noqa: PLC0415 - only where destinations are configured
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian  # noqa: PLC0415
-
     from edge_agent.results.destination import parse_destination  # noqa: PLC0415
+    from edge_agent.results.sender import SenderSettings  # noqa: PLC0415 - pynetdicom only where configured
 
+    settings = SenderSettings.from_config(cfg.pacs)
     out = []
     for text in cfg.pacs.destinations:
         d = parse_destination(text)
-        what = f"PACS {d}"
-        ae = AE(ae_title=cfg.pacs.ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-        ae.add_requested_context(VERIFICATION)
-        for uid, _name in RESULT_STORAGE:
-            ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        try:
-            assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
-        except Exception as exc:  # noqa: BLE001 - a host name that does not resolve, a socket error
-            out.append(_fail(what, f"cannot connect ({type(exc).__name__}: {exc}); fix pacs.destinations or the "
-                                   "network"))
+        if d.kind == "stow":
+            from edge_agent.results.stow import check  # noqa: PLC0415 - the HTTP library only where used
+
+            ok, detail = check(d, settings, timeout)
+            out.append(Check(ok, f"PACS {d}", detail if ok else detail.rstrip(".")))
             continue
-        if assoc.is_rejected:
-            out.append(_fail(what, f"rejected the association: add our calling AE title {cfg.pacs.ae_title} "
-                                   f"(pacs.ae_title) to the PACS's known modalities, and check that its AE title is "
-                                   f"{d.ae_title}"))
-            continue
-        if not assoc.is_established:
-            out.append(_fail(what, f"no DICOM answer at {d.host}:{d.port} within {timeout:.0f} s (connection "
-                                   "refused, aborted or timed out); check the host, the port and that the PACS runs"))
-            continue
-        try:
-            accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
-            missing = [name for uid, name in RESULT_STORAGE if uid not in accepted]
-            status = assoc.send_c_echo() if VERIFICATION in accepted else None
-        finally:
-            assoc.release()
-        if missing:
-            out.append(_fail(what, f"does not accept {' and '.join(missing)} storage: results sent there would "
-                                   "become dead letters; enable those SOP classes at the PACS"))
-            continue
-        echo = ("C-ECHO answered" if status is not None and getattr(status, "Status", None) == 0x0000
-                else "accepts SR and KO storage (C-ECHO not answered)")
-        out.append(_ok(what, f"{echo}; accepts Comprehensive 3D SR and Key Object Selection storage from "
-                             f"{cfg.pacs.ae_title}"))
+        out.append(_dimse_check(cfg, d, settings, timeout))
     return out
+
+
+def _dimse_check(cfg: Config, d, settings, timeout: float) -> Check:
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian  # noqa: PLC0415
+    from pynetdicom import AE  # noqa: PLC0415 - only where destinations are configured
+
+    from edge_agent.results import tls  # noqa: PLC0415
+
+    what = f"PACS {d}"
+    tls_args, recorder = None, None
+    if d.kind == "dimse-tls":
+        try:
+            context = settings.tls_context()
+        except EdgeAgentError as exc:
+            return _fail(what, str(exc))
+        recorder = tls.FailureRecorder(context)
+        tls_args = (context, d.host)
+
+    def tls_failure() -> str | None:
+        if recorder is None or recorder.error is None:
+            return None
+        return tls.explain(recorder.error, d.host, d.port, client_cert=bool(settings.tls_cert),
+                           plain_form=d.plain_form)
+
+    ae = AE(ae_title=cfg.pacs.ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(VERIFICATION)
+    storage = result_storage(cfg)
+    for uid, _name in storage:
+        ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    try:
+        assoc = ae.associate(d.host, d.port, ae_title=d.ae_title, tls_args=tls_args)
+    except Exception as exc:  # noqa: BLE001 - a host name that does not resolve, a socket error
+        return _fail(what, tls_failure() or f"cannot connect ({type(exc).__name__}: {exc}); fix pacs.destinations "
+                                            "or the network")
+    if assoc.is_rejected:
+        return _fail(what, f"rejected the association: add our calling AE title {cfg.pacs.ae_title} "
+                           f"(pacs.ae_title) to the PACS's known modalities, and check that its AE title is "
+                           f"{d.ae_title}")
+    if not assoc.is_established:
+        return _fail(what, tls_failure() or (
+            f"no DICOM answer at {d.host}:{d.port} within {timeout:.0f} s (connection refused, aborted or timed "
+            "out); check the host, the port and that the PACS runs"))
+    try:
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        missing = [name for uid, name in storage if uid not in accepted]
+        status = assoc.send_c_echo() if VERIFICATION in accepted else None
+    finally:
+        assoc.release()
+    if missing:
+        return _fail(what, f"does not accept {' and '.join(missing)} storage: results sent there would "
+                           "become dead letters; enable those SOP classes at the PACS")
+    echo = ("C-ECHO answered" if status is not None and getattr(status, "Status", None) == 0x0000
+            else "accepts SR and KO storage (C-ECHO not answered)")
+    if tls_args is not None:
+        echo += (f" over DICOM TLS (certificate verified for {d.host}"
+                 + (", our client certificate accepted)" if settings.tls_cert else ")"))
+    return _ok(what, f"{echo}; accepts {', '.join(name for _, name in storage[:-1])} and {storage[-1][1]} "
+                     f"storage from {cfg.pacs.ae_title}")
 
 
 def run_preflight(cfg: Config, *, broker_timeout: float = BROKER_TIMEOUT_S) -> list[Check]:

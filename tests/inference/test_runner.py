@@ -10,7 +10,8 @@ from edge_agent.errors import MissingDependency
 from edge_agent.inference import trt as trt_backend
 from edge_agent.inference.manifest import ManifestError, TensorSpec, add_artefact, load_manifest
 from edge_agent.inference.onnxrt import OnnxRuntimeRunner, default_providers
-from edge_agent.inference.runner import Runner, RunnerError, make_runner, shapes_compatible
+from edge_agent.inference.backends import make_runner
+from edge_agent.inference.runner import Runner, RunnerError, shapes_compatible
 
 
 def test_onnxrt_runner_matches_numpy_reference_batched(model_folder):

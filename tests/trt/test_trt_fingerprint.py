@@ -109,4 +109,4 @@ def test_without_tensorrt_the_package_imports_and_says_what_is_missing():
     # the runner and builder modules import without TensorRT (imports are lazy)
     for name in ("runner", "builder", "loader", "buffers", "preprocess_kernel", "describe", "health", "measure"):
         importlib.import_module(f"edge_agent.inference.trt.{name}")
-    assert trt.TrtRunner.__name__ == "TrtRunner"
+    assert trt.runner.TrtRunner.__name__ == "TrtRunner"

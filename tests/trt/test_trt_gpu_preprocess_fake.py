@@ -21,7 +21,7 @@ import pytest
 
 from edge_agent.dicom import read_file
 from edge_agent.errors import MissingDependency
-from edge_agent.inference import load_manifest
+from edge_agent.inference import TrtOptions, load_manifest
 from edge_agent.inference.models import ModelSet
 from edge_agent.inference.runner import RunnerError
 from edge_agent.inference.trt import preprocess_kernel
@@ -141,7 +141,7 @@ def test_kernel_that_cannot_be_built_falls_back_to_the_cpu(model_dir, fakes, tmp
 
 
 def test_gpu_preprocessing_can_be_switched_off(model_dir, host_kernels):
-    models = ModelSet.load(model_dir, backend="tensorrt", gpu_preprocess=False)
+    models = ModelSet.load(model_dir, backend="tensorrt", trt_options=TrtOptions(gpu_preprocess=False))
     with models:
         assert models["tiny"].runner.stored_input_dtypes() == ()
     assert host_kernels.compiled == []
@@ -176,7 +176,7 @@ def test_zero_copy_follows_the_device_and_the_setting(model_dir, host_kernels, t
     cuda = host_kernels
     monkeypatch.setattr(cuda.Device, "get_attribute",
                         lambda self, attr: int(integrated) if attr == "INTEGRATED" else 1)
-    models = ModelSet.load(model_dir, backend="tensorrt", zero_copy=zero_copy)
+    models = ModelSet.load(model_dir, backend="tensorrt", trt_options=TrtOptions(zero_copy=zero_copy))
     stored = _slices(tmp_path / "s", stored_only=True)
     hu = _slices(tmp_path / "h", stored_only=False)
     with models:

@@ -1,11 +1,12 @@
 """TensorRT backend: the only place ``tensorrt`` and ``pycuda`` are imported.
 
 Like pydicom's pixel decoders, the backend states its dependencies and answers
-:func:`is_available` / :func:`why_unavailable` without raising, so the package
-imports and the ONNX Runtime CPU path works on a machine without them. Code
-that needs them calls :func:`import_tensorrt` / :func:`import_cuda`, which
-raise :class:`~edge_agent.errors.MissingDependency` with a sentence saying
-what to install.
+:func:`is_available` / :func:`why_unavailable` without raising (the registry,
+:mod:`edge_agent.inference.backends`, asks them), so the package imports and
+the ONNX Runtime CPU path works on a machine without them. Code that needs
+them calls :func:`import_tensorrt` / :func:`import_cuda`, which raise
+:class:`~edge_agent.errors.MissingDependency` with a sentence saying what to
+install. The runner is :class:`edge_agent.inference.trt.runner.TrtRunner`.
 
 On a Jetson, TensorRT's Python bindings come from JetPack
 (``python3-libnvinfer``); never pip-install x86 TensorRT wheels there, and
@@ -83,15 +84,5 @@ def is_available() -> bool:
     return why_unavailable() is None
 
 
-def __getattr__(name: str):
-    # TrtRunner is imported lazily so that this package imports without the
-    # Runner base class being loaded (and without tensorrt, always).
-    if name == "TrtRunner":
-        from edge_agent.inference.trt.runner import TrtRunner
-
-        return TrtRunner
-    raise AttributeError(name)
-
-
-__all__ = ["DEPENDENCIES", "TrtRunner", "import_cuda", "import_tensorrt", "is_available",
-           "tensorrt_major", "tensorrt_version", "why_unavailable"]
+__all__ = ["DEPENDENCIES", "import_cuda", "import_tensorrt", "is_available", "tensorrt_major", "tensorrt_version",
+           "why_unavailable"]

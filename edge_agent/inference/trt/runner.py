@@ -1,4 +1,5 @@
-"""TensorRT backend: :class:`TrtRunner` (named-tensor API, pycuda buffers).
+"""TensorRT backend: :class:`TrtRunner` (named-tensor API, pycuda buffers), and :func:`load_runner` (the
+registry's ``tensorrt`` loader, :mod:`edge_agent.inference.backends`).
 
 Context ownership (the rules in docs/TENSORRT.md): the runner retains the
 device's *primary* context (what TensorRT and other CUDA libraries expect;
@@ -27,20 +28,25 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.inference.manifest import TensorSpec
-from edge_agent.inference.runner import Runner, RunnerError
+from edge_agent.inference.runner import DevicePreprocessing, Runner, RunnerError, manifest_args
 from edge_agent.inference.trt import import_cuda, import_tensorrt
 from edge_agent.inference.trt.buffers import IOBuffers
 from edge_agent.inference.trt.loader import IOTensor, deserialize, io_tensors, last_errors
 from edge_agent.preprocess import PreprocessSpec
 
+if TYPE_CHECKING:
+    from edge_agent.inference.backends import TrtOptions
+    from edge_agent.inference.manifest import Manifest
+
 log = logging.getLogger("edge_agent.trt")
 
 
-class TrtRunner(Runner):
+class TrtRunner(Runner, DevicePreprocessing):
     """Runs a TensorRT engine built by ``edge-agent convert``.
 
     ``engine_path``: the serialized engine; its fingerprint (``fingerprint``,
@@ -72,10 +78,9 @@ class TrtRunner(Runner):
         self.mapped_setting = mapped
         self.mapped = mapped is True  # "auto" is decided at activation, from the device
         self.preprocessing = preprocessing
-        self.preprocess_problem: str | None = None  # why GPU preprocessing is off (None: on, or not asked for)
+        self.preprocess_problem: str | None = None  # DevicePreprocessing: why it is off (None: on, or not asked for)
         self._pre = None
         self._events = None  # CUDA events timing the kernel and the engine on the stream (GPU preprocessing)
-        self.last_timings: dict[str, float] = {}  # ms of the last infer_stored: "preprocess", "inference"
         self.fingerprint = None
         self._cuda = self._cuda_ctx = None
         self._runtime = self._engine = self._context = self._stream = None
@@ -235,7 +240,7 @@ class TrtRunner(Runner):
                           out_ptr=self._buffers.tensors[t.name].device_ptr)
             prepared.record(self._stream)
             outputs = self._execute(mark=done)
-            # Stream time, no extra synchronisation: upload + kernel, then engine + downloads.
+            # Runner.last_timings, stream time, no extra synchronisation: upload + kernel, then engine + downloads.
             self.last_timings = {"preprocess": prepared.time_since(start), "inference": done.time_since(prepared)}
             return outputs
         finally:
@@ -306,6 +311,14 @@ class TrtRunner(Runner):
         self._require_active("asking for its batch size")
         first = next(t for t in self._tensors if t.is_input)
         return int(first.max_shape[0])
+
+
+def load_runner(manifest: "Manifest", *, device: int = 0, options: "TrtOptions") -> TrtRunner:
+    """The runner of ``manifest``'s ``engine`` artefact as ``options`` say, not yet active."""
+    engine = manifest.artefacts["engine"]
+    return TrtRunner(engine.path, **manifest_args(manifest), device=device, fingerprint=engine.fingerprint,
+                     onnx_sha256=manifest.artefacts["onnx"].sha256,
+                     preprocessing=manifest.preprocessing if options.gpu_preprocess else None, mapped=options.mapped)
 
 
 def _integrated(cuda, device) -> bool:
