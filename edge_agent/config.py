@@ -7,7 +7,9 @@ from files, never from the command line. No I/O beyond reading the file.
 
 Environment variables: ``EDGE_AGENT_<SECTION>_<FIELD>`` (upper case), e.g.
 ``EDGE_AGENT_MQTT_BROKER=mqtts://broker:8883``. The MQTT password is read from
-``EDGE_AGENT_MQTT_PASSWORD`` or the file named by ``mqtt.password_file``.
+``EDGE_AGENT_MQTT_PASSWORD`` or the file named by ``mqtt.password_file``; the
+STOW-RS credentials (``pacs.stow_token``, ``pacs.stow_password``) are best given
+as ``EDGE_AGENT_PACS_STOW_TOKEN`` / ``EDGE_AGENT_PACS_STOW_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -131,12 +133,25 @@ class DicomSection:
 
 @dataclass
 class PacsSection:
-    destinations: list = _f([], "Where each final result goes as a DICOM SR and Key Object Selection, by C-STORE: "
-                            "AET@host:port entries, each its own durable queue (docs/RESULTS.md); empty: none.")
+    destinations: list = _f([], "Where each final result goes as a DICOM SR and Key Object Selection: AET@host:port "
+                            "(C-STORE), tls:AET@host:port (C-STORE over DICOM TLS) or the http(s):// service root of "
+                            "a DICOMweb server (STOW-RS), each its own durable queue (docs/RESULTS.md); empty: none.")
     ae_title: str = _f("EDGE_AGENT", "Our calling AE title towards the destinations.")
     dead_after: float = _f(86400.0, "Seconds an object keeps being retried (back-off) before it becomes a dead "
                            "letter, kept and retried only by hand.")
     retry_max: float = _f(300.0, "Longest wait (s) between two tries of a destination that fails.")
+    secondary_capture: bool = _f(False, "Also send, with each positive result, a secondary-capture image of its key "
+                                 "slice (region framed, finding, model and disclaimer burnt in; no patient data) for "
+                                 "PACS viewers that show neither SR nor key objects. Needs alerts.previews.")
+    tls_ca: str = _f("", "PEM CA certificates that verify the PACS certificate of tls: and https:// destinations "
+                     "(TLS 1.2+, host name checked); empty: the system trust store.", hashed=False)
+    tls_cert: str = _f("", "PEM client certificate (with tls_key) for a PACS that demands mutual TLS.", hashed=False)
+    tls_key: str = _f("", "Unencrypted PEM private key of tls_cert.", hashed=False)
+    stow_token: str = _f("", "Bearer token for STOW-RS destinations (better: EDGE_AGENT_PACS_STOW_TOKEN); never "
+                         "logged.", hashed=False, secret=True)
+    stow_user: str = _f("", "HTTP basic user for STOW-RS destinations (with stow_password).", hashed=False)
+    stow_password: str = _f("", "HTTP basic password of stow_user (better: EDGE_AGENT_PACS_STOW_PASSWORD); never "
+                            "logged.", hashed=False, secret=True)
 
 
 @dataclass
@@ -215,7 +230,7 @@ def _section_types() -> dict[str, type]:
     return {name: hints[name] for name in SECTIONS}
 
 
-def _coerce(section: str, name: str, value: Any, target: type, source: str) -> Any:
+def _coerce(section: str, name: str, value: Any, target: type, source: str, secret: bool = False) -> Any:
     where = f"{section}.{name} ({source})"
     try:
         if target is bool:
@@ -250,7 +265,8 @@ def _coerce(section: str, name: str, value: Any, target: type, source: str) -> A
         pass
     else:
         return value
-    raise ConfigError(f"{where} must be {target.__name__}, got {value!r}.")
+    got = f"a {type(value).__name__}" if secret else repr(value)  # a secret's value is never shown
+    raise ConfigError(f"{where} must be {target.__name__}, got {got}.")
 
 
 def _apply(cfg: Config, data: dict, source: str) -> None:
@@ -273,7 +289,7 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
             if name not in known:
                 raise ConfigError(f"unknown setting {section}.{name} in {source};"
                                   f"{did_you_mean(name, known, prefix=section + '.')} known: {', '.join(known)}.")
-            value = _coerce(section, name, value, hints[name], source)
+            value = _coerce(section, name, value, hints[name], source, secret=known[name].metadata.get("secret", False))
             choices = known[name].metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{section}.{name} ({source}) must be one of {', '.join(choices)}, got {value!r}.")
@@ -435,10 +451,34 @@ def validate(cfg: Config) -> None:
 
         for text in cfg.pacs.destinations:
             parse_destination(text)
+    _validate_pacs_tls_and_credentials(cfg.pacs)
     if bool(cfg.dicom.tls_cert) != bool(cfg.dicom.tls_key):
         raise ConfigError("dicom.tls_cert and dicom.tls_key go together; set both for DICOM TLS, or neither.")
     if cfg.dicom.tls_ca and not cfg.dicom.tls_cert:
         raise ConfigError("dicom.tls_ca needs dicom.tls_cert and dicom.tls_key: peers are checked over TLS only.")
+
+
+def _validate_pacs_tls_and_credentials(pacs: PacsSection) -> None:
+    """pacs.tls_* files readable, certificate and key together; STOW-RS credentials one way, complete (the
+    values of secrets never appear in a sentence)."""
+    if bool(pacs.tls_cert) != bool(pacs.tls_key):
+        raise ConfigError("pacs.tls_cert and pacs.tls_key go together; set both for a PACS that demands mutual TLS, "
+                          "or neither.")
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(pacs, name)
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise ConfigError(f"pacs.{name} {path} cannot be read ({exc.strerror or type(exc).__name__}); fix the "
+                              "path or its permissions.") from None
+    if pacs.stow_token and (pacs.stow_user or pacs.stow_password):
+        raise ConfigError("pacs.stow_token and pacs.stow_user / pacs.stow_password are two ways to sign in to a "
+                          "STOW-RS destination; set one of them, not both.")
+    if bool(pacs.stow_user) != bool(pacs.stow_password):
+        raise ConfigError("pacs.stow_user and pacs.stow_password go together (HTTP basic); set both, or neither.")
 
 
 #: Hex digits kept of the configuration's sha256 (``config_hash``): 64 bits, plenty to tell configs apart.
@@ -450,9 +490,9 @@ def config_hash(cfg: Config) -> str:
 
     Every section and ``[models.<name>]`` table as canonical JSON (sorted keys, no spaces), without the
     credentials and TLS material (the fields declared ``hashed=False``: MQTT username, password file, CA,
-    certificate and key paths; DICOM TLS certificate, key and CA): rotating those changes nothing the agent
-    decides. The MQTT password is not a setting at all (environment or file only), so it never counts.
-    The same settings give the same hash on any machine and after any restart.
+    certificate and key paths; DICOM TLS certificate, key and CA; the PACS TLS files and STOW-RS credentials):
+    rotating those changes nothing the agent decides. The MQTT password is not a setting at all (environment or
+    file only), so it never counts. The same settings give the same hash on any machine and after any restart.
     """
     import hashlib  # noqa: PLC0415
     import json  # noqa: PLC0415

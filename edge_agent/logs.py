@@ -106,7 +106,7 @@ def setup_logging(verbose: int = 0, json_lines: bool = False) -> None:
     # Third-party loggers: the embedded broker (amqtt) and transitions log
     # tracebacks for every client that disconnects abruptly; keep them out of
     # the user's way unless debugging.
-    for name in ("amqtt", "transitions", "pynetdicom", "highdicom"):
+    for name in ("amqtt", "transitions", "pynetdicom", "highdicom", "dicomweb_client"):
         other = logging.getLogger(name)
         other.handlers[:] = [handler]
         other.setLevel(logging.DEBUG if verbose >= 3 else _third_party_level(name, verbose))
@@ -128,6 +128,6 @@ def _third_party_level(name: str, verbose: int) -> int:
 
 def use_json() -> None:
     """Switch the handlers set up by :func:`setup_logging` to JSON lines (config ``agent.log_json``)."""
-    for name in ("edge_agent", "amqtt", "transitions", "pynetdicom", "highdicom"):
+    for name in ("edge_agent", "amqtt", "transitions", "pynetdicom", "highdicom", "dicomweb_client"):
         for handler in logging.getLogger(name).handlers:
             handler.setFormatter(JsonFormatter())

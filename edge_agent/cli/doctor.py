@@ -156,6 +156,9 @@ def pacs_echo_check(destination: str, calling_ae_title: str = "EDGE_AGENT", time
         d = parse_destination(destination)
     except ConfigError as exc:
         return "FAIL", "PACS echo", str(exc).rstrip(".")
+    if d.kind != "dimse":  # TLS material and STOW-RS credentials are settings: the agent's own check uses them
+        return ("WARN", f"PACS {d}", f"a {d.transport} destination is not tried here; `edge-agent run --check` "
+                                     "tries it with the pacs.tls_* and pacs.stow_* settings")
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae_title)

@@ -30,7 +30,8 @@ from edge_agent.inference.backends import BACKENDS
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics and /healthz on this port.")
 @click.option("--delivery", type=click.Choice(["receipt", "broker"]), help="When an alert counts as delivered.")
 @click.option("--pacs", "pacs", multiple=True, metavar="AET@HOST:PORT",
-              help="Send each final result as DICOM SR + key images to this C-STORE destination (repeatable).")
+              help="Send each final result as DICOM SR + key images to this destination (repeatable): "
+              "AET@host:port (C-STORE), tls:AET@host:port (DICOM TLS) or a DICOMweb http(s):// root (STOW-RS).")
 @click.option("--retry-dead-letters", is_flag=True,
               help="At start, send the PACS dead letters (given up after pacs.dead_after) again.")
 @click.option("--check", is_flag=True, help="Check the configuration, folders, models, ports and broker; then exit "

@@ -65,7 +65,8 @@ class ModelResult:
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def uid(self, kind: str, revision: int | None = None) -> str:
-        """The derived UID of ``kind`` (sr, kos, sr-series, kos-series) for this model and series."""
+        """The derived UID of ``kind`` (sr, kos, rejection; sr-series, kos-series, rejection-series) for this
+        model and series."""
         parts = [kind, self.series_instance_uid, self.algorithm.name, self.algorithm.version]
         return derived_uid(*parts, *(() if revision is None else (int(revision),)))
 

@@ -10,8 +10,14 @@ with ``synchronous=FULL`` before they count as queued). Three tables:
   own queue: ``pending → sending → done``, or ``dead`` once it has failed for
   longer than ``pacs.dead_after``. ``sending`` rows left by a killed agent go
   back to ``pending`` at start.
-* ``revisions``: per series and model, the latest revision and the digest of its
-  content; a new decision with the same digest queues nothing.
+* ``revisions``: per series and model, the latest revision, the digest of its
+  content (a new decision with the same digest queues nothing) and the KOS it
+  queued, if any: what the next revision must withdraw with an IOCM rejection
+  note. It is kept when the objects are forgotten (30 days after delivery), so
+  a reopen months later still knows which key images are flagged in the PACS.
+  A file from before that column gets it at open (``_migrate``), filled from
+  the objects still held; a revision whose objects were already forgotten
+  then reads "unknown" (:attr:`Revision.kos_known` false).
 
 The bytes hold the patient attributes the objects must carry (they belong to
 the patient's study); nothing here is ever logged except UIDs and states.
@@ -19,6 +25,7 @@ the patient's study); nothing here is ever logged except UIDs and states.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -26,6 +33,8 @@ from pathlib import Path
 
 from edge_agent.durable import DurableDB, connect
 from edge_agent.errors import EdgeAgentError
+
+log = logging.getLogger(__name__)
 
 STATES = ("pending", "sending", "done", "dead")
 #: Done deliveries (and the objects no destination still needs) are forgotten after this long.
@@ -35,7 +44,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     sop_instance_uid    TEXT PRIMARY KEY,
     sop_class_uid       TEXT NOT NULL,
-    kind                TEXT NOT NULL,      -- sr | kos
+    kind                TEXT NOT NULL,      -- sr | kos | rejection
     series_instance_uid TEXT NOT NULL,      -- the analysed series (in the original study)
     model               TEXT NOT NULL,
     model_version       TEXT NOT NULL,
@@ -63,8 +72,20 @@ CREATE TABLE IF NOT EXISTS revisions (
     revision            INTEGER NOT NULL,
     digest              TEXT NOT NULL,
     decided_at          REAL NOT NULL,
+    kos_sop_instance_uid TEXT,              -- the KOS this revision queued; '' none; NULL unknown (see _migrate)
     PRIMARY KEY (series_instance_uid, model, model_version)
 );
+"""
+#: Added after the first release: an older file gets it at open, filled from the objects it still holds.
+_KOS_COLUMN = "kos_sop_instance_uid"
+_BACKFILL = f"""
+UPDATE revisions SET {_KOS_COLUMN} = COALESCE(
+    (SELECT o.sop_instance_uid FROM objects o WHERE o.kind = 'kos' AND o.series_instance_uid =
+     revisions.series_instance_uid AND o.model = revisions.model AND o.model_version = revisions.model_version
+     AND o.revision = revisions.revision),
+    CASE WHEN EXISTS (SELECT 1 FROM objects o WHERE o.kind = 'sr' AND o.series_instance_uid =
+     revisions.series_instance_uid AND o.model = revisions.model AND o.model_version = revisions.model_version
+     AND o.revision = revisions.revision) THEN '' END)
 """
 
 
@@ -81,6 +102,16 @@ class QueuedObject:
     kind: str
     dataset: bytes
     sha256: str
+
+
+@dataclass(frozen=True)
+class Revision:
+    """The latest revision queued for a series and model."""
+
+    revision: int
+    digest: str
+    kos_sop_instance_uid: str | None  # the KOS it queued (flagged in the PACS until withdrawn); None: none
+    kos_known: bool = True            # False: queued before the queue recorded it, and its objects are forgotten
 
 
 @dataclass(frozen=True)
@@ -102,9 +133,36 @@ class PacsQueue:
         self.path = Path(path)
         self._db = DurableDB(self.path, what="PACS queue", error=PacsQueueError, schema=_SCHEMA)
         self._conn = self._db.conn
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
+
+    def _has_kos_column(self) -> bool:
+        return any(row[1] == _KOS_COLUMN for row in self._conn.execute("PRAGMA table_info(revisions)"))
+
+    def _migrate(self) -> None:
+        """A file from before ``revisions.kos_sop_instance_uid``: add it and fill it from the objects still held
+        (a KOS of that revision: its UID; only an SR: ''; nothing left: NULL, unknown). Once, in one transaction
+        (another connection opening the file at the same time finds it done)."""
+        if self._has_kos_column():
+            return
+        try:
+            with self._db.transaction(durable=True) as conn:
+                if self._has_kos_column():
+                    return
+                conn.execute(f"ALTER TABLE revisions ADD COLUMN {_KOS_COLUMN} TEXT")
+                conn.execute(_BACKFILL)
+                unknown = conn.execute(f"SELECT count(*) FROM revisions WHERE {_KOS_COLUMN} IS NULL").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise PacsQueueError(f"The PACS queue {self.path} cannot be upgraded to record which revision has "
+                                 f"key images ({type(exc).__name__}); check it is writable.") from None
+        log.info("PACS queue %s upgraded: each revision now records its key-image KOS (%d revision(s) whose "
+                 "objects were already forgotten are marked unknown)", self.path, unknown)
 
     # -- adding ------------------------------------------------------------------
     def latest(self, series_instance_uid: str, model: str, model_version: str) -> tuple[int, str] | None:
@@ -113,11 +171,23 @@ class PacsQueue:
                                  " AND model_version=?", (series_instance_uid, model, model_version)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def latest_revision(self, series_instance_uid: str, model: str, model_version: str) -> Revision | None:
+        """The latest revision queued for a series and model, with the KOS it queued (what a new revision
+        withdraws), or None."""
+        row = self._conn.execute(f"SELECT revision, digest, {_KOS_COLUMN} FROM revisions WHERE"
+                                 " series_instance_uid=? AND model=? AND model_version=?",
+                                 (series_instance_uid, model, model_version)).fetchone()
+        if row is None:
+            return None
+        return Revision(row[0], row[1], row[2] or None, kos_known=row[2] is not None)
+
     def add(self, *, series_instance_uid: str, model: str, model_version: str, revision: int, digest: str,
             objects: list[QueuedObject], destinations: list[str], now: float | None = None) -> int:
         """Queue one revision's objects for every destination in one durable transaction; returns how many
-        deliveries were new. An existing UID keeps its bytes; different bytes under it is an error."""
+        deliveries were new. An existing UID keeps its bytes; different bytes under it is an error. The
+        revision's KOS (the object of kind ``kos``, if any) is recorded with it."""
         now = time.time() if now is None else now
+        kos = next((o.sop_instance_uid for o in objects if o.kind == "kos"), "")
         added = 0
         with self._db.transaction(durable=True) as conn:
             for obj in objects:
@@ -135,9 +205,15 @@ class PacsQueue:
                         "INSERT OR IGNORE INTO deliveries (destination, sop_instance_uid, state, attempts,"
                         " next_attempt_at, created_at) VALUES (?,?, 'pending', 0, ?, ?)",
                         (destination, obj.sop_instance_uid, now, now)).rowcount
-            conn.execute("INSERT OR REPLACE INTO revisions VALUES (?,?,?,?,?,?)",
-                         (series_instance_uid, model, model_version, revision, digest, now))
+            conn.execute(f"INSERT OR REPLACE INTO revisions (series_instance_uid, model, model_version, revision,"
+                         f" digest, decided_at, {_KOS_COLUMN}) VALUES (?,?,?,?,?,?,?)",
+                         (series_instance_uid, model, model_version, revision, digest, now, kos))
         return added
+
+    def holds(self, sop_instance_uid: str) -> bool:
+        """Whether an object with this UID is queued (or was, and is not yet pruned)."""
+        return self._conn.execute("SELECT 1 FROM objects WHERE sop_instance_uid=?",
+                                  (sop_instance_uid,)).fetchone() is not None
 
     # -- delivering ----------------------------------------------------------------
     def reset_sending(self, destination: str | None = None) -> int:

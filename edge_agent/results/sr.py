@@ -18,7 +18,10 @@ Measurement and Qualitative Evaluation Group (TID 1501) holds:
 
 A revision after the first names its predecessor (Predecessor Documents
 Sequence, PS3.3 C.17.2.3), so a PACS shows the newer document as the
-replacement. The document is marked COMPLETE and FINAL (the series' decision
+replacement. A negative revision after one that flagged key images says so in
+words: each (Absent) finding carries a comment that the earlier positive
+result is withdrawn, naming the earlier SR and KOS (whose withdrawal the IOCM
+rejection note carries, edge_agent.results.kos). The document is marked COMPLETE and FINAL (the series' decision
 is final), UNVERIFIED (no person has signed it).
 """
 
@@ -109,8 +112,8 @@ def _algorithm(result: ModelResult, threshold: float | None,
                                          manufacturer=MANUFACTURER)
 
 
-def _group(result: ModelResult, finding: dict, header: StudyHeader,
-           provenance: dict | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _group(result: ModelResult, finding: dict, header: StudyHeader, provenance: dict | None = None,
+           withdrawn: str | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     concept = finding_concept(finding["code"], finding["label"])
     measurements = [hd.sr.Measurement(name=_PROBABILITY, value=finding["probability"], unit=_UNITY)]
     if finding.get("volume_ml") is not None:
@@ -136,20 +139,37 @@ def _group(result: ModelResult, finding: dict, header: StudyHeader,
         group[0].ContentSequence.append(hd.sr.TextContentItem(
             name=codes.DCM.Comment, value=DISCLAIMER,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    if withdrawn and not finding["positive"]:
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.DCM.Comment, value=withdrawn, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     return group
 
 
+def withdrawal_text(result: ModelResult, revision: int, withdrawn_kos: str) -> str:
+    """The comment of a negative revision after a positive one: what is withdrawn, by UID (no patient data)."""
+    a = result.algorithm
+    return (f"Earlier finding withdrawn: revision {revision - 1} of this report (SOP Instance UID "
+            f"{result.uid('sr', revision - 1)}) gave a positive result of {a.name} {a.version}; the series was "
+            f"re-decided and this revision replaces it with a negative result. The key images flagged then (Key "
+            f"Object Selection {withdrawn_kos}) are no longer of interest.")
+
+
 def build_sr(result: ModelResult, header: StudyHeader, *, revision: int, site: str, device: str,
-             decided_at: float, provenance: dict | None = None) -> hd.sr.Comprehensive3DSR:
+             decided_at: float, provenance: dict | None = None,
+             withdrawn_kos: str | None = None) -> hd.sr.Comprehensive3DSR:
     """The SR of ``result`` (revision ``revision``), in the original study of ``header``.
 
-    ``provenance``: ``{agent_version, config_hash}`` of the agent, named in each algorithm identification."""
+    ``provenance``: ``{agent_version, config_hash}`` of the agent, named in each algorithm identification.
+    ``withdrawn_kos``: the KOS of revision ``revision - 1`` this revision withdraws; when ``result`` is
+    negative, each finding then says in a comment that the earlier positive result is withdrawn."""
     procedure = PROCEDURES.get(result.body_part.strip().upper(), UNSPECIFIED_PROCEDURE)
+    withdrawn = (withdrawal_text(result, revision, withdrawn_kos)
+                 if withdrawn_kos and revision > 1 and not result.positive else None)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=device_observer(site, device, result.algorithm.name)),
         procedure_reported=hd.sr.CodedConcept(*procedure),
-        imaging_measurements=[_group(result, f, header, provenance) for f in result.findings],
+        imaging_measurements=[_group(result, f, header, provenance, withdrawn) for f in result.findings],
         title=codes.cid7021.ImagingMeasurementReport)
     series_uid = result.uid("sr-series")
     previous = []

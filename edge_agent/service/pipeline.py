@@ -104,6 +104,25 @@ class OpenSeries:
     context: dict[str, ContextWindow] = field(default_factory=dict, repr=False)
 
 
+def evidence_boxes(features) -> list[tuple[float, float, float, float]]:
+    """The regions a slice's evidence numbers locate, ``(r0, c0, r1, c1)`` in the slice's pixels: each component
+    ``[area, mean, r0, c0, r1, c1]`` of a ``comps`` list and each ``box`` ``[r0, c0, r1, c1]``, at any depth."""
+    out: list = []
+    if isinstance(features, dict):
+        for key, value in features.items():
+            if key == "comps" and isinstance(value, list):
+                out += [tuple(float(v) for v in c[2:6]) for c in value if isinstance(c, list) and len(c) >= 6]
+            elif key == "box" and isinstance(value, list) and len(value) == 4:
+                out.append(tuple(float(v) for v in value))
+            else:
+                out += evidence_boxes(value)
+    elif isinstance(features, list):
+        for value in features:
+            if isinstance(value, dict):
+                out += evidence_boxes(value)
+    return out
+
+
 def series_info(first) -> dict:
     """The non-PHI description of a series, from its first slice."""
     return {
@@ -744,10 +763,41 @@ class SeriesPipeline:
         if store is None or series.study is None or failure or result["status"] != "analysed":
             return
         try:
-            store(result, series.study, dict(series.info), [m for m, reason in series.routes if reason is None])
+            store(result, series.study, dict(series.info), [m for m, reason in series.routes if reason is None],
+                  key_images=self._key_images(series, result))
         except Exception as exc:  # noqa: BLE001 - the result is out already; say why the DICOM one is not
             log.error("series %s: its DICOM results were not queued (%s)", series.series_instance_uid,
                       exc if isinstance(exc, EdgeAgentError) else type(exc).__name__)
+
+    def _key_images(self, series: OpenSeries, result: dict) -> dict:
+        """Per positive live model: its best key slice's thumbnail, with the evidence regions found on that slice
+        (``{sop_instance_uid, image, orientation, boxes}``; boxes in the thumbnail's pixels) — for the PACS's
+        secondary capture. Empty without previews (the thumbnails are theirs); never raises."""
+        out: dict = {}
+        if self.previews is None:
+            return out
+        try:
+            for f in result.get("findings", []):
+                name = f.get("model")
+                if not f.get("positive") or f.get("shadow") or name in out:
+                    continue
+                manifest = next((m.manifest for m, reason in series.routes
+                                 if reason is None and m.manifest.name == name), None)
+                found = None if manifest is None else self._preview_cache(series, manifest).image_for(
+                    k["sop_instance_uid"] for k in f.get("key_slices") or [])
+                if found is None:
+                    continue
+                uid, image = found
+                score = self._known_scores(series, name).get(uid)
+                sy, sx = image.shape[0] / series.shape[0], image.shape[1] / series.shape[1]
+                boxes = [(r0 * sy, c0 * sx, r1 * sy, c1 * sx)
+                         for r0, c0, r1, c1 in evidence_boxes(score.features if score else None)]
+                out[name] = {"sop_instance_uid": uid, "image": image, "boxes": boxes,
+                             "orientation": series.info.get("orientation") or ()}
+        except Exception as exc:  # noqa: BLE001 - a key image is a convenience; the SR and KOS go regardless
+            log.warning("series %s: no key images for the PACS (%s: %s)", series.series_instance_uid,
+                        type(exc).__name__, exc)
+        return out
 
     def _tell_decided(self, series: OpenSeries, outcomes: list[ModelOutcome], result: dict, emitted: set) -> None:
         """The series-decided line; it never costs a result (the result is out already)."""

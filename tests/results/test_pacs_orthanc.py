@@ -29,6 +29,7 @@ from edge_agent.service.simulator import render
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -100,12 +101,13 @@ def _same_content(orthanc, instance_id: str, queued: bytes) -> bool:
     return stored.to_json_dict() == ours.to_json_dict()
 
 
-def test_sr_and_kos_land_in_the_original_study(orthanc, broker, collector, agent_factory, tmp_path):
+def test_sr_kos_and_key_image_land_in_the_original_study(orthanc, broker, collector, agent_factory, tmp_path):
     orthanc.start()
     phantom, paths, sops = _series(tmp_path, 61)
     orthanc.upload(paths)
     [study_id] = orthanc.get("/studies")
-    agent = agent_factory(broker.url, "--pacs", orthanc.destination).start()
+    agent = agent_factory(broker.url, "--pacs", orthanc.destination,
+                          env={"EDGE_AGENT_PACS_SECONDARY_CAPTURE": "true"}).start()
     _scan(agent, paths)
     uid = phantom.headers.series_instance_uid
     result = _final_result(collector, uid, len(paths))
@@ -151,6 +153,14 @@ def test_sr_and_kos_land_in_the_original_study(orthanc, broker, collector, agent
     latest_kos = max(kos, key=lambda t: int(t["InstanceNumber"]))
     assert {i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"]
             for i in _content_items(latest_kos, "IMAGE")} == keys
+
+    # pacs.secondary_capture: a key image per positive revision, in the study, from the best key slice
+    captures = [t for t in by_sop.values() if t["SOPClassUID"] == SECONDARY_CAPTURE]
+    assert len(captures) == len(kos)
+    latest_sc = max(captures, key=lambda t: int(t["InstanceNumber"]))
+    assert latest_sc["StudyInstanceUID"] == study_uid and latest_sc["BurnedInAnnotation"] == "YES"
+    assert orthanc.get(f"/instances/{latest_sc['_id']}/study")["ID"] == study_id
+    assert latest_sc["SourceImageSequence"][0]["ReferencedSOPInstanceUID"] == final["key_slices"][0]["sop_instance_uid"]
 
     # What arrived is what was queued, and it is valid DICOM to an independent validator.
     for row in rows:

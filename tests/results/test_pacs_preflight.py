@@ -100,3 +100,25 @@ def test_a_pacs_without_sr_storage_fails_before_results_become_dead_letters():
         server.shutdown()
     assert not check.ok
     assert "does not accept Comprehensive 3D SR and Key Object Selection storage" in check.line
+
+
+def test_with_key_images_on_the_secondary_capture_class_is_checked_too():
+    sr_and_ko = [VERIFICATION, "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.59"]
+    server, port = _scp(sr_and_ko)
+    try:
+        cfg = Config()
+        cfg.pacs.destinations, cfg.pacs.ae_title = [f"REFUSER@127.0.0.1:{port}"], "EDGE_TEST"
+        (plain,) = pacs_checks(cfg, timeout=3.0)
+        cfg.pacs.secondary_capture = True
+        (with_sc,) = pacs_checks(cfg, timeout=3.0)
+    finally:
+        server.shutdown()
+    assert plain.ok, plain.line
+    assert not with_sc.ok and "does not accept Secondary Capture Image storage" in with_sc.line
+    server, port = _scp([*sr_and_ko, "1.2.840.10008.5.1.4.1.1.7"])
+    try:
+        cfg.pacs.destinations = [f"REFUSER@127.0.0.1:{port}"]
+        (check,) = pacs_checks(cfg, timeout=3.0)
+    finally:
+        server.shutdown()
+    assert check.ok and "Secondary Capture Image storage" in check.line, check.line

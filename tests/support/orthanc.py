@@ -7,11 +7,19 @@ Usage::
     pacs.get("/studies")      # its REST API (JSON)
     pacs.stop(); pacs.start() # same ports, same storage
 
-Debian's package installs ``/usr/sbin/Orthanc``; no plugin is loaded.
+Debian's package installs ``/usr/sbin/Orthanc``; by default no plugin is loaded. Opt-in:
+
+* ``dicomweb=True``: the DICOMweb plugin (Debian package ``orthanc-dicomweb``) at ``pacs.dicomweb_root``
+  (``http://127.0.0.1:PORT/dicom-web``);
+* ``users={"name": "password"}``: HTTP basic authentication on the REST API and DICOMweb (this module's own
+  REST calls sign in as the first user);
+* ``dicom_tls=DicomTls(...)``: DICOM TLS on the DICOM port (Orthanc 1.9+).
 """
 
 from __future__ import annotations
 
+import base64
+import glob
 import json
 import os
 import shutil
@@ -21,9 +29,31 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+#: Where Debian's orthanc-dicomweb puts the plugin (``dpkg -L orthanc-dicomweb``).
+DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so*")
+
+
+def dicomweb_plugin() -> str | None:
+    """The DICOMweb plugin's shared library, or None when orthanc-dicomweb is not installed."""
+    for pattern in DICOMWEB_PLUGINS:
+        for path in sorted(glob.glob(pattern)):
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+@dataclass(frozen=True)
+class DicomTls:
+    """Orthanc's DICOM TLS: its certificate and key, the CAs it trusts for peers, and whether it demands one."""
+
+    certificate: Path
+    private_key: Path
+    trusted: Path
+    require_client_certificate: bool = True
 
 
 def free_port() -> int:
@@ -40,7 +70,8 @@ class Orthanc:
     """One Orthanc process with its own config, storage and log under ``directory``."""
 
     def __init__(self, directory: Path, *, aet: str = "ORTHANC", dicom_port: int | None = None,
-                 http_port: int | None = None) -> None:
+                 http_port: int | None = None, dicomweb: bool = False, users: dict[str, str] | None = None,
+                 dicom_tls: DicomTls | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -49,13 +80,29 @@ class Orthanc:
         self.log = self.directory / "orthanc.log"
         self.proc: subprocess.Popen | None = None
         self.config = self.directory / "orthanc.json"
-        self.config.write_text(json.dumps({
+        self.users = dict(users or {})
+        config = {
             "Name": "edge-agent-test", "DicomAet": aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
             "StorageDirectory": str(self.directory / "storage"), "IndexDirectory": str(self.directory / "index"),
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False, "Plugins": [],
             "StorageCompression": False, "HttpTimeout": 10, "DicomScpTimeout": 10,
-        }, indent=1))
+        }
+        if dicomweb:
+            plugin = dicomweb_plugin()
+            if plugin is None:
+                raise RuntimeError("the Orthanc DICOMweb plugin is not installed (apt install orthanc-dicomweb)")
+            config["Plugins"] = [plugin]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        if self.users:
+            config["AuthenticationEnabled"] = True
+            config["RegisteredUsers"] = self.users
+        if dicom_tls is not None:
+            config.update({"DicomTlsEnabled": True, "DicomTlsCertificate": str(dicom_tls.certificate),
+                           "DicomTlsPrivateKey": str(dicom_tls.private_key),
+                           "DicomTlsTrustedCertificates": str(dicom_tls.trusted),
+                           "DicomTlsRemoteCertificateRequired": dicom_tls.require_client_certificate})
+        self.config.write_text(json.dumps(config, indent=1))
 
     @property
     def destination(self) -> str:
@@ -64,6 +111,18 @@ class Orthanc:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_root(self) -> str:
+        """The DICOMweb service root (``dicomweb=True``): a STOW-RS destination."""
+        return f"{self.url}/dicom-web"
+
+    def _request(self, path: str, data: bytes | None = None, headers: dict | None = None) -> urllib.request.Request:
+        headers = dict(headers or {})
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return urllib.request.Request(self.url + path, data=data, headers=headers)
 
     def start(self, timeout: float = 30.0) -> "Orthanc":
         fh = open(self.log, "a")
@@ -92,12 +151,12 @@ class Orthanc:
                 self.proc.wait()
 
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        with urllib.request.urlopen(self._request(path), timeout=10) as response:
             body = response.read()
         return json.loads(body) if response.headers.get_content_type() == "application/json" else body
 
     def post(self, path: str, data: bytes, content_type: str = "application/dicom"):
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": content_type})
+        request = self._request(path, data, {"Content-Type": content_type})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
