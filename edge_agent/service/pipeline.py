@@ -442,6 +442,7 @@ class SeriesPipeline:
         if self.previews is not None:
             self._keep_previews(series, model, todo, probabilities)
         self._check_preliminary(series, model, scores)
+        self._persist_thumbnails(series, name)  # after the alert: the state DB write is not on its path
 
     # -- 2.5-D models (manifest preprocessing.context) -----------------------------------
     def _score_context(self, series: OpenSeries, model, good: list) -> None:
@@ -526,6 +527,7 @@ class SeriesPipeline:
             done += scores
         if preliminary:
             self._check_preliminary(series, model, done)
+        self._persist_thumbnails(series, name)  # after the alert: the state DB write is not on its path
 
     def _observe_timings(self, timings: dict[str, float]) -> None:
         for stage in ("preprocess", "inference"):
@@ -555,7 +557,6 @@ class SeriesPipeline:
         except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
             log.warning("series %s: no key-image previews from this batch (%s: %s)", series.series_instance_uid,
                         type(exc).__name__, exc)
-        self._persist_thumbnails(series, model.manifest.name)
 
     def _preview_cache(self, series: OpenSeries, manifest):
         """The series' bounded thumbnail cache of one model (its key slices plus ``previews.keep``)."""
@@ -590,7 +591,6 @@ class SeriesPipeline:
         except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
             log.warning("series %s: no key-image previews from this batch (%s: %s)", series.series_instance_uid,
                         type(exc).__name__, exc)
-        self._persist_thumbnails(series, model.manifest.name)
 
     def _publish_preview(self, series: OpenSeries, manifest, payload: dict, action: AlertAction) -> None:
         """The key-image preview of an alert revision, after the alert itself (never raises)."""
