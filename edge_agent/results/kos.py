@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from edge_agent.results.capture import SECONDARY_CAPTURE
 from edge_agent.results.content import ModelResult
 from edge_agent.results.sr import MANUFACTURER, device_observer, key_reference, pin_times
 from edge_agent.results.study import StudyHeader
@@ -83,15 +84,22 @@ def build_kos(result: ModelResult, header: StudyHeader, *, revision: int, site: 
     return kos
 
 
-def rejected_kos_reference(result: ModelResult, header: StudyHeader, kos_sop_instance_uid: str) -> Dataset:
-    """A header-only dataset of a KOS this agent sent (what highdicom references and copies the patient from):
-    in the original study, in the model's KOS series, a COMPOSITE reference (no Rows/Columns)."""
-    ds = header.evidence(result.uid("kos-series"), kos_sop_instance_uid)
-    ds.SOPClassUID, ds.Modality = KEY_OBJECT_SELECTION, "KO"
+def sent_object_reference(result: ModelResult, header: StudyHeader, series_kind: str, sop_instance_uid: str,
+                          sop_class_uid: str, modality: str) -> Dataset:
+    """A header-only dataset of an object this agent sent (what highdicom references and copies the patient from):
+    in the original study, in the model's ``series_kind`` series (``kos-series``, ``sc-series``), a COMPOSITE
+    reference (no Rows/Columns: its size is not known here)."""
+    ds = header.evidence(result.uid(series_kind), sop_instance_uid)
+    ds.SOPClassUID, ds.Modality = sop_class_uid, modality
     for keyword in ("Rows", "Columns"):
         if keyword in ds:
             delattr(ds, keyword)
     return ds
+
+
+def rejected_kos_reference(result: ModelResult, header: StudyHeader, kos_sop_instance_uid: str) -> Dataset:
+    """A KOS this agent sent, as the rejection note references it."""
+    return sent_object_reference(result, header, "kos-series", kos_sop_instance_uid, KEY_OBJECT_SELECTION, "KO")
 
 
 def rejection_description(result: ModelResult, revision: int, replaced_by: str | None) -> str:
@@ -101,19 +109,6 @@ def rejection_description(result: ModelResult, revision: int, replaced_by: str |
         f"the result of revision {revision} is negative"
     return (f"AI {a.name} {a.version}: key images of revision {revision - 1} withdrawn by edge-agent after the "
             f"series was re-decided; {why}.")[:1024]
-
-
-def rejected_image_reference(result: ModelResult, header: StudyHeader, sop_instance_uid: str) -> Dataset:
-    """A header-only dataset of a secondary-capture key image this agent sent (its own series, an IMAGE
-    reference with the picture's size unknown here: COMPOSITE, as for the KOS)."""
-    from edge_agent.results.capture import SECONDARY_CAPTURE  # noqa: PLC0415 - capture imports this module's peers
-
-    ds = header.evidence(result.uid("sc-series"), sop_instance_uid)
-    ds.SOPClassUID, ds.Modality = SECONDARY_CAPTURE, "OT"
-    for keyword in ("Rows", "Columns"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    return ds
 
 
 def build_rejection_note(result: ModelResult, header: StudyHeader, *, rejected_kos: str, revision: int, site: str,
@@ -129,7 +124,8 @@ def build_rejection_note(result: ModelResult, header: StudyHeader, *, rejected_k
     """
     targets = [rejected_kos_reference(result, header, rejected_kos)]
     # the superseded revision's secondary-capture key image, when one was sent: its burnt-in finding is withdrawn too
-    targets += [rejected_image_reference(result, header, uid) for uid in rejected_captures]
+    targets += [sent_object_reference(result, header, "sc-series", uid, SECONDARY_CAPTURE, "OT")
+                for uid in rejected_captures]
     content = hd.ko.KeyObjectSelection(
         document_title=REJECTION_TITLE, referenced_objects=targets,
         observer_device_context=device_observer(site, device, result.algorithm.name),
