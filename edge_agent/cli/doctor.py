@@ -156,9 +156,9 @@ def pacs_echo_check(destination: str, calling_ae_title: str = "EDGE_AGENT", time
         d = parse_destination(destination)
     except ConfigError as exc:
         return "FAIL", "PACS echo", str(exc).rstrip(".")
-    if d.kind != "dimse":  # TLS material and STOW-RS credentials are settings: the agent's own check uses them
-        return ("WARN", f"PACS {d}", f"a {d.transport} destination is not tried here; `edge-agent run --check` "
-                                     "tries it with the pacs.tls_* and pacs.stow_* settings")
+    if d.kind != "dimse":  # TLS material and STOW-RS credentials are settings: pacs_destination_checks has them
+        return ("WARN", f"PACS {d}", f"a {d.transport} destination is not tried without the agent's settings; "
+                                     "pass --config FILE (pacs.tls_*, pacs.stow_*) or run `edge-agent run --check`")
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae_title)
@@ -175,6 +175,34 @@ def pacs_echo_check(destination: str, calling_ae_title: str = "EDGE_AGENT", time
     if code != 0:
         return "WARN", f"PACS {d}", f"accepted an association but answered C-ECHO with {code!r}"
     return "OK", f"PACS {d}", "answered C-ECHO"
+
+
+def pacs_destination_checks(destinations: tuple[str, ...], config_file: Path | None, overrides: dict) -> list[Check]:
+    """Each ``--pacs`` destination, tried as the agent would with this configuration: plain C-STORE ones by C-ECHO
+    from ``pacs.ae_title``; ``tls:`` and STOW-RS ones by ``run --check``'s own test, with ``pacs.tls_*`` and
+    ``pacs.stow_*`` (a config that does not load: C-ECHO from the default AE title, the others not tried)."""
+    from edge_agent.config import load_config
+    from edge_agent.errors import EdgeAgentError
+
+    try:
+        cfg = load_config(config_file, overrides=overrides)
+    except EdgeAgentError:
+        return [pacs_echo_check(d) for d in destinations]  # the header line says why the config did not load
+    from edge_agent.results.destination import parse_destination
+    from edge_agent.service.preflight import pacs_checks
+
+    out: list[Check] = []
+    for text in destinations:
+        try:
+            kind = parse_destination(text).kind
+        except EdgeAgentError:
+            kind = "dimse"  # pacs_echo_check says what is wrong with it
+        if kind == "dimse":
+            out.append(pacs_echo_check(text, cfg.pacs.ae_title))
+            continue
+        cfg.pacs.destinations = [text]
+        out += [("OK" if c.ok else "FAIL", c.what, c.detail) for c in pacs_checks(cfg)]
+    return out
 
 
 class _Timex(ctypes.Structure):
@@ -300,7 +328,8 @@ def run_checks(watch: Path | None, broker: str | None, engines: Path | None, sta
         checks.append(broker_check(broker))
     if state_dir is not None:
         checks.extend(pacs_queue_check(state_dir))
-    checks.extend(pacs_echo_check(d) for d in pacs)
+    if pacs:
+        checks.extend(pacs_destination_checks(pacs, config_file, overrides))
     checks.append(clock_check())
     if engines is None:
         from edge_agent.engines import ENGINES_DIR
@@ -322,7 +351,9 @@ def _guarded(fn: Callable[[], tuple[str, str]]) -> tuple[str, str]:
 @click.option("--broker", help="Broker URL to try (mqtt://HOST:1883, mqtts://HOST:8883).")
 @click.option("--engines", type=click.Path(path_type=Path), help="Folder of model folders (default: shipped models).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="State folder to check (writable, disk, PACS queue).")
-@click.option("--pacs", multiple=True, metavar="AET@HOST:PORT", help="PACS destination to C-ECHO (repeatable).")
+@click.option("--pacs", multiple=True, metavar="DESTINATION",
+              help="PACS destination to try (repeatable): AET@HOST:PORT by C-ECHO from pacs.ae_title; tls: and "
+                   "http(s):// ones with --config's pacs.tls_* / pacs.stow_* settings.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               metavar="FILE", help="The agent's config file: the header shows its config hash (as alerts name it).")
 def doctor(watch: Path | None, broker: str | None, engines: Path | None, state_dir: Path | None,
