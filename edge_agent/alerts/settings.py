@@ -15,9 +15,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Config
 
 ENV_PREFIX = "EDGE_AGENT_MQTT_"
 DELIVERY_MODES = ("receipt", "broker")
@@ -140,6 +144,27 @@ class MqttSettings:
                 if env_value is not None:
                     values[name] = env_value
         return cls(**values)
+
+    @classmethod
+    def from_config(cls, cfg: Config, **overrides: Any) -> "MqttSettings":
+        """The one translation of the config's ``[mqtt]`` section (site and device from ``[agent]``).
+
+        ``overrides`` replace single values (the embedded broker's URL, a command-line flag; None = not
+        given). The password is read here, once (:meth:`Config.mqtt_password`: ``EDGE_AGENT_MQTT_PASSWORD``,
+        else ``mqtt.password_file``); whatever the config leaves empty (credentials, TLS paths) is filled from
+        the environment as by :meth:`from_env`, which validates the result.
+        """
+        m = cfg.mqtt
+        values: dict[str, Any] = {
+            "url": m.broker or None, "username": m.username or None, "ca_file": m.ca_file or None,
+            "cert_file": m.cert_file or None, "key_file": m.key_file or None, "tls_insecure": m.tls_insecure,
+            "protocol": m.protocol, "client_id": m.client_id or None, "prefix": m.prefix, "site": cfg.agent.site,
+            "device": cfg.agent.device, "delivery": m.delivery, "receipt_timeout": m.receipt_timeout,
+            "heartbeat_interval": m.heartbeat_interval}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("password") is None:
+            values["password"] = cfg.mqtt_password()
+        return cls.from_env(**values)
 
     @property
     def address(self) -> BrokerAddress:

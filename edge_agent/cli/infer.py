@@ -1,7 +1,7 @@
 """``edge-agent infer PATH...``: analyse DICOM files/folders once, JSON Lines out.
 
-stdout carries one JSON object per series (the contract of the product spec,
-shared/docs/product.md beside the repository, and docs/ALERTS.md:
+stdout carries one JSON object per series (the contract: docs/ALERTS.md,
+Payload reference, the ``result`` of a Result payload:
 ``series_instance_uid``, ``study_instance_uid``, ``slices``, ``status``
 ``analysed|skipped|rejected`` with ``reason``, ``findings``) and nothing else.
 ``--explain`` adds an ``explain`` field (per model, every applicability

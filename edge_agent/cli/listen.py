@@ -22,6 +22,7 @@ from edge_agent.errors import EdgeAgentError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
 MAX_TIMEOUT_S = 365 * 24 * 3600.0       # beyond this a wait overflows the platform's time_t
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"  # without --broker and without a config that names one
 
 
 def _a_number(ctx, param, value):
@@ -70,20 +71,15 @@ def check_store(store: Path) -> None:
 
 def listener_settings(config_path: Path | None, **flags) -> MqttSettings:
     """Flags > config file ([mqtt] section, its password file) > environment > defaults."""
-    values = {}
-    if config_path is not None:
-        from edge_agent.config import load_config
+    if config_path is None:
+        return MqttSettings.from_env(**{"url": DEFAULT_BROKER, **{k: v for k, v in flags.items() if v is not None}})
+    from edge_agent.config import load_config
 
-        cfg = load_config(config_path)
-        m = cfg.mqtt
-        values = {"url": m.broker or None, "prefix": m.prefix, "protocol": m.protocol, "username": m.username or None,
-                  "password": cfg.mqtt_password(), "ca_file": m.ca_file or None, "cert_file": m.cert_file or None,
-                  "key_file": m.key_file or None, "tls_insecure": m.tls_insecure or None}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    values.setdefault("url", None)
-    if values["url"] is None:
-        values["url"] = "mqtt://127.0.0.1:1883"
-    return MqttSettings.from_env(**values)
+    cfg = load_config(config_path)
+    flags.setdefault("url", None)
+    if flags["url"] is None and not cfg.mqtt.broker:
+        flags["url"] = DEFAULT_BROKER
+    return MqttSettings.from_config(cfg, **flags)
 
 
 @click.command("listen")

@@ -27,11 +27,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from edge_agent.boundary import MAX_SEQUENCE_DEPTH
 from edge_agent.dicom.limits import open_regular
+from edge_agent.dicom.uids import IMPLICIT_VR_LE, JPEG_FAMILY_PREFIX, LITTLE_ENDIAN_NATIVE, RLE_LOSSLESS
 
-_IMPLICIT = "1.2.840.10008.1.2"
-_EXPLICIT = "1.2.840.10008.1.2.1"
-_RLE = "1.2.840.10008.1.2.5"
-_JPEG_FAMILY = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS, JPEG 2000, HTJ2K: all explicit VR little endian
+# JPEG, JPEG-LS, JPEG 2000, HTJ2K (JPEG_FAMILY_PREFIX) and RLE: all explicit VR little endian
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -152,7 +150,7 @@ def read_header(path: str) -> Header | None:
 
 
 def _supported(syntax: str) -> bool:
-    return syntax in (_IMPLICIT, _EXPLICIT, _RLE) or syntax.startswith(_JPEG_FAMILY)
+    return syntax in LITTLE_ENDIAN_NATIVE or syntax == RLE_LOSSLESS or syntax.startswith(JPEG_FAMILY_PREFIX)
 
 
 def transfer_syntax(path: str) -> str:
@@ -184,8 +182,8 @@ def _parse_meta(buf: memoryview) -> tuple[FileMeta, int]:
 
 def _parse(buf: memoryview, meta: FileMeta, pos: int) -> Header:
     syntax = meta["TransferSyntaxUID"]
-    explicit = syntax != _IMPLICIT
-    encapsulated = syntax not in (_IMPLICIT, _EXPLICIT)
+    explicit = syntax != IMPLICIT_VR_LE
+    encapsulated = syntax not in LITTLE_ENDIAN_NATIVE
     raw: dict[str, tuple[bytes, bytes]] = {}
     pixel = None
     end = len(buf)

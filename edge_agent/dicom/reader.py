@@ -28,18 +28,19 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 
 from edge_agent.boundary import failure_reason
 from edge_agent.dicom import fastpath, limits
 from edge_agent.dicom.header import HEADER_FIELDS, header_fields, multi as _multi, to_float as _float
 from edge_agent.dicom.model import BadFile, NotAnImage, Slice
+from edge_agent.dicom.uids import (JPEG_2000, JPEG_2000_LOSSLESS, JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS,
+                                   LITTLE_ENDIAN_NATIVE, RLE_LOSSLESS)
 from edge_agent.hu import AIR_HU, to_hu  # noqa: F401 - re-exported (edge_agent.dicom)
 
 PIXEL_DATA = 0x7FE00010
 _DEFER = 64 * 1024  # values larger than this stay on disk until needed
 FAST_HEADERS = True  # native little-endian files skip pydicom's Dataset (see fastpath.py)
-_NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 
 # SOP classes (PS3.4 Annex B.5) that carry CT slices we analyse.
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -51,8 +52,30 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 
 @limits.guarded
+def read_header(path: str | os.PathLike) -> Dataset | fastpath.Header:
+    """Parse one file's header, once (large values deferred), for :func:`read_file` ``header=``.
+
+    Only a regular file is opened; a media index (DICOMDIR) is refused by name. The fast path
+    (:mod:`~edge_agent.dicom.fastpath`) reads native little-endian and encapsulated files; anything
+    else goes to pydicom's ``dcmread``. Raises :class:`BadFile` like :func:`read_file`; the checks on
+    what the header says (SOP class, frames, sizes, UIDs) are :func:`read_file`'s.
+    """
+    path = os.fspath(path)
+    limits.check_regular(path)  # never open a FIFO, socket or device
+    if os.path.basename(path).upper() in ("DICOMDIR", "DIRFILE"):
+        raise NotAnImage(path, "is a media index (DICOMDIR/DIRFILE), not an image")
+    ds = _fast_header(path) if FAST_HEADERS else None
+    return _read_header(path) if ds is None else ds
+
+
+def transfer_syntax(header: Dataset | fastpath.Header) -> str:
+    """The Transfer Syntax UID of a parsed header (``""`` when its File Meta has none), as ``Slice`` keeps it."""
+    return str(header.file_meta.get("TransferSyntaxUID", ""))
+
+
+@limits.guarded
 def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = False,
-              stored_only: bool = False) -> list[Slice]:
+              stored_only: bool = False, header: Dataset | fastpath.Header | None = None) -> list[Slice]:
     """Read one file into its CT slices (one per frame), in HU when ``decode``.
 
     Raises :class:`BadFile` (not DICOM, truncated, no pixel data, undecodable
@@ -69,14 +92,11 @@ def read_file(path: str | os.PathLike, *, decode: bool = True, defer_hu: bool = 
     content hash) and computes no HU: what the agent's ingest hands to the
     pipeline, which uploads them to the GPU as they are (half the bytes of
     HU) or turns them into HU only when a model scores them on the CPU.
+    ``header`` is what :func:`read_header` returned for this ``path``: the file is then not parsed again
+    (the ingest's decoder parses once to choose between its thread and a worker process).
     """
     path = os.fspath(path)
-    limits.check_regular(path)  # never open a FIFO, socket or device
-    if os.path.basename(path).upper() in ("DICOMDIR", "DIRFILE"):
-        raise NotAnImage(path, "is a media index (DICOMDIR/DIRFILE), not an image")
-    ds = _fast_header(path) if FAST_HEADERS else None
-    if ds is None:
-        ds = _read_header(path)
+    ds = read_header(path) if header is None else header
     series_uid = str(ds.get("SeriesInstanceUID", ""))
     why = exclusion_reason(ds)
     if why:
@@ -183,7 +203,7 @@ def _common_fields(ds: Dataset) -> dict:
         body_part=str(ds.get("BodyPartExamined", "") or ""),
         image_type=tuple(str(v) for v in _multi(ds.get("ImageType", ()))),
         gantry_tilt=_float(ds.get("GantryDetectorTilt"), 0.0) or 0.0,
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        transfer_syntax=transfer_syntax(ds),
         instance_number=_int(instance),
     )
 
@@ -260,7 +280,7 @@ def _stored_pixels(ds: Dataset, path: str, rows: int, cols: int, frames: int, de
     syntax = ds.file_meta.get("TransferSyntaxUID")
     bits = int(ds.get("BitsAllocated", 16) or 16)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    if syntax in _NATIVE and bits in (8, 16):
+    if syntax in LITTLE_ENDIAN_NATIVE and bits in (8, 16):
         return _native_pixels(ds, path, rows, cols, frames, bits, signed, decode, series_uid, want_hash)
     try:
         encoded = ds.PixelData
@@ -272,20 +292,19 @@ def _stored_pixels(ds: Dataset, path: str, rows: int, cols: int, frames: int, de
     if not decode:
         return None, content_hash
     limits.check_codestreams(encoded, path, rows, cols, series_uid)  # before a decoder allocates their size
+    unsupported = BadFile(path, f"uses {UID(str(syntax)).name if syntax else 'an unknown transfer syntax'}, "
+                                "which no installed decoder can read; ask for another transfer syntax", series_uid)
+    if syntax and not can_decode(str(syntax)):
+        raise unsupported
     try:
         source = ds.pixel_dataset() if isinstance(ds, fastpath.Header) else ds
         plugin = preferred_plugin(str(syntax))
         if plugin:
             source.pixel_array_options(decoding_plugin=plugin)
         arr = source.pixel_array
-    except (NotImplementedError, RuntimeError, ImportError) as exc:
-        name = UID(str(syntax)).name if syntax else "an unknown transfer syntax"
-        text = str(exc).lower()
-        tried = "exceptions were raised by" in text  # a decoder ran and rejected the data: damaged, not unsupported
-        if ("plugin" in text and not tried) or "no pixel data handler" in text or isinstance(
-                exc, (NotImplementedError, ImportError)):
-            raise BadFile(path, f"uses {name}, which no installed decoder can read; ask for another transfer "
-                                f"syntax", series_uid) from None
+    except (NotImplementedError, ImportError):
+        raise unsupported from None
+    except RuntimeError as exc:  # a plugin ran and rejected the data: damaged, not unsupported
         raise BadFile(path, f"has pixel data that could not be decoded ({_short(exc)}); resend the file",
                       series_uid) from None
     except Exception as exc:
@@ -301,21 +320,32 @@ def _stored_pixels(ds: Dataset, path: str, rows: int, cols: int, frames: int, de
 # RLE 1.3 → 0.3 ms, JPEG-LS 4.0 → 3.0 ms per 512² slice).
 # JPEG 2000: pylibjpeg-openjpeg (22.7 vs 23.7 ms, docs/perf/ingest.md), and gdcm aborts the whole process
 # (an uncaught C++ exception, std::terminate) on some damaged J2K streams, found by scripts/fuzz_ingest.py.
-_PREFERRED = {"1.2.840.10008.1.2.5": "pylibjpeg", "1.2.840.10008.1.2.4.80": "pyjpegls",
-              "1.2.840.10008.1.2.4.81": "pyjpegls", "1.2.840.10008.1.2.4.90": "pylibjpeg",
-              "1.2.840.10008.1.2.4.91": "pylibjpeg"}
+_PREFERRED = {RLE_LOSSLESS: "pylibjpeg", JPEG_LS_LOSSLESS: "pyjpegls", JPEG_LS_NEAR_LOSSLESS: "pyjpegls",
+              JPEG_2000_LOSSLESS: "pylibjpeg", JPEG_2000: "pylibjpeg"}
+
+
+def _decoder(syntax: str) -> Any:
+    """pydicom's pixel data decoder for ``syntax``, or ``None`` when pydicom has none."""
+    try:
+        return get_decoder(UID(syntax))
+    except (NotImplementedError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def can_decode(syntax: str) -> bool:
+    """Whether pydicom can decode ``syntax`` here: native data, or an installed decoding plugin (its
+    ``available_plugins``). Asked of pydicom's decoder registry, not guessed from a failed decode's message."""
+    decoder = _decoder(syntax)
+    return decoder is not None and decoder.is_available
 
 
 @functools.lru_cache(maxsize=None)
 def preferred_plugin(syntax: str) -> str:
     """The decoding plugin to ask for, or ``""`` for pydicom's default choice."""
     name = _PREFERRED.get(syntax, "")
-    if not name:
-        return ""
-    try:
-        return name if name in get_decoder(UID(syntax)).available_plugins else ""
-    except (NotImplementedError, ValueError):
-        return ""
+    decoder = _decoder(syntax) if name else None
+    return name if decoder is not None and name in decoder.available_plugins else ""
 
 
 def pixel_hash(data: bytes | memoryview) -> str:

@@ -27,16 +27,18 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from edge_agent.dicom import uids
+
 # Short names for the transfer syntaxes we write (PS3.5 Annex A, PS3.6 Table A-1).
 TRANSFER_SYNTAXES = {
     "implicit": ImplicitVRLittleEndian,
     "explicit": ExplicitVRLittleEndian,
-    "deflated": UID("1.2.840.10008.1.2.1.99"),
-    "rle": UID("1.2.840.10008.1.2.5"),
-    "jpegls": UID("1.2.840.10008.1.2.4.80"),
-    "jpegls-near": UID("1.2.840.10008.1.2.4.81"),
-    "j2k-lossless": UID("1.2.840.10008.1.2.4.90"),
-    "j2k": UID("1.2.840.10008.1.2.4.91"),
+    "deflated": UID(uids.DEFLATED_EXPLICIT_VR_LE),
+    "rle": UID(uids.RLE_LOSSLESS),
+    "jpegls": UID(uids.JPEG_LS_LOSSLESS),
+    "jpegls-near": UID(uids.JPEG_LS_NEAR_LOSSLESS),
+    "j2k-lossless": UID(uids.JPEG_2000_LOSSLESS),
+    "j2k": UID(uids.JPEG_2000),
 }
 
 

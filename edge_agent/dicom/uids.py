@@ -20,6 +20,10 @@ JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
 JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEG_2000 = "1.2.840.10008.1.2.4.91"
 
+#: Native pixel data the reader takes straight from the file (no pydicom pixel pipeline), and the fast header
+#: path's explicit/implicit little-endian element walk.
+LITTLE_ENDIAN_NATIVE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
+
 #: Pixel data that needs no decoder (PS3.5 A.1–A.3, and Deflated A.5: zlib releases the GIL).
 NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE})
 

@@ -18,7 +18,6 @@ a script that starts an :class:`~edge_agent.ingest.Ingest` must do so under
 
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from edge_agent.boundary import describe, failure_reason, is_fatal
 from edge_agent.dicom import BadFile, DicomError, Slice, read_file
+from edge_agent.dicom.reader import read_header, transfer_syntax
 from edge_agent.dicom.uids import NATIVE_SYNTAXES
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,6 @@ class Decoder:
     def __init__(self, processes: int, *, stored_only: bool = False) -> None:
         self._processes = processes
         self._stored_only = stored_only
-        self._read = functools.partial(read_file, stored_only=True) if stored_only else read_file
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
@@ -111,14 +110,18 @@ class Decoder:
 
         Native (uncompressed) pixel data is decoded here: it is a copy and a
         multiply, cheaper than sending the result between processes. Only
-        compressed files go to the worker processes; the header is read here
-        first (cheap) to tell them apart, and to reject bad files early.
+        compressed files go to the worker processes. The header is parsed
+        here once (:func:`~edge_agent.dicom.reader.read_header`) to tell them
+        apart: a native file is read from that parse, a compressed one is
+        checked on it (``decode=False``: bad files rejected early, without a
+        worker) and parsed again only by the worker, across the process boundary.
         """
         if self._processes <= 0:
-            return self._read(path)
-        header = read_file(path, decode=False)
-        if not header or header[0].transfer_syntax in NATIVE_SYNTAXES:
-            return self._read(path)
+            return read_file(path, stored_only=self._stored_only)
+        header = read_header(path)
+        if transfer_syntax(header) in NATIVE_SYNTAXES:
+            return read_file(path, stored_only=self._stored_only, header=header)
+        read_file(path, decode=False, header=header)
         pool = self._get_pool()
         try:
             return pool.submit(_read_in_worker, path, self._stored_only).result()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.dicom import Slice
 from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Config
 
 
 @dataclass
@@ -41,6 +45,20 @@ class IngestSettings:
                 raise ConfigError(f"Ingest setting {name} must not be negative.")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("Ingest setting workers must be at least 1 (or unset for all cores).")
+
+    @classmethod
+    def from_config(cls, cfg: Config, **overrides: Any) -> "IngestSettings":
+        """The one translation of the config's ``[ingest]`` section (the state folder from ``[agent]``);
+        ``overrides`` set what the config does not hold (``keep_stored``, ``decode_processes``)."""
+        i = cfg.ingest
+        values: dict[str, Any] = dict(
+            watch_dir=Path(i.watch), state_dir=cfg.state_dir,
+            quarantine_dir=Path(i.quarantine_dir) if i.quarantine_dir else None, poll=i.poll,
+            poll_interval=i.poll_interval, stable_seconds=i.stable_seconds, retry_timeout=i.retry_timeout,
+            rescan_interval=i.rescan_interval, delete_after_processing=i.delete_after_processing,
+            workers=i.workers or None)
+        values.update(overrides)
+        return cls(**values)
 
     @property
     def ledger_path(self) -> Path:

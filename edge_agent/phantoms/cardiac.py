@@ -40,12 +40,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.dicom.synth import SeriesHeaders
+from edge_agent.hu import AIR_HU
 from edge_agent.phantoms import Phantom
 from edge_agent.phantoms._scanner import draw_recon, texture_noise
 
 ARTERIES = ("LM", "LAD", "LCX", "RCA")
 CONFOUNDERS = ("valve", "mitral", "aortic_wall", "cartilage")
-AIR = -1024.0
+AIR = AIR_HU
 
 
 @dataclass

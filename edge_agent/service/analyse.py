@@ -3,11 +3,10 @@
 Route the series to the models whose ``applies_to`` matches, check each can
 analyse it, score every slice, and let the series decider
 (:mod:`edge_agent.decision.series`, the same one the daemon uses) decide and
-build the result: one JSON-ready object, the ``infer`` contract of the
-product spec (shared/docs/product.md beside the repository; the fields are
-also listed in docs/ALERTS.md). Each model runs inside an error boundary: a failing model
-becomes a reason in the result, never an exception out of here. No PHI is
-put in the result.
+build the result: one JSON-ready object, the ``infer`` contract (its fields:
+docs/ALERTS.md, Payload reference, the ``result`` of a Result payload). Each
+model runs inside an error boundary: a failing model becomes a reason in the
+result, never an exception out of here. No PHI is put in the result.
 """
 
 from __future__ import annotations

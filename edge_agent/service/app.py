@@ -192,13 +192,7 @@ class Agent:
         # The embedded broker (amqtt) speaks MQTT 3.1.1 only: don't make it refuse a v5 CONNECT first.
         protocol = "3.1.1" if self.broker is not None else cfg.mqtt.protocol
 
-        settings = MqttSettings.from_env(
-            url=broker_url, username=cfg.mqtt.username or None, password=cfg.mqtt_password(),
-            ca_file=cfg.mqtt.ca_file or None, cert_file=cfg.mqtt.cert_file or None,
-            key_file=cfg.mqtt.key_file or None, tls_insecure=cfg.mqtt.tls_insecure,
-            protocol=protocol, client_id=cfg.mqtt.client_id or None, prefix=cfg.mqtt.prefix,
-            site=cfg.agent.site, device=cfg.agent.device, delivery=cfg.mqtt.delivery,
-            receipt_timeout=cfg.mqtt.receipt_timeout, heartbeat_interval=cfg.mqtt.heartbeat_interval)
+        settings = MqttSettings.from_config(cfg, url=broker_url, protocol=protocol)
         self.publisher = AlertPublisher(settings, state / "outbox.sqlite3", on_alarm=self._alarm,
                                         on_delivery=self._delivered)
         self.publisher.start()
@@ -231,14 +225,7 @@ class Agent:
         self.pipeline.start()
         self._started.append(("pipeline", self.pipeline))
 
-        ingest_settings = IngestSettings(
-            watch_dir=Path(cfg.ingest.watch), state_dir=state,
-            quarantine_dir=Path(cfg.ingest.quarantine_dir) if cfg.ingest.quarantine_dir else None,
-            poll=cfg.ingest.poll, poll_interval=cfg.ingest.poll_interval,
-            stable_seconds=cfg.ingest.stable_seconds, retry_timeout=cfg.ingest.retry_timeout,
-            rescan_interval=cfg.ingest.rescan_interval,
-            delete_after_processing=cfg.ingest.delete_after_processing,
-            workers=cfg.ingest.workers or None, keep_stored=True)
+        ingest_settings = IngestSettings.from_config(cfg, keep_stored=True)
         self.ingest = Ingest(ingest_settings, on_file=self._on_file, on_rejected=self._on_rejected)
         self.ingest.start()
         self._started.append(("ingest", self.ingest))

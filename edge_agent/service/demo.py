@@ -109,8 +109,9 @@ def run_demo(*, kinds=("ich", "normal"), rate: float = 8.0, settle: float = 2.0,
             echo("  mode    shadow (silent trial): results say what would have alerted; no alert is raised")
         agent.start()
         echo(f"  broker  {agent.broker.url} (embedded)\n  watch   {cfg.ingest.watch}")
-        settings = MqttSettings(url=agent.broker.url, prefix=cfg.mqtt.prefix, site=cfg.agent.site,
-                                device=cfg.agent.device, protocol="3.1.1", client_id="edge-agent-demo-listener")
+        # as the agent connects to its embedded broker (MQTT 3.1.1 only), under its own client id
+        settings = MqttSettings.from_config(cfg, url=agent.broker.url, protocol="3.1.1",
+                                            client_id="edge-agent-demo-listener")
         listener = AlertListener(settings, on_alert=on_alert, store_path=root / "listener.sqlite3",
                                  send_receipts=True, on_preview=on_preview)
         listener.start()

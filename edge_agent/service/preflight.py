@@ -267,11 +267,7 @@ def _duplicate_ports(cfg: Config) -> list[Check]:
 def _mqtt_settings(cfg: Config):
     from edge_agent.alerts import MqttSettings  # noqa: PLC0415
 
-    return MqttSettings.from_env(
-        url=cfg.mqtt.broker, username=cfg.mqtt.username or None, password=cfg.mqtt_password(),
-        ca_file=cfg.mqtt.ca_file or None, cert_file=cfg.mqtt.cert_file or None, key_file=cfg.mqtt.key_file or None,
-        tls_insecure=cfg.mqtt.tls_insecure, protocol=cfg.mqtt.protocol, prefix=cfg.mqtt.prefix,
-        site=cfg.agent.site, device=cfg.agent.device, delivery=cfg.mqtt.delivery)
+    return MqttSettings.from_config(cfg)
 
 
 def _connect_once(settings, protocol: str, timeout: float) -> tuple[str, object]:
