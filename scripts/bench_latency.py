@@ -41,10 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The shared harness (re-exported here: scripts/soak.py imports these names from this module).
-from _harness import (DEVICE, ROOT, SITE, AgentProcess, MosquittoBroker, Sent, Subscriber,  # noqa: E402,F401
-                      Template, log_problems, make_templates, patch, replay, wait_until, write_like_scanner)
+from _harness import (DEVICE, ROOT, SITE, MosquittoBroker, Sent, Template, log_problems,  # noqa: E402,F401
+                      make_templates, patch, Recorder, replay, start_agent, subscriber, wait_until)
 
 from edge_agent.service.demo import parse_utc  # noqa: E402
 
@@ -56,6 +55,10 @@ def score_templates(templates: list[Template], engines: Path | None) -> object:
     from edge_agent.dicom import read_series
     from edge_agent.inference.models import ModelSet
 
+    from edge_agent.dicom import read_file
+    from edge_agent.service.pipeline import series_context, series_info
+    from edge_agent.service.state import SliceScore
+
     models = ModelSet.load(engines)
     ich = next(m for m in models.models if m.manifest.name == "ich")
     for t in templates:
@@ -63,6 +66,17 @@ def score_templates(templates: list[Template], engines: Path | None) -> object:
         p = ich.score_slices(series.hu, tuple(series.pixel_spacing))[:, 0]
         by_sop = dict(zip(series.sop_instance_uids, p))
         t.probs = np.array([by_sop[u[3]] for u in t.uids], dtype=float)
+        # What the agent's own preliminary rule sees: each slice's scores *and* its evidence/domain numbers
+        slices = [read_file(path)[0] for path in t.paths]
+        probabilities, features = ich.analyse_images(slices)
+        probabilities = np.asarray(probabilities, float).reshape(len(slices), -1)
+        o = np.asarray(slices[0].orientation, float)
+        normal = np.cross(o[:3], o[3:])
+        t.agent_slices = [SliceScore(s.sop_instance_uid, float(np.dot(s.position, normal)),
+                                     [float(v) for v in probabilities[i]], 0.0, float(i), features[i])
+                          for i, s in enumerate(slices)]
+        t.context = series_context(series_info(slices[0]))
+        t.manifest = ich.manifest
     rule = ich.manifest.decision
     models.close()
     return rule
@@ -90,7 +104,7 @@ def model_line(engines: Path | None) -> str:
 class Baseline:
     """Waits until a series is quiet for ``settle`` s, then reads and analyses it whole, one at a time."""
 
-    def __init__(self, settle: float, sub: Subscriber, engines: Path | None):
+    def __init__(self, settle: float, sub: Recorder, engines: Path | None):
         self.settle, self.sub, self.engines = settle, sub, engines
         self.last: dict[str, tuple[Path, float]] = {}
         self.decided: dict[str, tuple[float, bool, float]] = {}  # uid -> (decided at, positive, analyse s)
@@ -138,12 +152,23 @@ class Baseline:
 
 
 # --- measurements ---------------------------------------------------------------------------------
-def decisive_index(t: Template, sent: Sent, rule) -> int | None:
-    """Position in delivery order of the slice after which the preliminary rule first holds."""
+def decisive_index(t: Template, sent: Sent, rule, *, scores_only: bool = False) -> int | None:
+    """Position in delivery order of the slice after which the agent's preliminary rule first holds: the
+    scores *and*, where the manifest declares them, the domain and the evidence (``preliminary_actions``, the
+    agent's own code). ``scores_only``: the probability rule alone (how much later the guards let it fire is
+    the guards' wait, not a delivery delay)."""
     from edge_agent.decision import preliminary_met
+    from edge_agent.decision.series import preliminary_actions
 
+    agent = getattr(t, "agent_slices", None)
     for n in range(1, len(sent.order) + 1):
-        if preliminary_met(t.probs[sent.order[:n]], rule):
+        if scores_only or agent is None:
+            if preliminary_met(t.probs[sent.order[:n]], rule):
+                return n - 1
+            continue
+        seen = sorted((agent[j] for j in sent.order[:n]), key=lambda x: (x.position_mm, x.sop_instance_uid))
+        if preliminary_actions(t.manifest, seen, [agent[sent.order[n - 1]]], lambda m, c: c, lambda a: None,
+                               context=t.context):
             return n - 1
     return None
 
@@ -160,10 +185,10 @@ def row(name: str, values_s: list[float]) -> str:
             f"{max(ms):>8.0f}")
 
 
-def latency_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Template], rule, style: str,
+def latency_run(args, broker: MosquittoBroker, sub: Recorder, templates: list[Template], rule, style: str,
                 stable: float, work: Path, replay_base: int) -> dict:
     root = work / f"latency-{style}-stable{stable:g}"
-    agent = AgentProcess(root, broker.url, args.settle, {"EDGE_AGENT_INGEST_STABLE_SECONDS": str(stable)},
+    agent = start_agent(root, broker.url, args.settle, {"EDGE_AGENT_INGEST_STABLE_SECONDS": str(stable)},
                          args.engines)
     baseline = Baseline(args.settle, sub, args.engines)
     load0 = os.getloadavg()
@@ -178,7 +203,7 @@ def latency_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[
             sent.append(replay(templates[ti], ti, replay_base + n, agent.watch, args.rate, style, stop,
                                root / "staging", on_file=baseline.on_file))
         uids = {s.series_uid for s in sent}
-        wait_until(lambda: uids <= {p["result"]["series_instance_uid"] for _, p in sub.of("results")}
+        wait_until(lambda: uids <= {p["result"]["series_instance_uid"] for _, p in sub.timed("results")}
                    and uids <= set(baseline.decided), args.settle + 60)
         time.sleep(0.5)
     finally:
@@ -187,12 +212,12 @@ def latency_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[
     load1 = os.getloadavg()
     m: dict[str, list[float]] = {k: [] for k in (
         "stream_alert", "base_alert", "stream_final", "base_final", "payload_ingest", "payload_pipeline",
-        "payload_publish", "base_analyse")}
+        "payload_publish", "base_analyse", "guard_wait")}
     counts = {"series": len(sent), "ich": 0, "decisive": 0, "stream_alerts": 0, "base_positive": 0,
               "false_stream": 0, "false_base": 0, "missed_stream": 0, "states": {}}
     base_arrivals: dict[str, float] = {}
     with sub.lock:
-        for at, topic, p in sub.messages:
+        for at, topic, p in ((m.at, m.topic, m.payload or {}) for m in sub.entries):
             if topic == BASELINE_TOPIC:
                 base_arrivals.setdefault(p.get("series_instance_uid"), at)
     for s in sent:
@@ -220,6 +245,9 @@ def latency_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[
             continue
         counts["decisive"] += 1
         t_dec = s.done_at[d]
+        d_scores = decisive_index(t, s, rule, scores_only=True)
+        if d_scores is not None:
+            m["guard_wait"].append(max(0.0, t_dec - s.done_at[d_scores]))
         if alert is None:
             counts["missed_stream"] += 1
         else:
@@ -257,15 +285,16 @@ def print_latency(r: dict, settle: float) -> None:
     print(row("  streaming: file complete → handed to pipeline", m["payload_ingest"]))
     print(row("  streaming: handed → alert raised (outbox)", m["payload_pipeline"]))
     print(row("  streaming: raised → at subscriber", m["payload_publish"]))
+    print(row("  guards' wait (scores-only → agent's rule)", m["guard_wait"]))
     for line in r["log_problems"][:5]:
         print(f"  agent log: {line[:160]}")
 
 
 # --- soak ---------------------------------------------------------------------------------------------
-def soak_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Template], work: Path,
+def soak_run(args, broker: MosquittoBroker, sub: Recorder, templates: list[Template], work: Path,
              replay_base: int) -> dict:
     root = work / "soak"
-    agent = AgentProcess(root, broker.url, args.settle, {}, args.engines)
+    agent = start_agent(root, broker.url, args.settle, {}, args.engines)
     time.sleep(2.0)
     agent.sample()
     rss_start = agent.samples[-1]
@@ -294,7 +323,7 @@ def soak_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Tem
             files = st.get("files", {})
             queue_samples.append((time.time(), st.get("pipeline_queue", 0), files.get("pending", 0),
                                   files.get("decoding", 0), st.get("open_series", 0)))
-            done = {p["result"]["series_instance_uid"] for _, p in sub.of("results")}
+            done = {p["result"]["series_instance_uid"] for _, p in sub.timed("results")}
             with lock:
                 finished = [s for s in sent if s.series_uid in done and s.series_uid not in cleaned]
             for s in finished:  # keep the disk bounded: a finished series' files go (as a PACS forwarder would)
@@ -314,7 +343,7 @@ def soak_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Tem
         th.join()
     t_end = time.time()
     uids = {s.series_uid for s in sent if s.done_at}
-    results_uids = lambda: {p["result"]["series_instance_uid"] for _, p in sub.of("results")}  # noqa: E731
+    results_uids = lambda: {p["result"]["series_instance_uid"] for _, p in sub.timed("results")}  # noqa: E731
     drained = wait_until(lambda: uids <= results_uids(), args.settle + 120)
     t_drain = time.time() - t_end
     time.sleep(1.5)
@@ -330,7 +359,7 @@ def soak_run(args, broker: MosquittoBroker, sub: Subscriber, templates: list[Tem
         if res and s.done_at:
             lags.append((max(s.done_at), res[0] - max(s.done_at)))
     files = sum(len(s.done_at) for s in sent)
-    alerted = {p["study"]["series_instance_uid"] for _, p in sub.of("alerts")}
+    alerted = {p["study"]["series_instance_uid"] for _, p in sub.timed("alerts")}
     whole = [s for s in sent if len(s.done_at) == len(templates[s.template].paths)]
     alerts = {"ich_complete": sum(1 for s in whole if s.kind == "ich"),
               "ich_alerted": sum(1 for s in whole if s.kind == "ich" and s.series_uid in alerted),
@@ -422,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{int((t.probs >= rule.preliminary.threshold).sum())}")
     print(f"  rendered and scored in {time.monotonic() - t_start:.0f} s; ICH rule {rule}")
     broker = MosquittoBroker(work / "mqtt", persistence=False).start()
-    sub = Subscriber(broker.url, topics=("edge-agent/#", "bench-baseline/#"))
+    sub = subscriber(broker.url, topics=("edge-agent/#", "bench-baseline/#"))
     out: dict = {"latency": [], "soak": None}
     try:
         if not args.skip_latency:

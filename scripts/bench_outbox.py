@@ -20,23 +20,19 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))        # tests/support/mosquitto.py starts a throw-away broker
-sys.path.insert(0, str(REPO / "tests" / "alerts"))
 
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from alert_helpers import make_alert  # noqa: E402
 from edge_agent.alerts import AlertPublisher, MqttSettings  # noqa: E402
 from edge_agent.alerts.outbox import read_rows  # noqa: E402
 from edge_agent.alerts.payloads import encode  # noqa: E402
+from edge_agent.testing.alerts import make_alert  # noqa: E402
 
 WINDOW = 10
 
@@ -160,7 +156,7 @@ def main() -> None:
         broker = None
         url = args.broker
         if url is None:
-            from support.mosquitto import MosquittoBroker
+            from edge_agent.testing.mosquitto import MosquittoBroker
 
             # set_tcp_nodelay: without it Mosquitto's small PUBACKs wait for Nagle's algorithm, and a paced
             # publisher sees ~one pacing interval of extra latency.

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_agent.dicom import read_file  # noqa: E402
 from edge_agent.dicom.synth import SeriesHeaders, write_series  # noqa: E402

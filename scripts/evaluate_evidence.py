@@ -21,14 +21,11 @@ on this machine, for the series' native matrix (512×512).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_agent import phantoms  # noqa: E402
 from edge_agent.progress import track  # noqa: E402 - a bar on stderr when it is a terminal

@@ -81,10 +81,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import (ROOT, ROUTINE_HEAD, AgentProcess, Consumer, MosquittoBroker, Sent, Template,  # noqa: E402
+from _harness import (ROOT, ROUTINE_HEAD, Consumer, MosquittoBroker, Sent, Template,  # noqa: E402
                       decide_templates, integrity, ledger_files, ledger_series_done, machine_line, make_templates,
-                      outbox_rows, replay)
+                      outbox_rows, replay, start_agent)
 
 MOMENTS = ("commit→publish", "mid-series", "mid-file", "commit→publish, broker down")
 PHASES = ("broker", "agent", "watch", "slow", "clock", "disk", "final")
@@ -157,7 +156,7 @@ class Run:
                 self.tmpfs = state
             else:
                 self.notes.append(f"disk phase not run: mount tmpfs failed ({proc.stderr.strip() or proc.returncode})")
-        self.agent = AgentProcess(self.dir / "agent", self.broker.url, args.settle, AGENT_ENV, args.engines,
+        self.agent = start_agent(self.dir / "agent", self.broker.url, args.settle, AGENT_ENV, args.engines,
                                   site="fi", device=f"run{self.n:02d}", delivery="receipt", verbose=True, state=state)
 
     # --- delivering series ----------------------------------------------------------------------

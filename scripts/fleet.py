@@ -49,10 +49,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (ROUTINE_HEAD, AgentProcess, MosquittoBroker, Sent, decide_templates,  # noqa: E402
                       edge_agent_command, integrity, ledger_files, ledger_series_done, machine_line, make_templates,
-                      outbox_rows, replay, wait_until)
+                      outbox_rows, replay, start_agent, wait_until)
 
 SITES = ("st-marys", "general", "north", "south")
 GROUP = "pagers"
@@ -189,7 +188,7 @@ class Fleet:
         t_start = time.monotonic()
         for i in range(n):
             site, device = self.site_device(i)
-            self.agents.append(AgentProcess(self.work / f"agent{i}", self.broker.url, args.settle, AGENT_ENV,
+            self.agents.append(start_agent(self.work / f"agent{i}", self.broker.url, args.settle, AGENT_ENV,
                                             args.engines, site=site, device=device, delivery="receipt",
                                             verbose=True))
             self.sent[i] = []

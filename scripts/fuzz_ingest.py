@@ -36,8 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edge_agent.dicom.mutate import mutate, seed_files  # noqa: E402
 from edge_agent.ingest import Ingest, IngestSettings  # noqa: E402
@@ -79,8 +77,8 @@ def through_agent(workdir: Path, seed: int, count: int) -> tuple[dict, list[str]
     """``count`` mutated files into a running ``edge-agent run``, then a bleed series that must alert."""
     import threading
 
-    from _harness import (AgentProcess, MosquittoBroker, Subscriber, decide_templates, integrity, ledger_files,
-                          make_templates, replay, wait_until)
+    from _harness import (MosquittoBroker, decide_templates, integrity, ledger_files, make_templates, replay,
+                          start_agent, subscriber, wait_until)
 
     problems: list[str] = []
     templates = make_templates(workdir / "templates", [("ich", s) for s in (301, 302, 303)], 30, thickness_mm=5.0,
@@ -90,8 +88,8 @@ def through_agent(workdir: Path, seed: int, count: int) -> tuple[dict, list[str]
     if bleed is None:
         return {}, ["agent: no bleed template that infer alerts on (the model changed?)"]
     broker = MosquittoBroker(workdir / "mqtt", persistence=False).start()
-    sub = Subscriber(broker.url, client_id="fuzz-agent")
-    agent = AgentProcess(workdir / "agent", broker.url, 2.0, {"EDGE_AGENT_INGEST_RETRY_TIMEOUT": "1"}, None)
+    sub = subscriber(broker.url, client_id="fuzz-agent")
+    agent = start_agent(workdir / "agent", broker.url, 2.0, {"EDGE_AGENT_INGEST_RETRY_TIMEOUT": "1"}, None)
     out: dict = {}
     try:
         rng = random.Random(seed)

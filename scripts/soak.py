@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import AgentProcess, MosquittoBroker, Subscriber, decide_templates, make_templates, replay  # noqa: E402,E501
+from _harness import (AgentProcess, MosquittoBroker, Recorder, decide_templates, make_templates,  # noqa: E402
+                      replay, start_agent, subscriber)
 from bench_latency import model_line  # noqa: E402
 
 JUNK = ("text", "truncated", "empty")
@@ -62,7 +62,7 @@ def junk_bytes(kind: str, template_file: Path, rng: random.Random) -> bytes:
 class Sampler:
     """Samples the agent's process tree, its heartbeat counters and its outbox every ``period`` s."""
 
-    def __init__(self, agent: AgentProcess, sub: Subscriber, period: float):
+    def __init__(self, agent: AgentProcess, sub: Recorder, period: float):
         self.agent, self.sub, self.period = agent, sub, period
         self.rows: list[dict] = []
         self.stop = threading.Event()
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     normals = [i for i, t in enumerate(templates) if t.kind == "normal"]
 
     broker = MosquittoBroker(work / "mqtt", persistence=False).start()
-    sub = Subscriber(broker.url)
-    agent = AgentProcess(work / "agent", broker.url, args.settle, {}, None)
+    sub = subscriber(broker.url)
+    agent = start_agent(work / "agent", broker.url, args.settle, {}, None)
     sampler = Sampler(agent, sub, args.sample)
     sampler.sample()
     sampler.thread.start()
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     def cleaner() -> None:  # a finished series' files go, as a forwarding node would remove them
         cleaned: set[str] = set()
         while not stop_clean.wait(5.0):
-            done = {p["result"]["series_instance_uid"] for _, p in sub.of("results")}
+            done = {p["result"]["series_instance_uid"] for _, p in sub.timed("results")}
             with lock:
                 finished = [s for s in sent if s.series_uid in done and s.series_uid not in cleaned]
             for s in finished:
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     uids = {s.series_uid for s in sent if s.done_at}
     deadline = time.time() + args.settle + 180
     while time.time() < deadline:
-        if uids <= {p["result"]["series_instance_uid"] for _, p in sub.of("results")}:
+        if uids <= {p["result"]["series_instance_uid"] for _, p in sub.timed("results")}:
             break
         time.sleep(1)
     time.sleep(2)
@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.close()
     broker.stop()
 
-    results = {p["result"]["series_instance_uid"] for _, p in sub.of("results")}
-    alerted = {p["study"]["series_instance_uid"] for _, p in sub.of("alerts")}
+    results = {p["result"]["series_instance_uid"] for _, p in sub.timed("results")}
+    alerted = {p["study"]["series_instance_uid"] for _, p in sub.timed("alerts")}
     whole = [s for s in sent if len(s.done_at) == len(templates[s.template].paths)]
     acc = {
         "seconds": t_end - t0, "series": len(uids), "files": sum(len(s.done_at) for s in sent),

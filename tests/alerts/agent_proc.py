@@ -11,13 +11,10 @@ revisions it already has, and the pending ones are delivered.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from alert_helpers import fast_settings, make_alert  # noqa: E402
+from edge_agent.testing.alerts import fast_settings, make_alert  # noqa: E402
 from edge_agent.alerts import AlertPublisher  # noqa: E402
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from alert_helpers import Recorder
-from support.mosquitto import MosquittoBroker, make_pki
+from edge_agent.testing.mqtt import Recorder
+from edge_agent.testing.mosquitto import MosquittoBroker, make_pki
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,12 @@ import logging
 
 import pytest
 
-from alert_helpers import fast_settings, make_alert, wait_until
+from edge_agent.testing.alerts import fast_settings, make_alert
+from edge_agent.testing.wait import wait_until
 from edge_agent.alerts import AlertPublisher
 from edge_agent.alerts.consumer import AlertListener
 from edge_agent.logs import BROKER_LOG
-from support.mosquitto import MosquittoBroker, free_port
+from edge_agent.testing.mosquitto import MosquittoBroker, free_port
 
 
 class Records(logging.Handler):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from alert_helpers import make_alert, wait_until
+from edge_agent.testing.alerts import make_alert
+from edge_agent.testing.wait import wait_until
 
 AGENT = Path(__file__).with_name("agent_proc.py")
 LISTEN = [sys.executable, "-c", "from edge_agent.cli import main; main()", "listen"]

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alert_helpers import fast_settings, make_alert, wait_until
+from edge_agent.testing.alerts import fast_settings, make_alert
+from edge_agent.testing.wait import wait_until
 from edge_agent.alerts import AlertListener
 from edge_agent.alerts.outbox import read_rows
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from alert_helpers import fast_settings, make_alert, wait_until
+from edge_agent.testing.alerts import fast_settings, make_alert
+from edge_agent.testing.wait import wait_until
 from edge_agent.alerts import AlertListener, AlertPublisher, build_result, utc_now
 
 

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 
-from alert_helpers import fast_settings, make_alert, wait_until
+from edge_agent.testing.alerts import fast_settings, make_alert
+from edge_agent.testing.wait import wait_until
 from edge_agent.alerts import AlertListener, AlertPublisher, EmbeddedBroker, MqttSettings, validate_payload
 
 LISTEN = [sys.executable, "-c", "from edge_agent.cli import main; main()", "listen"]

@@ -8,7 +8,7 @@ import uuid
 import jsonschema
 import pytest
 
-from alert_helpers import MODEL, SERIES, make_alert
+from edge_agent.testing.alerts import MODEL, SERIES, make_alert
 from edge_agent.alerts import (
     DISCLAIMER,
     SCHEMA_IDS,

@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import pydicom
 
-from alert_helpers import fast_settings, wait_until
+from edge_agent.testing.alerts import fast_settings
+from edge_agent.testing.wait import wait_until
 from edge_agent.alerts import AlertListener, AlertPublisher, build_alert, build_result, utc_now
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 

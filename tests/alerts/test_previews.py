@@ -1,7 +1,7 @@
 """Key-image previews: the pipeline → the outbox → a real Mosquitto → a raw subscriber and `edge-agent listen`.
 
 The series is real DICOM (edge_agent.dicom.synth) with a patient name and ID in its headers, scored by a real
-tiny ONNX model (tests/inference/tiny_models.py) in the real SeriesPipeline; alerts and previews go through a
+tiny ONNX model (edge_agent/testing/models.py) in the real SeriesPipeline; alerts and previews go through a
 real AlertPublisher (its SQLite outbox) to a real Mosquitto. The test windows and downscales the key slice's HU
 itself (numpy, 2x2 block means) and compares with the decoded image.
 """
@@ -15,18 +15,17 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
+from edge_agent.testing.models import write_model_folder  # noqa: E402
 
-from tiny_models import write_model_folder  # noqa: E402
-
-from alert_helpers import Recorder, fast_settings, make_alert, wait_until  # noqa: E402
+from edge_agent.testing.mqtt import Recorder
+from edge_agent.testing.alerts import fast_settings, make_alert
+from edge_agent.testing.wait import wait_until  # noqa: E402
 from edge_agent.alerts import AlertPublisher, validate_payload  # noqa: E402
 from edge_agent.alerts.outbox import read_rows  # noqa: E402
 from edge_agent.alerts.payloads import PayloadError  # noqa: E402
@@ -228,6 +227,8 @@ def test_bleed_series_gives_a_preview_of_its_key_slice_and_listen_saves_it(mosqu
         listen.send_signal(signal.SIGTERM)
         listen.wait(timeout=20)
         reader.join(5)
+        listen.stdout.close()
+        listen.stderr.close()
         recorder.close()
     err = "".join(err_lines)
     assert listen.returncode == 0, err

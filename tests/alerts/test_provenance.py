@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +19,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-
-from tiny_models import manifest_dict, write_model_folder  # noqa: E402
+from edge_agent.testing.models import manifest_dict, write_model_folder  # noqa: E402
 
 from edge_agent import __version__  # noqa: E402
 from edge_agent.alerts.payloads import PayloadError, build_alert, build_result, utc_now, validate_payload  # noqa: E402
 from edge_agent.config import Config, config_hash, load_config  # noqa: E402
-from edge_agent.dicom import read_file  # noqa: E402
 from edge_agent.dicom.synth import SeriesHeaders, write_series  # noqa: E402
 from edge_agent.inference.manifest import load_manifest  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
-from edge_agent.ingest import IngestedFile  # noqa: E402
 from edge_agent.results.algorithm import agent_provenance, algorithm_for  # noqa: E402
 from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
-from support.outputs import RecordingOutputs  # noqa: E402
-from support.polling import wait
+from edge_agent.testing.outputs import RecordingOutputs, ingested_file  # noqa: E402
+from edge_agent.testing.wait import wait
 
 DECISION = {"rule": "top_k_mean", "k": 2, "threshold": 0.9, "preliminary": {"min_slices": 1, "threshold": 0.6}}
 
@@ -54,7 +48,7 @@ def sha256_of(path: Path) -> str:
 
 
 def qdq_model_folder(folder: Path) -> Path:
-    """The tiny model of tests/inference/tiny_models.py with an int8 Q/DQ pair on its input (what calibrate makes)."""
+    """The tiny model of edge_agent/testing/models.py with an int8 Q/DQ pair on its input (what calibrate makes)."""
     folder.mkdir(parents=True, exist_ok=True)
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])
     out = helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1])
@@ -85,11 +79,7 @@ def series_files(tmp_path, values_hu):
     return headers, write_series(volume, tmp_path / "series", spacing=(5.0, 1.0, 1.0), headers=headers)
 
 
-def ingested(path):
-    slices = read_file(path)
-    now = time.time()
-    return IngestedFile(path=path, slices=slices, sop_instance_uids=[s.sop_instance_uid for s in slices],
-                        series_instance_uid=slices[0].series_instance_uid, received_at=now, complete_at=now)
+ingested = ingested_file
 
 
 class Lines(logging.Handler):

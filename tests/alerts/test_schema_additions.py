@@ -21,7 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-from alert_helpers import make_alert, wait_until
+from edge_agent.testing.alerts import make_alert
+from edge_agent.testing.wait import wait_until
 from edge_agent.alerts.payloads import PayloadError, validate_payload
 
 LISTEN = [sys.executable, "-c", "from edge_agent.cli import main; main()", "listen"]

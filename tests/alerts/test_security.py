@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from alert_helpers import fast_settings, make_alert, wait_until
+from edge_agent.testing.alerts import fast_settings, make_alert
+from edge_agent.testing.wait import wait_until
 from edge_agent.alerts import AlertListener, AlertPublisher, BrokerUnreachable
 from edge_agent.alerts.mqtt import make_client
 

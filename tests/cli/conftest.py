@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
-
-from trt_helpers import manifest_for, tiny_cnn  # noqa: E402
+from edge_agent.testing.models import manifest_for, tiny_cnn  # noqa: E402
 
 
 @pytest.fixture

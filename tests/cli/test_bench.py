@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
 
 from cli_helpers import run_cli  # noqa: E402
 

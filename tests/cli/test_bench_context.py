@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
 
 from cli_helpers import run_cli  # noqa: E402
-from tiny_context_model import write_context_model  # noqa: E402
+from edge_agent.testing.models import write_context_model  # noqa: E402
 
 
 def test_bench_feeds_a_context_model_its_three_channels(capsys, tmp_path):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
 
 from cli_helpers import run_cli  # noqa: E402
 from edge_agent.cli import bench as bench_mod  # noqa: E402

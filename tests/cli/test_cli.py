@@ -64,7 +64,7 @@ def test_run_check_ok(tmp_path):
 
 
 def test_run_check_loads_the_dicom_tls_files(tmp_path):
-    from support.mosquitto import make_pki
+    from edge_agent.testing.mosquitto import make_pki
 
     pki = make_pki(tmp_path / "pki")
     (tmp_path / "in").mkdir()

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
-
 from cli_helpers import run_cli  # noqa: E402
 from edge_agent.cli.doctor import broker_check, inotify_check  # noqa: E402
-from support.mosquitto import MosquittoBroker, free_port  # noqa: E402
-from trt_helpers import manifest_for, tiny_cnn  # noqa: E402
+from edge_agent.testing.mosquitto import MosquittoBroker, free_port  # noqa: E402
+from edge_agent.testing.models import manifest_for, tiny_cnn  # noqa: E402
 
 
 @pytest.fixture

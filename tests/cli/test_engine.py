@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
-
-import fake_trt  # noqa: E402
+from edge_agent.testing import fake_trt  # noqa: E402
 from cli_helpers import run_cli  # noqa: E402
 from edge_agent.inference.manifest import load_manifest  # noqa: E402
-from trt_helpers import phantom_series, tiny_cnn  # noqa: E402
+from edge_agent.testing.models import tiny_cnn
+from edge_agent.testing.volumes import phantom_series  # noqa: E402
 
 NO_TRT = importlib.util.find_spec("tensorrt") is None
 

@@ -9,24 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))  # shared tiny-model helpers
-from tiny_models import write_model_folder  # noqa: E402
+from edge_agent.testing.models import write_model_folder  # noqa: E402
 
 from edge_agent.cli import cli, main  # noqa: E402
 from edge_agent.dicom.synth import SeriesHeaders, write_series  # noqa: E402
+from edge_agent.testing.volumes import tiny_model_volume as volume  # noqa: E402
 
 PHI = ("PHANTOM^HEAD", "PH0001", "19700101", "PHANTOM^CHEST")
-
-
-def volume(n, hot=()):
-    v = np.full((n, 32, 32), 30.0, np.float32)
-    for i in hot:
-        v[i] = 70.0
-    return v
 
 
 @pytest.fixture(scope="module")

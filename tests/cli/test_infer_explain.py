@@ -1,15 +1,11 @@
 """`edge-agent infer --explain` and `--config`: which rule matched or refused; Patient Age never printed."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))  # shared tiny-model helpers
-from tiny_models import write_model_folder  # noqa: E402
+from edge_agent.testing.models import write_model_folder  # noqa: E402
 
 from cli_helpers import run_cli  # noqa: E402
 from edge_agent.cli import cli  # noqa: E402

@@ -6,13 +6,10 @@ import importlib.util
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
-
-import fake_trt  # noqa: E402
+from edge_agent.testing import fake_trt  # noqa: E402
 from cli_helpers import run_cli  # noqa: E402
 
 NO_TRT = importlib.util.find_spec("tensorrt") is None

@@ -21,7 +21,7 @@ import pytest
 from cli_helpers import run_cli
 from edge_agent.config import load_config
 from edge_agent.service.preflight import state_check, watch_check
-from support.mosquitto import MosquittoBroker, free_port, make_pki
+from edge_agent.testing.mosquitto import MosquittoBroker, free_port, make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 

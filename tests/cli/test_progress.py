@@ -22,9 +22,7 @@ import pytest
 from cli_helpers import run_cli
 from edge_agent import progress as progress_mod
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
-
-from trt_helpers import phantom_series  # noqa: E402
+from edge_agent.testing.volumes import phantom_series  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-
-import fake_trt  # noqa: E402
+from edge_agent.testing import fake_trt  # noqa: E402
 from cli_helpers import run_cli  # noqa: E402
-from tiny_models import write_model_folder  # noqa: E402
+from edge_agent.testing.models import write_model_folder  # noqa: E402
 
 from edge_agent import __version__  # noqa: E402
 from edge_agent.config import config_hash, load_config  # noqa: E402

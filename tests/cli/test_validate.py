@@ -3,16 +3,12 @@
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))  # shared tiny-model helpers
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_helpers import run_cli  # noqa: E402
-from tiny_models import write_model_folder  # noqa: E402
+from edge_agent.testing.models import write_model_folder  # noqa: E402
 
 from edge_agent.dicom import read_series  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402

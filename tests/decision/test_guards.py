@@ -8,17 +8,13 @@ The model is a fake on purpose (always p ≈ 1): whatever the result says comes 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-
-from tiny_models import write_model_folder  # noqa: E402
+from edge_agent.testing.models import write_model_folder  # noqa: E402
 
 from edge_agent.dicom import read_series  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
@@ -90,7 +86,8 @@ def test_a_qa_phantom_is_not_assessable(cry_wolf, tmp_path):
 
 def test_the_daemon_raises_no_alert_on_the_normal_head_and_alerts_on_the_bleed(cry_wolf, tmp_path):
     """Same decider in the streaming pipeline: slice features computed as each slice lands."""
-    from test_pipeline import RecordingOutputs, ingested, wait  # tests/service is not a package
+    from edge_agent.testing.outputs import RecordingOutputs, ingested_file as ingested
+    from edge_agent.testing.wait import wait
 
     from edge_agent.service.pipeline import SeriesPipeline
 

@@ -12,6 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from edge_agent.dicom.synth import SeriesHeaders, write_series
+from edge_agent.testing.volumes import head_volume
 
 PHI = ("PHANTOM^HEAD", "PH0001", "19700101")
 
@@ -41,21 +42,6 @@ def independent_hu(path: str) -> np.ndarray:
             pad -= 65536
         hu[ds.pixel_array == pad] = -1024.0
     return np.maximum(hu, -1024.0)
-
-
-def head_volume(slices: int = 6, size: int = 48, seed: int = 1) -> np.ndarray:
-    """Integer-valued HU phantom: air, skull, brain with noise, a bright spot per slice."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    c = (size - 1) / 2
-    r2 = ((yy - c) / (0.42 * size)) ** 2 + ((xx - c) / (0.36 * size)) ** 2
-    vol = np.full((slices, size, size), -1000.0, np.float32)
-    vol[:, r2 < 1.0] = 1200.0
-    vol[:, r2 < 0.8] = 40.0
-    vol += rng.integers(-20, 20, vol.shape).astype(np.float32)
-    for k in range(slices):
-        vol[k, (10 + k) % size, 12] = 2000.0 + 10 * k  # marks each slice
-    return np.round(vol)
 
 
 def dcmtk_jpeg_lossless(paths: list[Path]) -> None:

@@ -14,7 +14,9 @@ from edge_agent.dicom import parallel, read_file, reader, scan
 from edge_agent.dicom.fastpath import read_header
 from edge_agent.dicom.synth import SeriesHeaders, save, slice_datasets
 
-from .conftest import data_file, head_volume
+from edge_agent.testing.volumes import head_volume
+
+from .conftest import data_file
 
 FIELDS = ["frame", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "accession_number",
           "modality", "series_description", "study_description", "body_part", "image_type",

@@ -8,7 +8,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
@@ -16,6 +15,7 @@ from edge_agent.dicom import BadFile, read_file, scan
 from edge_agent.dicom import reader as reader_module
 from edge_agent.dicom.mutate import nest
 from edge_agent.dicom.synth import SeriesHeaders, write_series
+from edge_agent.testing.volumes import random_hu
 
 from .conftest import data_file
 
@@ -27,7 +27,7 @@ def _one_sentence(reason: str) -> None:
 
 
 def _series(tmp_path: Path, n: int = 2, size: int = 32, syntax: str = "explicit", name: str = "s") -> list[Path]:
-    vol = np.random.default_rng(3).integers(-1000, 1000, (n, size, size)).astype(np.float32)
+    vol = random_hu(n, size, seed=3, high=1000)
     return write_series(vol, tmp_path / name, (2.0, 0.5, 0.5), SeriesHeaders(), transfer_syntax=syntax)
 
 

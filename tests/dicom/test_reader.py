@@ -12,7 +12,9 @@ import pytest
 from edge_agent.dicom import AIR_HU, BadFile, NotAnImage, read_file
 from edge_agent.dicom.synth import SeriesHeaders, save, slice_datasets
 
-from .conftest import PHI, data_file, head_volume, independent_hu
+from edge_agent.testing.volumes import head_volume
+
+from .conftest import PHI, data_file, independent_hu
 
 
 def expected_hu(volume: np.ndarray) -> np.ndarray:

@@ -14,7 +14,9 @@ import pytest
 from edge_agent.dicom import AIR_HU, assemble, read_file, read_series, scan
 from edge_agent.dicom.synth import SeriesHeaders, save, slice_datasets
 
-from .conftest import PHI, data_file, head_volume, independent_hu
+from edge_agent.testing.volumes import head_volume
+
+from .conftest import PHI, data_file, independent_hu
 
 
 def test_real_ge_series_sorted_by_position_not_instance_number():

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent_helpers import PHI
-from support.dcmtk import dcmtk
+from edge_agent.testing.agent import PHI
+from edge_agent.testing.dcmtk import dcmtk
 from edge_agent.service.simulator import Scanner, render
 
 # A routine head series (5 mm, standard kernel, no motion or metal): what these tests send must be a scan
@@ -170,7 +170,7 @@ def test_two_scanners_at_once(broker, collector, agent_factory):
 @pytest.mark.skipif(dcmtk("storescu") is None, reason="DCMTK storescu is installed by .ci/run")
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "dicom-tls"])
 def test_c_store_from_a_real_dicom_client(broker, collector, agent_factory, tmp_path, tls):
-    from support.mosquitto import free_port, make_pki
+    from edge_agent.testing.mosquitto import free_port, make_pki
 
     port = free_port()
     env, tls_flags = {}, []
@@ -197,7 +197,7 @@ def test_metrics_and_healthz_of_a_running_agent(broker, collector, agent_factory
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
-    from support.mosquitto import free_port
+    from edge_agent.testing.mosquitto import free_port
 
     port = free_port()
     agent = agent_factory(broker.url, "--metrics-port", str(port)).start()

@@ -6,8 +6,6 @@ skips: TensorRT is not installed there, see docs/TENSORRT.md.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +17,7 @@ pytestmark = pytest.mark.gpu
 def engine(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
     pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
-    from trt_helpers import tiny_cnn
+    from edge_agent.testing.models import tiny_cnn
 
     from edge_agent.inference.trt.builder import BuildOptions, build_engine
 

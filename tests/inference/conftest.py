@@ -1,4 +1,4 @@
-"""Fixtures: tiny real ONNX models in temporary engines folders (see tiny_models.py)."""
+"""Fixtures: tiny real ONNX models in temporary engines folders (see edge_agent/testing/models.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import write_model_folder
+from edge_agent.testing.models import write_model_folder
 
 
 @pytest.fixture

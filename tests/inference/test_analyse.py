@@ -6,17 +6,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tiny_models import write_model_folder
+from edge_agent.testing.models import write_model_folder
 from edge_agent.inference.models import ModelSet
 from edge_agent.service.analyse import DISCLAIMER, analyse_series
+from edge_agent.testing.volumes import tiny_model_volume
 
 PHI = ("PHANTOM^HEAD", "PH0001", "19700101")
 
 
 def make_series(n=8, hot=(3, 4), thickness=5.0, **kw):
-    hu = np.full((n, 24, 24), 30.0, np.float32)
-    for i in hot:
-        hu[i] = 70.0
+    hu = tiny_model_volume(n, hot, size=24)
     base = dict(series_instance_uid="1.2.826.0.1.3680043.2.1", study_instance_uid="1.2.826.0.1.3680043.2.2",
                 sop_instance_uids=[f"1.2.826.0.1.3680043.2.3.{i}" for i in range(n)],
                 positions=np.arange(n) * thickness, spacing=(thickness, 0.5, 0.5), pixel_spacing=(0.5, 0.5),

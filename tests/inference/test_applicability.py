@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from tiny_models import write_model_folder
+from edge_agent.testing.models import write_model_folder
 from edge_agent.dicom import read_file
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.inference.applicability import Refusal, age_years

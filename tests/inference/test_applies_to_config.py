@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from tiny_models import manifest_dict, write_model_folder
+from edge_agent.testing.models import manifest_dict, write_model_folder
 from edge_agent.config import load_config
 from edge_agent.dicom import read_file
 from edge_agent.errors import ConfigError

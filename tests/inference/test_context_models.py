@@ -1,6 +1,6 @@
 """2.5-D models end to end outside the daemon: manifest ``preprocessing.context``, ``infer``'s scores, calibration.
 
-A tiny real ONNX model (tiny_context_model.py) run by ONNX Runtime on real DICOM files; every expected
+A tiny real ONNX model (edge_agent/testing/models.py) run by ONNX Runtime on real DICOM files; every expected
 probability is computed in numpy from the HU written and the neighbour indices the rule of docs/MANIFEST.md
 gives for a regular series (written out per case), not by edge_agent.preprocess.
 """
@@ -12,8 +12,9 @@ import copy
 import numpy as np
 import pytest
 
-from tiny_context_model import (
-    NAME, context_manifest, expected_neighbours, expected_probabilities, win, write_context_model,
+from edge_agent.testing.models import CONTEXT_NAME as NAME
+from edge_agent.testing.models import (
+    context_manifest, context_win as win, expected_neighbours, expected_probabilities, write_context_model,
 )
 
 from edge_agent.dicom import read_file, read_series

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tiny_models import tiny_reference, write_model_folder
+from edge_agent.testing.models import tiny_reference, write_model_folder
 from edge_agent.inference.manifest import ManifestError
 from edge_agent.inference.models import ModelSet, coverage_mm
 from edge_agent.preprocess import prepare_slices

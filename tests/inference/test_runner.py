@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from tiny_models import tiny_onnx, tiny_reference, write_model_folder
+from edge_agent.testing.models import tiny_onnx, tiny_reference, write_model_folder
 from edge_agent.errors import MissingDependency
 from edge_agent.inference import trt as trt_backend
 from edge_agent.inference.manifest import ManifestError, TensorSpec, add_artefact, load_manifest

@@ -6,7 +6,8 @@ import numpy as np
 import psutil
 import pytest
 
-from ingest_helpers import Collector, phantom, settle
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import water_disc as phantom
 from edge_agent.dicom import BadFile, read_file
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.ingest.decode import Decoder
@@ -82,3 +83,29 @@ def test_a_dead_worker_fails_one_file_and_the_pool_comes_back(tmp_path):
     finally:
         decoder.close()
     np.testing.assert_array_equal(again[0].hu, read_file(paths[1])[0].hu)
+
+
+@pytest.mark.parametrize("fast_headers", [True, False], ids=["fast-header", "pydicom"])
+def test_a_native_file_is_parsed_once(tmp_path, monkeypatch, fast_headers):
+    """The decoder tells native from compressed on the one parse it then reads the slices from."""
+    from edge_agent.dicom import fastpath, reader
+
+    parses = []
+
+    def counted(parse):
+        def wrapper(*args, **kwargs):
+            parses.append(parse.__name__)
+            return parse(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(reader, "FAST_HEADERS", fast_headers)
+    monkeypatch.setattr(reader, "dcmread", counted(reader.dcmread))
+    monkeypatch.setattr(fastpath, "read_header", counted(fastpath.read_header))
+    path = write_series(phantom(1), tmp_path / "raw")[0]
+    decoder = Decoder(1)
+    try:
+        slices = decoder.read(path)
+    finally:
+        decoder.close()
+    assert parses == (["read_header"] if fast_headers else ["dcmread"])
+    np.testing.assert_array_equal(slices[0].hu, read_file(path)[0].hu)

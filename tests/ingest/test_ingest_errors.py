@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 from watchdog.observers import Observer
@@ -40,7 +41,7 @@ def test_inotify_limits_name_the_sysctl_and_poll(dirs, monkeypatch, code, sysctl
     message = str(info.value)
     _one_sentence(message)
     assert f"sudo sysctl {sysctl}=" in message and "--poll" in message and str(watch) in message
-    current = open(f"/proc/sys/{sysctl.replace('.', '/')}").read().strip()
+    current = Path(f"/proc/sys/{sysctl.replace('.', '/')}").read_text().strip()
     assert f"{sysctl}={current}" in message  # shows the current value
     assert isinstance(info.value, EdgeAgentError)
     ingest.stop()  # harmless after a failed start; the thread-leak check runs at teardown

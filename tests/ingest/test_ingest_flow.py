@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from ingest_helpers import Collector, dicom_bytes, settle
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import dicom_bytes
 
 
 def test_slow_pipeline_bounds_decoded_files_in_flight(make_ingest, dirs, tmp_path):

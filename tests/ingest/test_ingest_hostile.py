@@ -16,7 +16,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from ingest_helpers import Collector, dicom_bytes, settle
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import dicom_bytes
 from edge_agent.ingest import SIDECAR_SUFFIX
 from edge_agent.ingest import decode as ingest_decode
 from edge_agent.ingest import ledger as L
@@ -292,7 +293,6 @@ def test_decoder_panic_is_quarantined_and_ingest_goes_on(make_ingest, dirs, tmp_
 
 def test_real_rle_panic_in_a_worker_process_crosses_back_as_a_sentence(tmp_path):
     """With worker processes the panic became `PicklingError: Can't pickle PanicException` as the reason."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from dicom.test_limits import _panicking_rle
 
     path = _panicking_rle(tmp_path)

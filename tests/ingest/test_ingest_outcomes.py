@@ -11,7 +11,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from ingest_helpers import Collector, dicom_bytes, phantom, settle
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import dicom_bytes, water_disc as phantom
 from edge_agent.dicom.synth import SeriesHeaders, save, slice_datasets
 from edge_agent.ingest import SIDECAR_SUFFIX
 from edge_agent.ingest import decode as ingest_decode

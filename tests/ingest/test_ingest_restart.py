@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 from pydicom.uid import generate_uid
 
-from ingest_helpers import Collector, dicom_bytes, settle
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import dicom_bytes
 
 from edge_agent.dicom.synth import SeriesHeaders
 

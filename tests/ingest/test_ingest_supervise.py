@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import time
 
-from ingest_helpers import Collector, dicom_bytes, settle
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import dicom_bytes
 
 
 def _wait_rescans(ing, n: int, timeout: float = 10.0) -> None:

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest_helpers import Collector, dicom_bytes, settle, wait_for
-from support.disk import fill, mount_small_disk, unmount
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import dicom_bytes
+from edge_agent.testing.wait import wait_until as wait_for
+from edge_agent.testing.disk import fill, mount_small_disk, unmount
 from edge_agent.ingest import SIDECAR_SUFFIX, Ingest, IngestSettings
 from edge_agent.ingest import ledger as L
 

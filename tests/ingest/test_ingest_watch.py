@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from ingest_helpers import Collector, dicom_bytes, phantom, settle
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import dicom_bytes, water_disc as phantom
 from edge_agent.ingest import watcher
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pydicom
 
-from ingest_helpers import Collector, dicom_bytes, settle, wait_for
+from ingest_helpers import Collector, settle
+from edge_agent.testing.volumes import dicom_bytes
+from edge_agent.testing.wait import wait_until as wait_for
 from edge_agent.ingest import SIDECAR_SUFFIX
 from edge_agent.ingest.stable import cannot_become_dicom, ends_in_file_meta
 

@@ -31,7 +31,7 @@ from edge_agent.phantoms.cardiac import ARTERIES, cardiac_phantom
 from edge_agent.plugins.agatston import category, weight
 from edge_agent.service.analyse import analyse_series
 from edge_agent.service.pipeline import SeriesPipeline
-from support.outputs import RecordingOutputs  # noqa: E402
+from edge_agent.testing.outputs import RecordingOutputs  # noqa: E402
 
 MODEL = ENGINES_DIR / "coronary_calcium"
 

@@ -1,10 +1,8 @@
 """Shared by the PACS transport tests: a positive ICH result of a rendered head series, queued through the real
-PacsDelivery (so the SR and KOS bytes are the agent's), and a few small waits."""
+PacsDelivery (so the SR and KOS bytes are the agent's), and what the queue holds."""
 
 from __future__ import annotations
 
-import socket
-import time
 from pathlib import Path
 
 import pydicom
@@ -19,12 +17,6 @@ from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
 
 ALGORITHMS = {"ich": Algorithm("ich", "2.0.0", "cd" * 32, "onnxrt", "fp32", True)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def head_series(folder: Path, seed: int = 61, slices: int = 12) -> list[Path]:
@@ -55,16 +47,6 @@ def submit(pacs: PacsDelivery, paths: list[Path]) -> list[str]:
     new = pacs.submit(positive_result(paths), read_study_header(paths[0]), ALGORITHMS, "HEAD")
     assert len(new) == 2
     return new
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def rows(tmp_path: Path) -> list[dict]:

@@ -11,7 +11,7 @@ from edge_agent.config import config_hash, load_config
 from edge_agent.errors import ConfigError
 from edge_agent.results.destination import parse_destination
 from edge_agent.results.sender import SenderSettings
-from support.mosquitto import make_pki
+from edge_agent.testing.mosquitto import make_pki
 
 
 @pytest.fixture(scope="module")

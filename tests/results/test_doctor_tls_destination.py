@@ -1,7 +1,7 @@
 """`edge-agent doctor --pacs tls:…` tries a DICOM TLS destination with the agent's own settings (--config).
 
 A real TLS peer: pynetdicom's Verification/Storage SCP behind an ssl context built here that demands a client
-certificate from our CA (certificates from openssl, tests/support/mosquitto.make_pki). Without --config the
+certificate from our CA (certificates from openssl, edge_agent.testing.mosquitto.make_pki). Without --config the
 doctor cannot know the TLS material and says so; with it, it checks as `run --check` does.
 """
 
@@ -13,8 +13,8 @@ import pytest
 from pynetdicom import AE, evt
 
 from edge_agent.cli.doctor import run_checks
-from pacs_helpers import free_port
-from support.mosquitto import make_pki
+from edge_agent.testing.net import free_port
+from edge_agent.testing.mosquitto import make_pki
 
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.59")

@@ -29,7 +29,7 @@ from edge_agent.results.sender import SenderSettings
 from edge_agent.results.study import read_study_header
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
-from support.dcmtk import dcmtk
+from edge_agent.testing.dcmtk import dcmtk
 
 DCIODVFY = shutil.which("dciodvfy")
 ALGORITHM = Algorithm("ich", "2.0.0", "cd" * 32, "onnxrt", "fp32", True)

@@ -14,7 +14,7 @@ from edge_agent.cli.doctor import pacs_echo_check, pacs_queue_check
 from edge_agent.cli.run import _retry_dead_letters
 from edge_agent.config import load_config
 from edge_agent.results.queue import PacsQueue, QueuedObject, read_deliveries
-from support.dcmtk import dcmtk
+from edge_agent.testing.dcmtk import dcmtk
 
 
 def _queue(tmp_path, dead: bool) -> None:

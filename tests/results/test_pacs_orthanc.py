@@ -22,7 +22,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from agent_helpers import PHI
+from edge_agent.testing.agent import PHI
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
 

@@ -24,7 +24,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from agent_helpers import PHI
+from edge_agent.testing.agent import PHI
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
 

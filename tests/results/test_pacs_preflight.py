@@ -15,8 +15,8 @@ from pynetdicom import AE, evt
 
 from edge_agent.config import Config
 from edge_agent.service.preflight import pacs_checks
-from support.dcmtk import dcmtk
-from support.orthanc import Orthanc, available
+from edge_agent.testing.dcmtk import dcmtk
+from edge_agent.testing.orthanc import Orthanc, available
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"

@@ -17,7 +17,7 @@ from edge_agent.results.queue import read_deliveries
 from edge_agent.results.sender import SenderSettings
 from edge_agent.results.study import read_study_header
 from edge_agent.service.simulator import render
-from support.dcmtk import dcmtk
+from edge_agent.testing.dcmtk import dcmtk
 
 STORESCP = dcmtk("storescp")
 pytestmark = pytest.mark.skipif(STORESCP is None, reason="DCMTK storescp is not installed")
@@ -63,6 +63,7 @@ def test_storescp_receives_what_was_queued(tmp_path):
         delivery.stop()
         scp.terminate()
         scp.wait(10)
+        scp.stdout.close()
     received = {pydicom.dcmread(p).SOPInstanceUID: p for p in inbox.iterdir()}
     assert set(received) == set(new)
     rows = read_deliveries(tmp_path / "pacs.sqlite3")

@@ -24,15 +24,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pydicom
 import pytest
 
-from agent_helpers import PHI
+from edge_agent.testing.agent import PHI
 from edge_agent.config import Config
 from edge_agent.results.queue import Due, PacsQueue, QueuedObject
 from edge_agent.results.sender import DestinationSender, SenderSettings
 from edge_agent.results.stow import instance_outcomes
 from edge_agent.service.preflight import pacs_checks
-from pacs_helpers import all_done, delivery, head_series, retried, rows, submit, wait_for
-from support import orthanc as orthanc_support
-from support.mosquitto import make_pki
+from pacs_helpers import all_done, delivery, head_series, retried, rows, submit
+from edge_agent.testing.wait import wait_value as wait_for
+from edge_agent.testing import orthanc as orthanc_support
+from edge_agent.testing.mosquitto import make_pki
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"

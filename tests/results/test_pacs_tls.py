@@ -1,6 +1,6 @@
 """C-STORE over DICOM TLS (``tls:AET@host:port``): real TLS peers, real certificates, no mocks.
 
-Certificates come from openssl (tests/support/mosquitto.make_pki): a CA, a server certificate for
+Certificates come from openssl (edge_agent.testing.mosquitto.make_pki): a CA, a server certificate for
 localhost / 127.0.0.1, a client certificate, and a second CA that signed nothing here. The peers are
 DCMTK's storescp (mutual TLS, as it requires by default), pynetdicom's own Storage SCP behind a TLS context
 built here with the ssl module (not with the agent's code), and Orthanc's DICOM TLS.
@@ -19,10 +19,12 @@ from pynetdicom import AE, evt
 
 from edge_agent.config import Config
 from edge_agent.service.preflight import pacs_checks
-from pacs_helpers import all_done, delivery, free_port, head_series, retried, rows, submit, wait_for
-from support import orthanc as orthanc_support
-from support.dcmtk import dcmtk
-from support.mosquitto import make_pki
+from pacs_helpers import all_done, delivery, head_series, retried, rows, submit
+from edge_agent.testing.net import free_port
+from edge_agent.testing.wait import wait_value as wait_for
+from edge_agent.testing import orthanc as orthanc_support
+from edge_agent.testing.dcmtk import dcmtk
+from edge_agent.testing.mosquitto import make_pki
 
 STORESCP = dcmtk("storescp")
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

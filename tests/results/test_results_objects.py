@@ -22,7 +22,7 @@ from edge_agent.results.kos import build_kos
 from edge_agent.results.sr import COMPREHENSIVE_3D_SR, build_sr
 from edge_agent.results.study import read_study_header
 from edge_agent.service.simulator import render
-from support.dcmtk import dcmtk
+from edge_agent.testing.dcmtk import dcmtk
 
 DCIODVFY = shutil.which("dciodvfy")
 ALGORITHM = Algorithm("ich", "2.0.0", "ab" * 32, "onnxrt", "fp32", True)

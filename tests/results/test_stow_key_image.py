@@ -12,8 +12,9 @@ from edge_agent.results.delivery import PacsDelivery
 from edge_agent.results.destination import parse_destination
 from edge_agent.results.sender import SenderSettings
 from edge_agent.results.study import read_study_header
-from pacs_helpers import ALGORITHMS, all_done, head_series, positive_result, wait_for
-from support import orthanc as orthanc_support
+from pacs_helpers import ALGORITHMS, all_done, head_series, positive_result
+from edge_agent.testing.wait import wait_value as wait_for
+from edge_agent.testing import orthanc as orthanc_support
 
 needs_dicomweb = pytest.mark.skipif(not (orthanc_support.available() and orthanc_support.dicomweb_plugin()),
                                     reason="Orthanc with its DICOMweb plugin (orthanc-dicomweb) is not installed")

@@ -19,7 +19,7 @@ from edge_agent.alerts.consumer import AlertListener
 from edge_agent.alerts.outbox import read_rows
 from edge_agent.service.app import Agent
 from edge_agent.service.demo import demo_config
-from support.mosquitto import MosquittoBroker, free_port
+from edge_agent.testing.mosquitto import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,13 +50,6 @@ def an_alert(site: str, device: str) -> dict:
     return build_alert(site=site, device=device, series=series,
                        model={"name": "ich", "version": "2.0.0", "synthetic_training": True}, finding=finding,
                        state="final", revision=1, timestamps={"first_slice_received": utc_now(), "raised": utc_now()})
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = MosquittoBroker(tmp_path / "broker").start()
-    yield b
-    b.crash()
 
 
 def test_a_receipt_moves_the_confirmed_counter_on_metrics(tmp_path, broker):

@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pydicom
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from pydicom.uid import generate_uid
 
 from edge_agent.logs import OPERATOR_LOGGERS, header_text
 from edge_agent.service.simulator import render
-from support.mosquitto import MosquittoBroker, free_port
+from edge_agent.testing.agent import AgentProcess
+from edge_agent.testing.mosquitto import MosquittoBroker, free_port
+from edge_agent.testing.mqtt import Recorder
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -46,89 +41,17 @@ def manifest_version(name: str) -> str:
     return json.loads((ROOT / "engines" / name / "manifest.json").read_text())["version"]
 
 
-class Subscriber:
-    """Every alert and result the agent publishes (raw paho, MQTT 5)."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.split("://")[1].split(":")
-        self.results: list[dict] = []
-        self.alerts: list[dict] = []
-        self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_connect = lambda c, *a: c.subscribe("edge-agent/#", qos=1)
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-        assert subscribed.wait(10), "the test subscriber could not subscribe"
-
-    def _on_message(self, client, userdata, msg) -> None:
-        leaf = msg.topic.rsplit("/", 1)[-1]
-        if leaf not in ("alerts", "results") or not msg.payload:
-            return
-        with self._lock:
-            (self.alerts if leaf == "alerts" else self.results).append(json.loads(msg.payload))
-
-    def result_for(self, uid: str) -> dict | None:
-        with self._lock:
-            found = [p["result"] for p in self.results if p["result"]["series_instance_uid"] == uid]
-        return found[-1] if found else None
-
-    def alerts_for(self, uid: str) -> list[dict]:
-        with self._lock:
-            return [a for a in self.alerts if a["study"]["series_instance_uid"] == uid]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-class Daemon:
+def Daemon(root: Path, broker_url: str, *extra: str, env: dict | None = None) -> AgentProcess:
     """``edge-agent run`` with no -v, its stderr in a file."""
+    return AgentProcess(root, broker_url, *extra, site="ops", device="ct9", verbose=False, start_timeout=90,
+                        stop_timeout=60, env={"EDGE_AGENT_INGEST_STABLE_SECONDS": "0.2",
+                                              "EDGE_AGENT_INGEST_RETRY_TIMEOUT": "2",
+                                              "EDGE_AGENT_MQTT_HEARTBEAT_INTERVAL": "2", **(env or {})})
 
-    def __init__(self, root: Path, broker_url: str, *extra: str, env: dict | None = None) -> None:
-        self.watch, self.state, self.log = root / "incoming", root / "state", root / "agent.log"
-        self.watch.mkdir(parents=True)
-        self.args = [sys.executable, "-m", "edge_agent", "run", "--watch", str(self.watch), "--state-dir",
-                     str(self.state), "--broker", broker_url, "--site", "ops", "--device", "ct9", "--settle", "1.5",
-                     *extra]
-        self.env = dict(os.environ, EDGE_AGENT_INGEST_STABLE_SECONDS="0.2", EDGE_AGENT_INGEST_RETRY_TIMEOUT="2",
-                        EDGE_AGENT_MQTT_HEARTBEAT_INTERVAL="2", **(env or {}))
-        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Daemon":
-        with open(self.log, "w") as fh:
-            self.proc = subprocess.Popen(self.args, stdout=fh, stderr=subprocess.STDOUT, env=self.env)
-        self.wait_for("edge-agent running", timeout=90)
-        return self
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_for(self, predicate, timeout: float = 90.0):
-        """Until ``predicate(log text)`` is truthy (a str: is in the log); fails if the agent exits first."""
-        check = (lambda text: predicate in text) if isinstance(predicate, str) else predicate
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check(self.text())
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the agent exited {self.proc.returncode}:\n{self.text()}")
-            time.sleep(0.2)
-        raise AssertionError(f"not in the log within {timeout:.0f} s:\n{self.text()}")
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"the agent did not stop on SIGTERM:\n{self.text()}")
+def Subscriber(url: str) -> Recorder:
+    """Every alert and result the agent publishes (raw paho, MQTT 5)."""
+    return Recorder(url, "edge-agent/#")
 
 
 def with_patient(paths: list[Path], out: Path, *, new_series: bool = False, slices: int | None = None,
@@ -167,12 +90,6 @@ def line_of(text: str, pattern: str, last: bool = False) -> str:
     return found[-1]
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = MosquittoBroker(tmp_path / "broker").start()
-    yield b
-    b.crash()
-
 
 def test_the_default_log_tells_each_series_story_without_phi(tmp_path, broker):
     metrics_port = free_port()
@@ -199,7 +116,7 @@ def test_the_default_log_tells_each_series_story_without_phi(tmp_path, broker):
         deadline = time.monotonic() + 150
         while not complete() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert complete(), daemon.text()
+        assert complete(), daemon.log_text()
         # The summaries together count every decision (each "decided" line) and every file written.
         files_written = sum(sizes.values())
 
@@ -210,11 +127,11 @@ def test_the_default_log_tells_each_series_story_without_phi(tmp_path, broker):
             counted = (sum(int(n) for n, _ in summaries), sum(int(f) for _, f in summaries))
             return counted == (decisions, files_written) and decisions >= 4
 
-        daemon.wait_for(totals, timeout=30)
+        daemon.wait_log(totals, timeout=30)
     finally:
         assert daemon.stop() == 0
         sub.close()
-    text = daemon.text()
+    text = daemon.log_text()
 
     # Start-up banner: every endpoint, the folders, the mode and the models with their versions.
     line_of(text, rf"start-up: MQTT broker: {re.escape(broker.url)} \(no TLS, no username")
@@ -273,7 +190,7 @@ def test_a_broker_where_nothing_listens_is_one_warning_then_one_line_when_it_is_
     broker = MosquittoBroker(tmp_path / "broker", port=port)
     try:
         daemon.start()
-        warning = daemon.wait_for(lambda t: [l for l in t.splitlines() if "Cannot reach the MQTT broker" in l])
+        warning = daemon.wait_log(lambda t: [l for l in t.splitlines() if "Cannot reach the MQTT broker" in l])
         assert len(warning) == 1 and " WARNING " in warning[0] and url in warning[0]
         for what in ("connection refused", "host and port", "TLS", "credentials"):
             assert what in warning[0], what
@@ -281,15 +198,15 @@ def test_a_broker_where_nothing_listens_is_one_warning_then_one_line_when_it_is_
         _, paths = render("normal", 3, tmp_path / "r")
         uid, files = with_patient(paths, tmp_path / "knee", new_series=True, slices=3, **KNEE)
         deliver(files, daemon.watch / "knee")
-        daemon.wait_for(f"series {uid} decided: skipped")
+        daemon.wait_log(f"series {uid} decided: skipped")
         broker.start()
-        back = daemon.wait_for(lambda t: [l for l in t.splitlines() if "is reachable again" in l], timeout=60)
+        back = daemon.wait_log(lambda t: [l for l in t.splitlines() if "is reachable again" in l], timeout=60)
         assert len(back) == 1 and " INFO " in back[0] and url in back[0]
         assert "outbox backlog: 1 message(s)" in back[0], back[0]   # the one result, nothing else
     finally:
         assert daemon.stop() == 0
         broker.crash()
-    text = daemon.text()
+    text = daemon.log_text()
     assert text.count("Cannot reach the MQTT broker") == 1   # later ones, if any, say "Still cannot reach"
     for marker in FORBIDDEN:
         assert marker not in text, marker

@@ -2,31 +2,26 @@
 
 Real DICOM files (written by ``edge_agent.dicom.synth``, read back by
 ``read_file``), a real tiny ONNX model run by ONNX Runtime (see
-tests/inference/tiny_models.py: a 70 HU slice scores ≈0.99, 53 HU ≈0.70,
+edge_agent/testing/models.py: a 70 HU slice scores ≈0.99, 53 HU ≈0.70,
 30 HU ≈0.007), and a real SQLite series store. Only the outputs are a
 recorder, standing in for the outbox, which has its own tests.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-
-from tiny_models import write_model_folder  # noqa: E402
+from edge_agent.testing.models import write_model_folder  # noqa: E402
 
 from edge_agent.dicom import read_file  # noqa: E402
 from edge_agent.dicom.synth import SeriesHeaders, write_series  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
-from edge_agent.ingest import IngestedFile  # noqa: E402
 from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
-from support.outputs import RecordingOutputs  # noqa: E402,F401 (also imported from here)
-from support.polling import wait
+from edge_agent.testing.outputs import RecordingOutputs, ingested_file  # noqa: E402,F401 (also imported from here)
+from edge_agent.testing.wait import wait
 
 
 def series_files(tmp_path, values_hu, *, description="HEAD 5mm", body_part="HEAD", name="s", headers=None):
@@ -37,11 +32,7 @@ def series_files(tmp_path, values_hu, *, description="HEAD 5mm", body_part="HEAD
     return headers, paths
 
 
-def ingested(path, stored_only=False):
-    slices = read_file(path, stored_only=stored_only)
-    now = time.time()
-    return IngestedFile(path=path, slices=slices, sop_instance_uids=[s.sop_instance_uid for s in slices],
-                        series_instance_uid=slices[0].series_instance_uid, received_at=now, complete_at=now)
+ingested = ingested_file
 
 
 @pytest.fixture

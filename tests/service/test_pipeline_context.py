@@ -1,7 +1,7 @@
 """The streaming pipeline with a 2.5-D model (manifest ``preprocessing.context``).
 
 Real DICOM files, the real SeriesPipeline and state DB, a tiny real 2.5-D ONNX model
-(tests/inference/tiny_context_model.py). Each expected probability is computed in numpy from the HU
+(edge_agent/testing/models.py). Each expected probability is computed in numpy from the HU
 written and the neighbour indices expected (``i ± k``, the end slice itself at the ends), and the
 daemon's scores must equal ``infer``'s: in order, shuffled, after a restart. The daemon keeps only
 preprocessed planes of a bounded window of slices, never the HU.
@@ -9,28 +9,23 @@ preprocessed planes of a bounded window of slices, never the HU.
 
 from __future__ import annotations
 
+from functools import partial
 import logging
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-
-from tiny_context_model import NAME, expected_neighbours, expected_probabilities, write_context_model  # noqa: E402
+from edge_agent.testing.models import CONTEXT_NAME as NAME, expected_neighbours, expected_probabilities, write_context_model  # noqa: E402
 
 from edge_agent.alerts.previews import PreviewSettings  # noqa: E402
 from edge_agent.dicom import read_file, read_series  # noqa: E402
 from edge_agent.dicom.synth import SeriesHeaders, write_series  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
-from edge_agent.ingest import IngestedFile  # noqa: E402
 from edge_agent.service.analyse import analyse_series  # noqa: E402
 from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
 from edge_agent.service.state import SeriesStore  # noqa: E402
-from support.outputs import RecordingOutputs  # noqa: E402
-from support.polling import wait
+from edge_agent.testing.outputs import RecordingOutputs, ingested_file  # noqa: E402
+from edge_agent.testing.wait import wait
 
 
 class PreviewOutputs(RecordingOutputs):
@@ -52,11 +47,7 @@ def chest(tmp_path, hu, spacing_mm, name="s"):
     return headers, write_series(volume, tmp_path / name, spacing=(spacing_mm, 1.0, 1.0), headers=headers)
 
 
-def ingested(path):
-    slices = read_file(path, stored_only=True)  # as the agent's ingest hands them over
-    now = time.time()
-    return IngestedFile(path=path, slices=slices, sop_instance_uids=[s.sop_instance_uid for s in slices],
-                        series_instance_uid=slices[0].series_instance_uid, received_at=now, complete_at=now)
+ingested = partial(ingested_file, stored_only=True)  # as the agent's ingest hands them over
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from edge_agent.alerts.payloads import PayloadError
-from support.disk import fill, mount_small_disk, unmount
+from edge_agent.testing.disk import fill, mount_small_disk, unmount
 from test_pipeline import RecordingOutputs, engines, ingested, make_pipeline, series_files, wait  # noqa: F401
 
 
@@ -82,6 +82,8 @@ def test_a_full_state_disk_pauses_the_pipeline_and_it_resumes_by_itself(engines,
         pipeline.stop()
 
 
+# The pipeline thread is made to die of an uncaught SystemExit: that is the point, not a leak.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_the_agent_notices_a_supervised_thread_that_died(tmp_path):
     """A thread that ends while the agent runs makes it unhealthy (systemd's watchdog starves) and named."""
     from edge_agent.service.app import Agent

@@ -9,26 +9,21 @@ alert's preview of the bleed slice, whose pixels it never saw. The expected imag
 
 from __future__ import annotations
 
-import sys
+from functools import partial
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "alerts"))
-
-from tiny_models import write_model_folder  # noqa: E402
+from edge_agent.testing.models import write_model_folder  # noqa: E402
 
 from edge_agent.alerts.previews import BRAIN_WINDOW, PreviewCache, PreviewSettings  # noqa: E402
 from edge_agent.dicom import read_file  # noqa: E402
 from edge_agent.dicom.synth import write_series  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
-from edge_agent.ingest import IngestedFile  # noqa: E402
 from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
 from edge_agent.service.state import SeriesStore  # noqa: E402
-from support.outputs import RecordingOutputs  # noqa: E402
-from support.polling import wait  # noqa: E402
+from edge_agent.testing.outputs import RecordingOutputs, ingested_file  # noqa: E402
+from edge_agent.testing.wait import wait  # noqa: E402
 
 SETTINGS = PreviewSettings(size=32, max_bytes=8192)
 DECISION = {"rule": "top_k_mean", "k": 2, "threshold": 0.9, "preliminary": {"min_slices": 1, "threshold": 0.6}}
@@ -53,11 +48,7 @@ def volume() -> np.ndarray:
     return np.stack([flat, flat, gradient, bleed, flat, flat, flat, flat])
 
 
-def ingested(path):
-    slices = read_file(path, stored_only=True)
-    now = time.time()
-    return IngestedFile(path=path, slices=slices, sop_instance_uids=[s.sop_instance_uid for s in slices],
-                        series_instance_uid=slices[0].series_instance_uid, received_at=now, complete_at=now)
+ingested = partial(ingested_file, stored_only=True)  # as the agent's ingest hands them over
 
 
 def expected_thumbnail(hu: np.ndarray) -> np.ndarray:

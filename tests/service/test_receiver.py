@@ -19,7 +19,8 @@ from pydicom.data import get_testdata_file
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.ingest.receiver import StorageReceiver
-from support.dcmtk import dcmtk
+from edge_agent.testing.dcmtk import dcmtk
+from edge_agent.testing.volumes import random_hu as volume
 
 STORESCU = dcmtk("storescu")
 ECHOSCU = dcmtk("echoscu")
@@ -42,11 +43,6 @@ def storescu(port: int, files, *flags: str, aet: str = "SCANNER", aec: str = "ED
     cmd = [STORESCU, "-aet", aet, "-aec", aec, "-ta", "10", "-td", "20", *flags, "127.0.0.1", str(port),
            *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-def volume(n: int = 3, size: int = 32, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(-1000, 1500, (n, size, size)).astype(np.float32)
 
 
 def landed(watch: Path) -> list[Path]:

@@ -1,6 +1,6 @@
 """DICOM TLS on the receiver, against the real DCMTK storescu (as a scanner would send) and pynetdicom.
 
-Certificates come from openssl (tests/support/mosquitto.make_pki): a CA, a
+Certificates come from openssl (edge_agent.testing.mosquitto.make_pki): a CA, a
 server certificate for localhost/127.0.0.1, a client certificate, and a second
 CA that signed nothing here.
 """
@@ -20,8 +20,9 @@ import pytest
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.errors import ConfigError
 from edge_agent.ingest.receiver import StorageReceiver, tls_context
-from support.dcmtk import dcmtk
-from support.mosquitto import make_pki
+from edge_agent.testing.dcmtk import dcmtk
+from edge_agent.testing.mosquitto import make_pki
+from edge_agent.testing.volumes import random_hu
 
 STORESCU = dcmtk("storescu")
 pytestmark = pytest.mark.skipif(STORESCU is None, reason="DCMTK storescu is not installed (apt install dcmtk)")
@@ -33,7 +34,7 @@ def pki(tmp_path_factory):
 
 
 def _series(folder, n=2):
-    vol = np.random.default_rng(0).integers(-1000, 1500, (n, 24, 24)).astype(np.float32)
+    vol = random_hu(n, 24, seed=0)
     return write_series(vol, folder, headers=SeriesHeaders())
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import fake_trt  # noqa: E402
-from trt_helpers import tiny_cnn  # noqa: E402
+from edge_agent.testing import fake_trt  # noqa: E402
+from edge_agent.testing.models import tiny_cnn  # noqa: E402
 
 
 @pytest.fixture
@@ -20,7 +17,7 @@ def tiny_onnx(tmp_path) -> Path:
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """FakeTensorRT 10.3 + FakeCuda in sys.modules (see fake_trt.py): (trt, cuda)."""
+    """FakeTensorRT 10.3 + FakeCuda in sys.modules (see edge_agent/testing/fake_trt.py): (trt, cuda)."""
     return fake_trt.install(monkeypatch)
 
 
@@ -28,13 +25,13 @@ def fakes(monkeypatch):
 def host_kernels(fakes, monkeypatch):
     """FakeCuda, with compile_kernel → the real kernel source compiled for the CPU.
 
-    (tests/support/cuda_host.py: an emulation; ``cuda.compiled`` lists the
+    (edge_agent/testing/cuda_host.py: an emulation; ``cuda.compiled`` lists the
     (stored dtype, output dtype) pairs built.)
     """
     import numpy as np
 
     from edge_agent.inference.trt import preprocess_kernel
-    from support.cuda_host import HostModule
+    from edge_agent.testing.cuda_host import HostModule
 
     _trt, cuda = fakes
     cuda.compiled = []

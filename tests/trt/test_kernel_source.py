@@ -1,9 +1,9 @@
 """The preprocessing kernel's CUDA source, run on the CPU, against the CPU reference — on real DICOM.
 
 No GPU here, so the kernel text that pycuda hands to nvcc is compiled by g++
-behind a shim and walked one thread at a time (tests/support/cuda_host.py —
+behind a shim and walked one thread at a time (edge_agent/testing/cuda_host.py —
 an emulation, named as one). It runs inside :class:`GpuPreprocessor` over the
-named fake of ``pycuda.driver`` (tests/trt/fake_trt.py), so the host wrapper's
+named fake of ``pycuda.driver`` (edge_agent/testing/fake_trt.py), so the host wrapper's
 argument order, geometry upload, buffer growth and dtype handling are
 exercised with the real kernel arithmetic. The same checks run on a real GPU
 in tests/gpu/test_gpu_pycuda.py; tests/trt/test_kernel_nvcc.py compiles the
@@ -20,8 +20,8 @@ from pydicom.data import get_testdata_file
 from edge_agent.dicom import read_file, read_series
 from edge_agent.inference.trt.preprocess_kernel import TOLERANCE, GpuPreprocessor, raw_to_input
 from edge_agent.preprocess import PreprocessSpec, prepare_slices
-from support.cuda_host import compiler
-from trt_helpers import phantom_series
+from edge_agent.testing.cuda_host import compiler
+from edge_agent.testing.volumes import phantom_series
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="g++ is needed to run the kernel source on the CPU")
 

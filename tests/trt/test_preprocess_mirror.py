@@ -17,7 +17,7 @@ from edge_agent.dicom import read_file, read_series
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.inference.trt.preprocess_kernel import OUTSIDE, TOLERANCE, geometry, raw_to_input
 from edge_agent.preprocess import PreprocessSpec, prepare_slices, window
-from trt_helpers import phantom_series
+from edge_agent.testing.volumes import phantom_series
 
 SPECS = [
     PreprocessSpec(size=(32, 32), pixel_spacing_mm=1.8),

@@ -21,7 +21,7 @@ from edge_agent.inference.quantize import (
     qdq_summary,
 )
 from edge_agent.preprocess import PreprocessSpec
-from trt_helpers import phantom_series
+from edge_agent.testing.volumes import phantom_series
 
 SPEC = PreprocessSpec(size=(32, 32), pixel_spacing_mm=6.0)
 RULE = DecisionRule(rule="top_k_mean", k=2, threshold=0.5)

@@ -1,4 +1,4 @@
-"""A 2.5-D model on TensorRT (FakeTensorRT/FakeCuda, fake_trt.py): its input is prepared on the CPU.
+"""A 2.5-D model on TensorRT (FakeTensorRT/FakeCuda, edge_agent/testing/fake_trt.py): its input is prepared on the CPU.
 
 The GPU kernel writes a slice's own windows only, so a model with ``preprocessing.context`` never takes the
 stored-pixel device path: no kernel is built, ``infer_stored`` is never called, the host tensor (own window,
@@ -9,19 +9,15 @@ mean of each input sample, so the expected score is the mean of the three window
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-
-from tiny_context_model import NAME, expected_neighbours, win, write_context_model  # noqa: E402
+from edge_agent.testing.models import CONTEXT_NAME as NAME
+from edge_agent.testing.models import add_engine, context_win as win, expected_neighbours, write_context_model
 
 from edge_agent.dicom import read_file  # noqa: E402
 from edge_agent.dicom.synth import SeriesHeaders, write_series  # noqa: E402
-from edge_agent.inference.manifest import add_artefact  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
 from edge_agent.inference.trt import preprocess_kernel  # noqa: E402
 from edge_agent.inference.trt.runner import TrtRunner  # noqa: E402
@@ -29,20 +25,11 @@ from edge_agent.inference.trt.runner import TrtRunner  # noqa: E402
 
 @pytest.fixture
 def context_engine(tmp_path, fakes, monkeypatch):
-    from edge_agent.inference.trt.builder import BuildOptions, build_engine
-    from edge_agent.inference.trt.fingerprint import fingerprint_path
-
     def no_kernel(raw_dtype, out_dtype):
         raise AssertionError("a 2.5-D model must not build the GPU preprocessing kernel")
 
     monkeypatch.setattr(preprocess_kernel, "compile_kernel", no_kernel)
-    folder = write_context_model(tmp_path / NAME, size=32)
-    engine = folder / "model.engine"
-    build_engine(folder / "model.onnx", engine, BuildOptions(timing_cache=folder / "timing.cache",
-                                                             static_dims={"input": (3, 32, 32)}, opt_batch=4,
-                                                             max_batch=8))
-    add_artefact(folder, "engine", engine, fingerprint_path(engine))
-    return folder
+    return add_engine(write_context_model(tmp_path / NAME, size=32))
 
 
 def test_context_model_on_tensorrt_prepares_its_input_on_the_cpu(context_engine, tmp_path, monkeypatch, caplog):

@@ -1,7 +1,7 @@
 """GPU preprocessing wired into TrtRunner and Model.score_images — FakeTensorRT/FakeCuda + the emulated kernel.
 
-The kernel is the real CUDA source run on the CPU (tests/support/cuda_host.py);
-TensorRT and pycuda are the named fakes of fake_trt.py (the fake engine
+The kernel is the real CUDA source run on the CPU (edge_agent/testing/cuda_host.py);
+TensorRT and pycuda are the named fakes of edge_agent/testing/fake_trt.py (the fake engine
 outputs the mean of each input sample, so what the kernel wrote into the
 engine's input buffer is visible in the output). What this proves: stored
 pixels from real DICOM files go through the runner's own stream into the
@@ -28,9 +28,10 @@ from edge_agent.inference.trt import preprocess_kernel
 from edge_agent.inference.trt.preprocess_kernel import TOLERANCE
 from edge_agent.inference.trt.runner import TrtRunner
 from edge_agent.preprocess import prepare_slices
-from support.cuda_host import compiler
-from trt_helpers import converted_model, phantom_series
-from support.outputs import RecordingOutputs  # noqa: E402
+from edge_agent.testing.cuda_host import compiler
+from edge_agent.testing.models import converted_model
+from edge_agent.testing.volumes import phantom_series
+from edge_agent.testing.outputs import RecordingOutputs  # noqa: E402
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="g++ is needed to run the kernel source on the CPU")
 

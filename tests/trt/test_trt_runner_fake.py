@@ -1,4 +1,4 @@
-"""TrtRunner and build_engine logic against FakeTensorRT/FakeCuda (fake_trt.py).
+"""TrtRunner and build_engine logic against FakeTensorRT/FakeCuda (edge_agent/testing/fake_trt.py).
 
 What these prove: the named-tensor call sequence, profile checks, fingerprint
 refusal, buffers allocated once and freed, and that every CUDA operation
@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-import fake_trt
+from edge_agent.testing import fake_trt
 from edge_agent.inference.manifest import TensorSpec
 from edge_agent.inference.runner import RunnerError
 from edge_agent.inference.trt.builder import BuildError, BuildOptions, build_engine
@@ -205,7 +205,7 @@ def test_manifest_mismatch_refused_after_activation_frees(tiny_onnx, engine, fak
 def test_make_runner_picks_trt_runner_for_a_converted_model(tmp_path, fakes):
     """The manifest path end to end: convert records the engine; make_runner('tensorrt') runs it (fakes)."""
     from edge_agent.inference import load_manifest, make_runner
-    from trt_helpers import converted_model
+    from edge_agent.testing.models import converted_model
 
     folder = converted_model(tmp_path / "tiny")
     manifest = load_manifest(folder)

@@ -25,14 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.testing.net import free_port
+
+__all__ = ["MOSQUITTO", "MosquittoBroker", "Pki", "free_port", "make_pki"]
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

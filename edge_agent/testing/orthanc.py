@@ -32,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.testing.net import free_port
+
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 #: Where Debian's orthanc-dicomweb puts the plugin (``dpkg -L orthanc-dicomweb``).
 DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so*")
@@ -54,12 +56,6 @@ class DicomTls:
     private_key: Path
     trusted: Path
     require_client_certificate: bool = True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def available() -> bool:

@@ -1,1 +1,0 @@
-"""Helpers shared by the test suites (a real Mosquitto broker, TLS material)."""
