@@ -3,6 +3,8 @@ PacsDelivery (so the SR and KOS bytes are the agent's), and what the queue holds
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pydicom
@@ -64,3 +66,30 @@ def retried(tmp_path: Path, attempts: int = 1):
     ok = found and all(r["state"] in ("pending", "sending") and r["attempts"] >= attempts and r["last_error"]
                        for r in found)
     return found if ok else None
+
+
+def state_deliveries(state_dir: Path) -> list[dict]:
+    """Every delivery of an agent's ``<state>/pacs.sqlite3`` with its object (read-only; [] before it exists)."""
+    path = state_dir / "pacs.sqlite3"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(
+            "SELECT d.destination, d.sop_instance_uid, d.state, d.attempts, d.last_error, o.kind, o.revision,"
+            " o.dataset FROM deliveries d JOIN objects o USING (sop_instance_uid)")]
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+    finally:
+        conn.close()
+
+
+def scan(agent, paths) -> None:
+    """Write ``paths`` into the agent's watch folder as a scanner exporting with dot-temp + rename does."""
+    target = agent.watch / "scan"
+    target.mkdir(exist_ok=True)
+    for p in paths:
+        tmp = target / f".{p.name}.part"
+        shutil.copyfile(p, tmp)
+        tmp.rename(target / p.name)

@@ -12,11 +12,8 @@ an association is open.
 from __future__ import annotations
 
 import io
-import shutil
 import socket
-import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pydicom
@@ -25,6 +22,8 @@ import pytest
 from edge_agent.testing.agent import PHI
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
+from pacs_helpers import state_deliveries, scan
+from edge_agent.testing.wait import wait_value as wait_for
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -34,45 +33,10 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 pytestmark = pytest.mark.timeout(300)
 
 
-def _deliveries(state_dir: Path) -> list[dict]:
-    path = state_dir / "pacs.sqlite3"
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(
-            "SELECT d.destination, d.sop_instance_uid, d.state, d.attempts, d.last_error, o.kind, o.revision,"
-            " o.dataset FROM deliveries d JOIN objects o USING (sop_instance_uid)")]
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
-    finally:
-        conn.close()
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _series(tmp_path: Path, seed: int):
     phantom, paths = render("ich", seed, tmp_path / f"series-{seed}", **ROUTINE)
     sops = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
     return phantom, paths, sops
-
-
-def _scan(agent, paths) -> None:
-    target = agent.watch / "scan"
-    target.mkdir(exist_ok=True)
-    for p in paths:
-        tmp = target / f".{p.name}.part"
-        shutil.copyfile(p, tmp)
-        tmp.rename(target / p.name)
 
 
 def _final_result(collector, uid: str, slices: int) -> dict:
@@ -80,7 +44,7 @@ def _final_result(collector, uid: str, slices: int) -> dict:
 
 
 def _all_done(state_dir: Path, n_min: int = 2):
-    rows = _deliveries(state_dir)
+    rows = state_deliveries(state_dir)
     return rows if len(rows) >= n_min and all(r["state"] == "done" for r in rows) else None
 
 
@@ -108,11 +72,11 @@ def test_sr_kos_and_key_image_land_in_the_original_study(orthanc, broker, collec
     [study_id] = orthanc.get("/studies")
     agent = agent_factory(broker.url, "--pacs", orthanc.destination,
                           env={"EDGE_AGENT_PACS_SECONDARY_CAPTURE": "true"}).start()
-    _scan(agent, paths)
+    scan(agent, paths)
     uid = phantom.headers.series_instance_uid
     result = _final_result(collector, uid, len(paths))
     assert result["status"] == "analysed" and result["findings"][0]["positive"] is True
-    rows = _wait(lambda: _all_done(agent.state), 60, "the SR and KOS to be delivered")
+    rows = wait_for(lambda: _all_done(agent.state), 60, "the SR and KOS to be delivered")
 
     # Orthanc's own view: still one patient and one study, now with an SR and a KO series in it.
     assert len(orthanc.get("/patients")) == 1 and orthanc.get("/studies") == [study_id]
@@ -176,13 +140,13 @@ def test_a_destination_that_is_down_receives_everything_when_it_returns(orthanc,
     phantom, paths, sops = _series(tmp_path, 61)
     agent = agent_factory(broker.url, "--pacs", orthanc.destination,
                           env={"EDGE_AGENT_PACS_RETRY_MAX": "2"}).start()
-    _scan(agent, paths)
+    scan(agent, paths)
     uid = phantom.headers.series_instance_uid
     assert _final_result(collector, uid, len(paths))["findings"][0]["positive"] is True  # so an SR and a KOS
     # Down: queued, tried, failed, waiting.
-    rows = _wait(lambda: [r for r in _deliveries(agent.state) if r["attempts"] >= 2 and r["last_error"]], 60,
+    rows = wait_for(lambda: [r for r in state_deliveries(agent.state) if r["attempts"] >= 2 and r["last_error"]], 60,
                  "failed attempts while the PACS is down")
-    assert all(r["state"] in ("pending", "sending") for r in _deliveries(agent.state))
+    assert all(r["state"] in ("pending", "sending") for r in state_deliveries(agent.state))
     assert "did not answer" in rows[0]["last_error"]
     log = agent.log_text()
     assert "PACS " in log and "did not answer" in log                   # our sentence, with what failed
@@ -190,7 +154,7 @@ def test_a_destination_that_is_down_receives_everything_when_it_returns(orthanc,
 
     orthanc.start()
     orthanc.upload(paths)
-    rows = _wait(lambda: _all_done(agent.state), 60, "delivery once the PACS is back")
+    rows = wait_for(lambda: _all_done(agent.state), 60, "delivery once the PACS is back")
     by_sop = orthanc.instances_by_sop()
     assert {r["sop_instance_uid"] for r in rows} <= set(by_sop)
     assert {r["kind"] for r in rows} == {"sr", "kos"}
@@ -279,18 +243,18 @@ def test_killed_mid_send_resends_on_restart_without_a_changed_duplicate(orthanc,
     try:
         destination = f"{orthanc.aet}@127.0.0.1:{proxy.port}"
         agent = agent_factory(broker.url, "--pacs", destination).start()
-        _scan(agent, paths)
+        scan(agent, paths)
         uid = phantom.headers.series_instance_uid
         _final_result(collector, uid, len(paths))
-        _wait(lambda: [r for r in _deliveries(agent.state) if r["state"] == "sending"] and proxy.held, 60,
+        wait_for(lambda: [r for r in state_deliveries(agent.state) if r["state"] == "sending"] and proxy.held, 60,
               "an association held open mid-send")
         agent.kill()                                   # SIGKILL while the association is open
-        before = {r["sop_instance_uid"]: r["dataset"] for r in _deliveries(agent.state)}
-        assert any(r["state"] == "sending" for r in _deliveries(agent.state))
+        before = {r["sop_instance_uid"]: r["dataset"] for r in state_deliveries(agent.state)}
+        assert any(r["state"] == "sending" for r in state_deliveries(agent.state))
 
         proxy.mode = "forward"
         agent.start()
-        rows = _wait(lambda: _all_done(agent.state), 90, "the resend after the restart")
+        rows = wait_for(lambda: _all_done(agent.state), 90, "the resend after the restart")
         # The same objects, byte for byte, under the same UIDs; and Orthanc holds exactly what was queued.
         assert {r["sop_instance_uid"]: r["dataset"] for r in rows if r["sop_instance_uid"] in before} == before
         by_sop = orthanc.instances_by_sop()

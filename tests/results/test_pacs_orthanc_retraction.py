@@ -16,8 +16,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sqlite3
-import time
 from pathlib import Path
 
 import pydicom
@@ -27,6 +25,8 @@ from pydicom.uid import generate_uid
 from edge_agent.testing.agent import PHI
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
+from pacs_helpers import state_deliveries, scan
+from edge_agent.testing.wait import wait_value as wait_for
 
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -35,45 +35,10 @@ SHIPPED_ICH = Path(__file__).resolve().parents[2] / "engines" / "ich"
 pytestmark = pytest.mark.timeout(300)
 
 
-def _deliveries(state_dir: Path) -> list[dict]:
-    path = state_dir / "pacs.sqlite3"
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(
-            "SELECT d.destination, d.sop_instance_uid, d.state, o.kind, o.revision, o.dataset FROM deliveries d"
-            " JOIN objects o USING (sop_instance_uid)")]
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
-    finally:
-        conn.close()
-
-
 def _delivered(state_dir: Path, kinds: set[tuple[int, str]]):
-    rows = _deliveries(state_dir)
+    rows = state_deliveries(state_dir)
     have = {(r["revision"], r["kind"]) for r in rows}
     return rows if kinds <= have and all(r["state"] == "done" for r in rows) else None
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _scan(agent, paths) -> None:
-    target = agent.watch / "scan"
-    target.mkdir(exist_ok=True)
-    for p in paths:
-        tmp = target / f".{p.name}.part"
-        shutil.copyfile(p, tmp)
-        tmp.rename(target / p.name)
 
 
 def _late_slice(paths: list[Path], folder: Path) -> Path:
@@ -110,12 +75,12 @@ def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc,
     engines = tmp_path / "engines"
     shutil.copytree(SHIPPED_ICH, engines / "ich")
     agent = agent_factory(broker.url, "--pacs", orthanc.destination, "--engines", str(engines)).start()
-    _scan(agent, paths)
+    scan(agent, paths)
     uid = phantom.headers.series_instance_uid
 
     first = collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths)], 120)[-1]
     assert first["findings"][0]["positive"] is True and first["findings"][0]["probability"] < 1.0
-    rows = _wait(lambda: _delivered(agent.state, {(1, "sr"), (1, "kos")}), 60, "revision 1 (SR and KOS)")
+    rows = wait_for(lambda: _delivered(agent.state, {(1, "sr"), (1, "kos")}), 60, "revision 1 (SR and KOS)")
     [kos1] = {r["sop_instance_uid"] for r in rows if r["kind"] == "kos"}
     [sr1] = {r["sop_instance_uid"] for r in rows if r["kind"] == "sr"}
     assert kos1 in orthanc.instances_by_sop()
@@ -129,10 +94,10 @@ def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc,
     late = _late_slice(paths, tmp_path / "late")
     orthanc.upload([late])
     agent.start()
-    _scan(agent, [late])
+    scan(agent, [late])
     second = collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths) + 1], 120)[-1]
     assert second["findings"][0]["positive"] is False
-    rows = _wait(lambda: _delivered(agent.state, {(2, "sr"), (2, "rejection")}), 60, "revision 2 (SR, note)")
+    rows = wait_for(lambda: _delivered(agent.state, {(2, "sr"), (2, "rejection")}), 60, "revision 2 (SR, note)")
     assert {r["kind"] for r in rows if r["revision"] == 2} == {"sr", "rejection"}   # no new KOS
     [note_uid] = {r["sop_instance_uid"] for r in rows if r["kind"] == "rejection"}
     [sr2] = {r["sop_instance_uid"] for r in rows if r["revision"] == 2 and r["kind"] == "sr"}

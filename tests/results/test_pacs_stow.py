@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import socket
 import ssl
 import threading
@@ -30,7 +29,7 @@ from edge_agent.results.queue import Due, PacsQueue, QueuedObject
 from edge_agent.results.sender import DestinationSender, SenderSettings
 from edge_agent.results.stow import instance_outcomes
 from edge_agent.service.preflight import pacs_checks
-from pacs_helpers import all_done, delivery, head_series, retried, rows, submit
+from pacs_helpers import all_done, delivery, head_series, retried, rows, submit, scan
 from edge_agent.testing.wait import wait_value as wait_for
 from edge_agent.testing import orthanc as orthanc_support
 from edge_agent.testing.mosquitto import make_pki
@@ -190,15 +189,6 @@ class ForwardProxy:
             s.close()
 
 
-def _scan(agent, paths) -> None:
-    target = agent.watch / "scan"
-    target.mkdir(exist_ok=True)
-    for p in paths:
-        tmp = target / f".{p.name}.part"
-        shutil.copyfile(p, tmp)
-        tmp.rename(target / p.name)
-
-
 @needs_dicomweb
 def test_the_agent_killed_mid_send_resends_and_orthanc_keeps_one_copy(tmp_path, orthanc_factory, broker, collector,
                                                                      agent_factory):
@@ -212,7 +202,7 @@ def test_the_agent_killed_mid_send_resends_and_orthanc_keeps_one_copy(tmp_path, 
         root = f"http://127.0.0.1:{proxy.port}/dicom-web"
         env = {"EDGE_AGENT_PACS_STOW_USER": "edge", "EDGE_AGENT_PACS_STOW_PASSWORD": PASSWORD}
         agent = agent_factory(broker.url, "--pacs", root, env=env).start()
-        _scan(agent, paths)
+        scan(agent, paths)
         uid = phantom.headers.series_instance_uid
         collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths)], 120)
         # Orthanc stored the SR and KOS, but its answer was swallowed: the agent is still waiting for it.
