@@ -74,6 +74,9 @@ def main() -> None:
     print(f"| normal heads positive (false alerts) | {count(normals, False)} | {count(normals, True)} |")
     print(f"| normal heads with evidence present | {sum(r['evidence'] for r in normals)}/{len(normals)} | |")
     print(f"| series out of domain | {sum(not r['in_domain'] for r in rows)}/{len(rows)} | |")
+    print(f"| nodules: model's top slice on a nodule slice | {sum(r['top_on_nodule'] for r in pos_)}/{len(pos_)} | |")
+    print(f"| nodules: evidence's best slice on a nodule slice | "
+          f"{sum(bool(r['evidence_on_nodule']) for r in pos_)}/{len(pos_)} | |")
 
 
 def lung(args) -> None:
@@ -89,14 +92,20 @@ def lung(args) -> None:
             ph = chest_phantom(seed, nodule=None if normal else "random", thickness_mm=thickness)
             order = np.argsort(ph.slice_positions)
             hu, pos, spacing = ph.volume_hu[order], ph.slice_positions[order], (ph.spacing[1], ph.spacing[2])
-            d = decide(model.score_slices(hu, spacing)[:, 0], man.decision)
+            probabilities = model.score_slices(hu, spacing)[:, 0]
+            d = decide(probabilities, man.decision)
             feats = [slice_features(hu[k], spacing, blob, man.domain) for k in range(len(hu))]
             ev = series_evidence(blob, feats, list(pos), ph.spacing[0])
             dom = series_domain(man.domain, feats)
+            on_nodule = ph.slice_labels[order]
+            ev_best = int(ev.slices[0]) if ev.present and ev.slices else None
             rows.append({"seed": seed, "nodule": ph.finding is not None, "type": ph.details.get("nodule_type"),
                          "diameter_mm": ph.details.get("diameter_mm"), "thickness_mm": thickness,
                          "p": round(d.probability, 3), "model": d.positive, "evidence": ev.present,
-                         "in_domain": dom.in_domain, "domain_reason": None if dom.in_domain else dom.reason})
+                         "in_domain": dom.in_domain, "domain_reason": None if dom.in_domain else dom.reason,
+                         # localisation: is the model's top slice / the evidence's best slice a nodule slice?
+                         "top_on_nodule": bool(on_nodule[int(np.argmax(probabilities))]),
+                         "evidence_on_nodule": None if ev_best is None else bool(on_nodule[ev_best])})
             print(json.dumps(rows[-1]), flush=True)
     pos_ = [r for r in rows if r["nodule"]]
     neg = [r for r in rows if not r["nodule"]]
@@ -112,6 +121,9 @@ def lung(args) -> None:
     print(f"| lung_blob evidence present (not a gate): nodules / clear | {sum(r['evidence'] for r in pos_)}/{len(pos_)} "
           f"/ {sum(r['evidence'] for r in neg)}/{len(neg)} | |")
     print(f"| series out of domain | {sum(not r['in_domain'] for r in rows)}/{len(rows)} | |")
+    print(f"| nodules: model's top slice on a nodule slice | {sum(r['top_on_nodule'] for r in pos_)}/{len(pos_)} | |")
+    print(f"| nodules: evidence's best slice on a nodule slice | "
+          f"{sum(bool(r['evidence_on_nodule']) for r in pos_)}/{len(pos_)} | |")
 
 
 if __name__ == "__main__":

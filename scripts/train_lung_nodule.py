@@ -186,13 +186,14 @@ def series(seed: int, positive: bool):
 
 
 TASK = Task(name="lung_nodule", finding="lung_nodule", label="Pulmonary nodule", severity="urgent", spec=SPEC,
-            sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=4)
+            sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=7)
 
 
 def _use_spec(spec: PreprocessSpec) -> None:
-    """The task's preprocessing; the cache key follows it (1-slice data 5, 2.5-D data 4)."""
+    """The task's preprocessing; the cache key follows it (v3 chest phantoms: 1-slice data 6, 2.5-D data 7;
+    5 and 4 were the v2 phantoms, whose vessels were not bounded by their depth in the lung)."""
     TASK.spec = spec
-    TASK.data_version = 4 if spec.context is not None else 5
+    TASK.data_version = 7 if spec.context is not None else 6
 
 DESCRIPTION = ("Pulmonary nodule, v2: trained on synthetic chest phantoms with 3-D vessel trees, fissures, "
                "atelectasis, emphysema, diaphragm, heart and calcium, ribs and cartilage, motion and kernel "

@@ -119,8 +119,8 @@ def draw(rng: np.random.Generator, xr: np.random.Generator, vr: np.random.Genera
     a["oesophagus"] = (np.array([8.0, ay0 + 15.0 + tr + 8.0, 300.0]), np.array([14.0, sy - sr - 10.0, -150.0]),
                        rng.uniform(6.0, 9.0), rng.uniform(0.0, 3.0))
 
-    def inside(p, margin=2.0):
-        return lung_inside(a, p, margin)
+    def inside(p, margin=2.0, pleural=False):
+        return lung_inside(a, p, margin, pleural=pleural)
 
     a["inside"] = inside
     # vessel trees: arteries from the hila, veins to the lower hila (towards the left atrium)
@@ -129,11 +129,11 @@ def draw(rng: np.random.Generator, xr: np.random.Generator, vr: np.random.Genera
         dirs = [np.array(v) * np.array([side, 1, 1]) + vr.normal(0, 0.15, 3) for v in
                 ((0.4, -0.3, 1.0), (0.5, 0.4, 0.9), (0.9, -0.5, 0.1), (0.8, 0.6, -0.3), (0.5, 0.3, -1.0),
                  (0.6, -0.5, -0.7), (0.9, 0.1, 0.4))]
-        a["arteries"] += cv.vessel_tree(vr, hil[li], dirs, vr.uniform(4.5, 6.5), inside, budget=600)
+        a["arteries"] += cv.vessel_tree(vr, hil[li], dirs, vr.uniform(4.5, 6.5), inside, budget=1400)
         vroot = hil[li] + np.array([side * 4.0, vr.uniform(0.0, 10.0), -vr.uniform(20.0, 35.0)])
         vdirs = [np.array(v) * np.array([side, 1, 1]) + vr.normal(0, 0.2, 3) for v in
                  ((0.5, -0.4, 0.9), (0.9, 0.2, 0.3), (0.7, 0.5, -0.6), (0.6, -0.4, -0.6), (0.9, -0.2, -0.2))]
-        a["veins"] += cv.vessel_tree(vr, vroot, vdirs, vr.uniform(4.0, 6.0), inside, budget=400)
+        a["veins"] += cv.vessel_tree(vr, vroot, vdirs, vr.uniform(4.0, 6.0), inside, budget=1000)
     a["bronchi"] = cv.bronchi_along(vr, a["arteries"], max_gen=2, r_art_min=2.0)
     c = a["confounders"]
     # ---- confounders: one random stream per key, so forcing one never shifts the others
@@ -326,12 +326,15 @@ def _dome_scalar(a: dict, x: float, y: float) -> float:
     return (1 - w) * out[0] + w * out[1]
 
 
-def lung_inside(a: dict, p, margin: float = 2.0) -> bool:
-    """Is the phantom point ``p`` inside a lung by at least ``margin`` mm (roughly)?"""
+def lung_inside(a: dict, p, margin: float = 2.0, *, pleural: bool = False) -> bool:
+    """Is the phantom point ``p`` inside a lung by at least ``margin`` mm (roughly)?
+
+    ``pleural``: measure the margin to the costal and diaphragmatic surfaces only (the mediastinum and
+    the heart do not count): how far a point is from the periphery, where vessels are thin."""
     x, y, z = (float(v) for v in p)
     if z < _dome_scalar(a, x, y) + margin:
         return False
-    if abs(x) < a["mw"] + margin:
+    if abs(x) < a["mw"] + (0.0 if pleural else margin):
         return False
     bx, by = a["body"]
     taper = 1.0 - 0.15 * min(max((z - 60.0) / 120.0, 0.0), 1.0)
@@ -344,7 +347,7 @@ def lung_inside(a: dict, p, margin: float = 2.0) -> bool:
     q = 0.0
     for i in range(3):
         li = f[0][i] * dx + f[1][i] * dy + f[2][i] * dz
-        q += (li / (ax[i] + margin)) ** 2
+        q += (li / (ax[i] + (0.0 if pleural else margin))) ** 2
     if q < 1.0:
         return False
     for (cc, aa) in a["lungs"]:

@@ -10,9 +10,18 @@ pixel boxes around each object.
 
 The vessel trees start at the hila and branch in 3-D (monopodial branching:
 the major child keeps most of the calibre, Murray's law r³ = r1³ + r2³ for the
-pair), tapering from 5–8 mm trunks to ~0.5 mm at the periphery, kept inside the
-lungs. Arteries run beside the bronchi of the first generations; veins form a
-second, interleaved tree draining to the lower hila.
+pair), tapering from 4–6.5 mm trunk radii to ~0.5 mm at the periphery, kept
+inside the lungs. The calibre is also bounded by the depth of the point in
+the lung (radius ≤ ``r_min`` + ``DEPTH_RADIUS`` × the distance to the costal
+and diaphragmatic pleura): on
+real CT the vessels of the outer centimetre or two are ≤ 1–2 mm across and
+fade out under the pleura, and the hilar ones are thick (Weibel / Horsfield
+morphometry; Fleischner glossary: the subpleural lung is nearly vessel-free
+on CT). Without that bound the main stems stayed 5–6 mm thick out to the
+chest wall and the phantom lung was a bundle of thick straight sticks that
+no real lung looks like. Segments are short enough that a vessel
+curves, long enough (4–8 calibres) that the trees reach the outer lung. Arteries run beside the bronchi of the first generations; veins form
+a second, interleaved tree draining to the lower hila.
 """
 
 from __future__ import annotations
@@ -146,19 +155,41 @@ def _perp(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-9)
 
 
+#: A vessel's radius is at most ``r_min`` + this × its depth under the costal and diaphragmatic pleura (mm):
+#: ~1 mm at 1 cm, ~2.2 mm at 3 cm, the full trunk calibre only in the central lung.
+DEPTH_RADIUS = 0.06
+
+
+def lung_depth(inside, p, cap: float = 90.0) -> float:
+    """How deep ``p`` lies under the costal / diaphragmatic pleura (mm, to ~1 mm): the largest margin that
+    ``inside(p, margin, pleural=True)`` still grants."""
+    if not inside(p, 0.0, pleural=True):
+        return 0.0
+    lo, hi = 0.0, cap
+    if inside(p, hi, pleural=True):
+        return hi
+    while hi - lo > 1.0:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if inside(p, mid, pleural=True) else (lo, mid)
+    return lo
+
+
 def vessel_tree(rng: np.random.Generator, root: np.ndarray, directions: list[np.ndarray], r0: float,
-                inside, *, r_min: float = 0.5, budget: int = 700) -> list[tuple]:
+                inside, *, r_min: float = 0.35, budget: int = 700) -> list[tuple]:
     """Segments ``(a, b, r, generation)`` (phantom frame) of a tapering tree grown from ``root``.
 
-    ``inside(p)`` → bool keeps the tree inside the lungs (a branch that would leave is bent back, then
-    stopped). Breadth first with a segment ``budget``, so the finest generations are cut evenly."""
+    ``inside(p, margin)`` → bool keeps the tree inside the lungs (a branch that would leave is bent back,
+    then stopped) and gives each point's depth, which bounds the calibre (:data:`DEPTH_RADIUS`). Breadth
+    first with a segment ``budget``, so the finest generations are cut evenly."""
     segs: list[tuple] = []
     queue = [(root, d / np.linalg.norm(d), r0 * rng.uniform(0.85, 1.1), 0) for d in directions]
     head = 0
     while head < len(queue) and len(segs) < budget:
         a, u, r, gen = queue[head]
         head += 1
-        length = r * rng.uniform(5.0, 9.0) + rng.uniform(2.0, 6.0)
+        if gen > 0:  # the trunks leave the hilum at full calibre; beyond, the depth bounds it
+            r = min(r, r_min + DEPTH_RADIUS * lung_depth(inside, a))
+        length = r * rng.uniform(4.0, 8.0) + rng.uniform(2.0, 5.0)
         b = a + u * length
         tries = 0
         while not inside(b) and tries < 4:
