@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from edge_agent.errors import ConfigError
 
@@ -29,6 +30,12 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
+
+
+#: The choices of settings that code also builds without a config (alerts/settings.py, alerts/previews.py).
+MQTT_PROTOCOLS = ("5", "3.1.1", "auto")
+MQTT_DELIVERY = ("receipt", "broker")
+PREVIEW_FORMATS = ("auto", "png", "jpeg")
 
 
 def _f(default: Any, doc: str, **kw) -> Any:
@@ -91,7 +98,7 @@ class InferenceSection:
 class MqttSection:
     broker: str = _f("", "mqtt://host:port or mqtts://host:port; empty: an embedded broker on 127.0.0.1.")
     embedded_port: int = _f(1883, "Port of the embedded broker when no broker is set (0: any free port).")
-    protocol: str = _f("auto", "5 | 3.1.1 | auto (5, falling back to 3.1.1).", choices=("5", "3.1.1", "auto"))
+    protocol: str = _f("auto", "5 | 3.1.1 | auto (5, falling back to 3.1.1).", choices=MQTT_PROTOCOLS)
     prefix: str = _f("edge-agent", "First level of every topic.")
     client_id: str = _f("", "MQTT client id (default: edge-agent-<site>-<device>).")
     username: str = _f("", "Username (or EDGE_AGENT_MQTT_USERNAME).", hashed=False)
@@ -101,7 +108,7 @@ class MqttSection:
     key_file: str = _f("", "Client key for mutual TLS.", hashed=False)
     tls_insecure: bool = _f(False, "Skip the host-name check of the broker certificate (the chain is still verified; logged as a warning).")
     delivery: str = _f("receipt", "receipt: done when a consumer acknowledges; broker: done at PUBACK.",
-                       choices=("receipt", "broker"))
+                       choices=MQTT_DELIVERY)
     receipt_timeout: float = _f(30.0, "Republish an alert not acknowledged by a consumer within this many seconds.")
     heartbeat_interval: float = _f(30.0, "Seconds between status heartbeats.")
 
@@ -115,7 +122,7 @@ class AlertsSection:
     preview_max_bytes: int = _f(65536, "Most bytes of a preview image (1024-1048576): PNG when it fits, else JPEG "
                                 "at falling quality, then smaller.")
     preview_format: str = _f("auto", "auto (PNG, else JPEG when PNG is over the cap) | png | jpeg.",
-                             choices=("auto", "png", "jpeg"))
+                             choices=PREVIEW_FORMATS)
 
 
 @dataclass
@@ -291,8 +298,8 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
                                   f"{did_you_mean(name, known, prefix=section + '.')} known: {', '.join(known)}.")
             value = _coerce(section, name, value, hints[name], source, secret=known[name].metadata.get("secret", False))
             choices = known[name].metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"{section}.{name} ({source}) must be one of {', '.join(choices)}, got {value!r}.")
+            if choices:
+                check_one_of(f"{section}.{name} ({source})", value, choices)
             setattr(obj, name, value)
 
 
@@ -321,8 +328,8 @@ def _apply_models(cfg: Config, tables: Any, source: str) -> None:
             spec = next(f for f in fields(ModelSettings) if f.name == key)
             value = _coerce(f"models.{name}", key, value, get_type_hints(ModelSettings)[key], source)
             choices = spec.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"models.{name}.{key} ({source}) must be one of {', '.join(choices)}, got {value!r}.")
+            if choices:
+                check_one_of(f"models.{name}.{key} ({source})", value, choices)
             setattr(settings, key, value)
 
 
@@ -416,34 +423,110 @@ def load_config(path: str | Path | None = None, *, overrides: dict | None = None
     return cfg
 
 
+# -- the rules of values ------------------------------------------------------------------------------------
+# One function per rule, each with its one sentence, naming the value as the caller knows it: validate() checks
+# a config's values with them under their keys ("ingest.poll_interval"); what code also builds without a config
+# (MqttSettings, IngestSettings, PreviewSettings, MetricsServer, StorageReceiver, Agent) calls the same function
+# under its own name, so a rule is written once and worded once. Settings built from a validated config pass them.
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 Table 6.2-1 (AE): no backslash, no control chars
+
+
+def check_positive(key: str, value: float) -> None:
+    """More than 0 (a duration in seconds, an interval)."""
+    if value <= 0:
+        raise ConfigError(f"{key} must be greater than 0.")
+
+
+def check_at_least(key: str, value: int, least: int, meaning: str = "") -> None:
+    """``least`` or more; ``meaning`` (e.g. `` (0: one per core)``) follows the bound."""
+    if value < least:
+        raise ConfigError(f"{key} must be at least {least}{meaning}.")
+
+
+def check_seconds_or_zero(key: str, value: float, zero: str) -> None:
+    """0 (meaning ``zero``) or more seconds."""
+    if value < 0:
+        raise ConfigError(f"{key} must be 0 ({zero}) or a number of seconds, got {value:g}.")
+
+
+def check_between(key: str, value: int, low: int, high: int, unit: str = "") -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be between {low} and {high}{unit}, got {value}.")
+
+
+def check_port(key: str, value: int) -> None:
+    """A TCP port number, 0 (none, or any free one) included."""
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{key} must be a TCP port (0-65535), got {value}.")
+
+
+def check_one_of(key: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")
+
+
+def check_topic_level(key: str, value: str) -> None:
+    """One level of an MQTT topic (site, device, prefix): not empty, no separator, no wildcard."""
+    if not value or any(c in value for c in "/+#"):
+        raise ConfigError(f"{key} must be a non-empty MQTT topic level without '/', '+' or '#', got {value!r}.")
+
+
+def check_ae_title(key: str, value: str) -> str:
+    """A DICOM AE title (1-16 printable ASCII characters, no backslash, not all spaces); returns it stripped."""
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ConfigError(f"{key} {value!r} is not a valid DICOM AE title; use 1 to 16 printable ASCII characters "
+                          "without a backslash.")
+    return value.strip()
+
+
+def check_broker_url(key: str, url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` → (host, port, tls); never shows credentials."""
+    use = "use mqtt://host:port or mqtts://host:port"
+    try:
+        parts = urlsplit(url)
+        credentials = parts.username or parts.password
+    except ValueError as exc:
+        raise ConfigError(f"{key} {url!r} is malformed ({exc}); {use}.") from None
+    if credentials:
+        raise ConfigError(f"{key} must not carry credentials; set EDGE_AGENT_MQTT_USERNAME and "
+                          "EDGE_AGENT_MQTT_PASSWORD (or *_FILE) in the environment or the config file instead.")
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"{key} must start with mqtt:// or mqtts://, got {url!r}.")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{key} {url!r} is malformed ({exc}); {use}.") from None
+    if not parts.hostname:
+        raise ConfigError(f"{key} {url!r} names no host; {use}.")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, port or (8883 if tls else 1883), tls
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Every check of a config's values that types and choices alone cannot express: the one place (the settings
+    built from the config trust it)."""
     for section, name in (("ingest", "poll_interval"), ("ingest", "stable_seconds"), ("series", "settle"),
                           ("ingest", "retry_timeout"), ("ingest", "rescan_interval"), ("series", "max_open"),
-                          ("mqtt", "receipt_timeout"), ("mqtt", "heartbeat_interval")):
-        if getattr(getattr(cfg, section), name) <= 0:
-            raise ConfigError(f"{section}.{name} must be greater than 0.")
-    if cfg.agent.summary_interval < 0:
-        raise ConfigError("agent.summary_interval must be 0 (no summaries) or more seconds, "
-                          f"got {cfg.agent.summary_interval:g}.")
+                          ("mqtt", "receipt_timeout"), ("mqtt", "heartbeat_interval"), ("metrics", "max_stage_age")):
+        check_positive(f"{section}.{name}", getattr(getattr(cfg, section), name))
+    check_seconds_or_zero("agent.summary_interval", cfg.agent.summary_interval, "no summary")
     for section, name in (("series", "queue_size"), ("series", "batch")):
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"{section}.{name} must be at least 1.")
+        check_at_least(f"{section}.{name}", getattr(getattr(cfg, section), name), 1)
+    check_at_least("ingest.workers", cfg.ingest.workers, 0, " (0: one per core)")
     for section, name in (("dicom", "port"), ("metrics", "port"), ("mqtt", "embedded_port")):
-        port = getattr(getattr(cfg, section), name)
-        if not 0 <= port <= 65535:
-            raise ConfigError(f"{section}.{name} must be a TCP port (0-65535), got {port}.")
-    broker = cfg.mqtt.broker
-    if broker and not (broker.startswith("mqtt://") or broker.startswith("mqtts://")):
-        raise ConfigError(f"mqtt.broker must start with mqtt:// or mqtts://, got {broker!r}.")
-    for name in ("site", "device"):
-        value = getattr(cfg.agent, name)
-        if not value or any(c in value for c in "/+#"):
-            raise ConfigError(f"agent.{name} must be a non-empty MQTT topic level without '/', '+' or '#', got {value!r}.")
-    if len(cfg.dicom.ae_title) > 16 or not cfg.dicom.ae_title.strip():
-        raise ConfigError("dicom.ae_title must be 1-16 characters (DICOM PS3.5 AE value representation).")
-    if len(cfg.pacs.ae_title) > 16 or not cfg.pacs.ae_title.strip():
-        raise ConfigError("pacs.ae_title must be 1-16 characters (DICOM PS3.5 AE value representation).")
+        check_port(f"{section}.{name}", getattr(getattr(cfg, section), name))
+    if cfg.mqtt.broker:
+        check_broker_url("mqtt.broker", cfg.mqtt.broker)
+    for section, name in (("agent", "site"), ("agent", "device"), ("mqtt", "prefix")):
+        check_topic_level(f"{section}.{name}", getattr(getattr(cfg, section), name))
+    check_ae_title("dicom.ae_title", cfg.dicom.ae_title)
+    for title in cfg.dicom.allowed_calling_aets:
+        check_ae_title("dicom.allowed_calling_aets", title)
+    check_ae_title("pacs.ae_title", cfg.pacs.ae_title)
+    a = cfg.alerts
+    check_between("alerts.preview_size", a.preview_size, 16, 1024, " pixels")
+    check_between("alerts.preview_max_bytes", a.preview_max_bytes, 1024, 1 << 20)
     if cfg.pacs.dead_after <= 0 or cfg.pacs.retry_max <= 0:
         raise ConfigError("pacs.dead_after and pacs.retry_max must be greater than 0 seconds.")
     if cfg.pacs.destinations:

@@ -52,6 +52,7 @@ from pathlib import Path
 from _harness import (ROUTINE_HEAD, AgentProcess, MosquittoBroker, Sent, decide_templates,  # noqa: E402
                       edge_agent_command, integrity, ledger_files, ledger_series_done, machine_line, make_templates,
                       outbox_rows, replay, start_agent, wait_until)
+from edge_agent.testing.processes import terminate
 
 SITES = ("st-marys", "general", "north", "south")
 GROUP = "pagers"
@@ -84,13 +85,7 @@ class Listener:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 20)
         return self.proc.returncode
 
     def alerts(self) -> list[dict]:

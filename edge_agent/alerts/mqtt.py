@@ -63,6 +63,35 @@ def reason_text(reason_code) -> str:
     return f"{reason_code} (0x{int(value):02x})"
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSL socket that closes itself when its handshake fails: paho-mqtt 2.x (``Client._ssl_wrap_socket``)
+    drops it without closing it then (a wrong CA, a host-name mismatch, TLS towards a plain port)."""
+
+    def do_handshake(self, *args, **kwargs):
+        try:
+            return super().do_handshake(*args, **kwargs)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # a non-blocking handshake still under way
+        except BaseException:
+            self.close()
+            raise
+
+
+def _tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """What paho's ``tls_set`` builds (TLS client, broker certificate required, host name checked; our CA or the
+    system store; our certificate for mutual TLS), with sockets that close on a failed handshake."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if settings.cert_file:
+        ctx.load_cert_chain(settings.cert_file, settings.key_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if settings.ca_file:
+        ctx.load_verify_locations(settings.ca_file)
+    else:
+        ctx.load_default_certs()
+    ctx.sslsocket_class = _ClosingSSLSocket
+    return ctx
+
+
 def make_client(settings: MqttSettings, client_id: str, protocol: str, *, persistent: bool = False,
                 userdata=None) -> paho.Client:
     """A configured but unconnected client: protocol, credentials, TLS, reconnect delays."""
@@ -78,8 +107,7 @@ def make_client(settings: MqttSettings, client_id: str, protocol: str, *, persis
     address = settings.address
     if address.tls:
         try:
-            client.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file, keyfile=settings.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            client.tls_set_context(_tls_context(settings))
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"Cannot load the MQTT TLS material (CA {settings.ca_file}, certificate "
                               f"{settings.cert_file}, key {settings.key_file}): {exc}; fix the paths.") from exc

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.alerts.payloads import SCHEMA_IDS, validate_payload
-from edge_agent.errors import ConfigError
+from edge_agent.config import PREVIEW_FORMATS, check_between, check_one_of
 
 #: Window (centre, width HU) for a model without preprocessing windows (a plug-in such as coronary_calcium).
 DEFAULT_WINDOW = (40.0, 400.0)
 #: The brain window, always used for ich (a bleed is shown the way a radiologist first looks at it).
 BRAIN_WINDOW = (40.0, 80.0)
-FORMATS = ("auto", "png", "jpeg")
+FORMATS = PREVIEW_FORMATS
 MIME_EXT = {"image/png": "png", "image/jpeg": "jpg"}
 _JPEG_QUALITIES = (90, 80, 70, 60, 50, 40)
 _MIN_SIDE = 16
@@ -51,12 +51,10 @@ class PreviewSettings:
     keep: int = 4   # best-scoring slices whose thumbnails are kept per open series and model (beyond key_slices)
 
     def __post_init__(self) -> None:
-        if not 16 <= int(self.size) <= 1024:
-            raise ConfigError(f"alerts.preview_size must be between 16 and 1024 pixels, got {self.size}.")
-        if not 1024 <= int(self.max_bytes) <= 1 << 20:
-            raise ConfigError(f"alerts.preview_max_bytes must be between 1024 and 1048576, got {self.max_bytes}.")
-        if self.format not in FORMATS:
-            raise ConfigError(f"alerts.preview_format must be one of {', '.join(FORMATS)}, got {self.format!r}.")
+        # The config's rules and sentences (config.validate checks [alerts] with the same functions).
+        check_between("alerts.preview_size", int(self.size), 16, 1024, " pixels")
+        check_between("alerts.preview_max_bytes", int(self.max_bytes), 1024, 1 << 20)
+        check_one_of("alerts.preview_format", self.format, FORMATS)
 
 
 def window_for(manifest) -> tuple[float, float]:

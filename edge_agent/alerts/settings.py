@@ -16,16 +16,23 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from edge_agent.config import (
+    MQTT_DELIVERY,
+    MQTT_PROTOCOLS,
+    check_broker_url,
+    check_one_of,
+    check_positive,
+    check_topic_level,
+)
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from edge_agent.config import Config
 
 ENV_PREFIX = "EDGE_AGENT_MQTT_"
-DELIVERY_MODES = ("receipt", "broker")
-PROTOCOLS = ("auto", "5", "3.1.1")
+DELIVERY_MODES = MQTT_DELIVERY
+PROTOCOLS = MQTT_PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -41,20 +48,10 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://host[:1883]`` or ``mqtts://host[:8883]``; anything else is a ConfigError."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"The broker URL {url!r} is malformed ({exc}); use mqtt://host:port or mqtts://host:port.")
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"The broker URL {url!r} is not understood; use mqtt://host:port or mqtts://host:port.")
-    if parts.username or parts.password:
-        raise ConfigError("The broker URL must not carry credentials; set EDGE_AGENT_MQTT_USERNAME and "
-                          "EDGE_AGENT_MQTT_PASSWORD (or *_FILE) in the environment or the config file instead.")
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
+def parse_broker_url(url: str, key: str = "The broker URL") -> BrokerAddress:
+    """Parse ``mqtt://host[:1883]`` or ``mqtts://host[:8883]``; anything else is a ConfigError sentence naming
+    ``key`` (the rule is the config's, :func:`edge_agent.config.check_broker_url`)."""
+    return BrokerAddress(*check_broker_url(key, url))
 
 
 def _env(name: str) -> str | None:
@@ -109,24 +106,25 @@ class MqttSettings:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError (one sentence) for any value that cannot work."""
+        """Raise ConfigError (one sentence) for any value that cannot work.
+
+        Settings built in code (``listen`` without ``--config``, the harness) are checked here; those from a
+        config were checked by :func:`edge_agent.config.validate` with the same rules (the functions there), so
+        only what the config does not hold can fail then: the TLS pair as completed from the environment.
+        """
         if self.url is not None:
             parse_broker_url(self.url)
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"MQTT protocol {self.protocol!r} is not supported; use one of {', '.join(PROTOCOLS)}.")
-        if self.delivery not in DELIVERY_MODES:
-            raise ConfigError(f"Delivery mode {self.delivery!r} is unknown; use 'receipt' or 'broker'.")
+        check_one_of("protocol", self.protocol, PROTOCOLS)
+        check_one_of("delivery", self.delivery, DELIVERY_MODES)
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError("A client certificate needs its key (and a key its certificate); "
                               "set both cert_file and key_file or neither.")
         for name in ("prefix", "site", "device"):
-            value = getattr(self, name)
-            if not value or any(ch in value for ch in "/+#"):
-                raise ConfigError(f"MQTT {name} {value!r} must be non-empty and contain no '/', '+' or '#'.")
+            check_topic_level(name, getattr(self, name))
         if self.inflight_window < 1 or self.keepalive < 5:
             raise ConfigError("inflight_window must be at least 1 and keepalive at least 5 seconds.")
-        if self.receipt_timeout <= 0 or self.heartbeat_interval <= 0:
-            raise ConfigError("receipt_timeout and heartbeat_interval must be positive numbers of seconds.")
+        for name in ("receipt_timeout", "heartbeat_interval"):
+            check_positive(name, getattr(self, name))
 
     @classmethod
     def from_env(cls, **overrides) -> "MqttSettings":

@@ -47,6 +47,7 @@ import pynetdicom.dimse_messages as pynetdicom_messages
 from pynetdicom import AE, _config as pynetdicom_config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from edge_agent.config import check_ae_title, check_port
 from edge_agent.dicom.uids import STORAGE_TRANSFER_SYNTAXES
 from edge_agent.errors import ConfigError, EdgeAgentError
 
@@ -76,18 +77,6 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 # A UID is 1-64 characters of digits and dots (PS3.5 9.1); checking this also
 # keeps a hostile value ("../..") out of the file path built from it.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-# An AE title is 1-16 characters of the default repertoire without backslash
-# or control characters (PS3.5 Table 6.2-1, AE).
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
-
-
-def _check_ae_title(value: str, what: str) -> str:
-    if not _AE_TITLE.match(value) or not value.strip():
-        raise ConfigError(
-            f"The {what} {value!r} is not a valid DICOM AE title; use 1 to 16 printable "
-            "ASCII characters without a backslash."
-        )
-    return value.strip()
 
 
 def tls_context(cert_file: str | Path, key_file: str | Path, ca_file: str | Path | None = None) -> ssl.SSLContext:
@@ -208,14 +197,13 @@ class StorageReceiver:
         ssl_context: ssl.SSLContext | None = None,
         spool_dir: Path | None = None,
     ) -> None:
-        if not 0 <= int(port) <= 65535:
-            raise ConfigError(f"The DICOM port {port} is out of range; use a port between 1 and 65535.")
+        check_port("port", int(port))  # the config's rules (edge_agent.config), for a receiver built in code
         if int(max_pdu) < 0:
             raise ConfigError(f"The maximum PDU length {max_pdu} is negative; use 0 (no limit) or a byte count.")
         self.watch_dir = Path(watch_dir)
-        self.ae_title = _check_ae_title(ae_title, "AE title")
+        self.ae_title = check_ae_title("The AE title", ae_title)
         self.allowed_calling_aets = [
-            _check_ae_title(a, "allowed calling AE title") for a in (allowed_calling_aets or [])
+            check_ae_title("The allowed calling AE title", a) for a in (allowed_calling_aets or [])
         ]
         self.bind = bind
         self.max_pdu = int(max_pdu)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.config import check_at_least, check_positive
 from edge_agent.dicom import Slice
-from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from edge_agent.config import Config
@@ -37,14 +37,12 @@ class IngestSettings:
         self.state_dir = Path(self.state_dir)
         if self.quarantine_dir is not None:
             self.quarantine_dir = Path(self.quarantine_dir)
-        for name in ("poll_interval", "rescan_interval"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"Ingest setting {name} must be a positive number of seconds.")
-        for name in ("stable_seconds", "retry_timeout"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"Ingest setting {name} must not be negative.")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError("Ingest setting workers must be at least 1 (or unset for all cores).")
+        # Settings built in code are checked with the config's rules (edge_agent.config: one function, one
+        # sentence each); from_config's values already passed them in config.validate.
+        for name in ("poll_interval", "stable_seconds", "retry_timeout", "rescan_interval"):
+            check_positive(name, getattr(self, name))
+        if self.workers is not None:
+            check_at_least("workers", self.workers, 1, " (or None: one per core)")
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides: Any) -> "IngestSettings":

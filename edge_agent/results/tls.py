@@ -57,13 +57,23 @@ class FailureRecorder:
         recorder = self
 
         class _RecordingSocket(ssl.SSLSocket):
+            # pynetdicom (AssociationSocket._shutdown_socket) calls close() only when shutdown() succeeds, which
+            # it does not on a socket that never connected, failed its handshake or was reset: then the socket
+            # is closed here, instead of being left to the garbage collector (a ResourceWarning).
             def connect(self, address):
                 try:
                     return super().connect(address)
-                except ConnectionRefusedError:
-                    raise  # nothing listens: no TLS involved
-                except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
-                    recorder.error = exc  # the handshake failed (connect() does it)
+                except BaseException as exc:
+                    self.close()
+                    if isinstance(exc, (ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+                        recorder.error = exc  # the handshake failed (connect() does it); refused: no TLS involved
+                    raise
+
+            def shutdown(self, how):
+                try:
+                    return super().shutdown(how)
+                except BaseException:
+                    self.close()
                     raise
 
             def recv(self, *args, **kwargs):

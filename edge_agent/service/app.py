@@ -21,8 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from edge_agent.config import Config
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.config import Config, check_seconds_or_zero
+from edge_agent.errors import EdgeAgentError
 from edge_agent.logs import AGENT_LOG
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,8 @@ class Agent:
         if not watch.is_dir():  # before anything starts: one sentence, nothing half-started
             raise EdgeAgentError(f"The watch folder {watch} does not exist; create it or pass the right folder "
                                  "with --watch.")
-        if cfg.agent.summary_interval < 0:
-            raise ConfigError(f"agent.summary_interval must be 0 (no summary) or a number of seconds, got "
-                              f"{cfg.agent.summary_interval:g}.")
+        # a Config built in code skipped config.validate: this one rule, as it words it, before anything starts
+        check_seconds_or_zero("agent.summary_interval", cfg.agent.summary_interval, "no summary")
         state = cfg.state_dir
         try:
             state.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.config import check_port, check_positive
+from edge_agent.errors import EdgeAgentError
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,8 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics, heartbeats: Heartbeats, *, host: str = "127.0.0.1", port: int = 9108,
                  max_stage_age: float = 60.0) -> None:
-        if not 0 <= int(port) <= 65535:
-            raise ConfigError(f"The metrics port {port} is out of range; use a port between 1 and 65535.")
-        if float(max_stage_age) <= 0:
-            raise ConfigError(f"metrics.max_stage_age must be positive (got {max_stage_age}); use e.g. 60.")
+        check_port("port", int(port))  # the config's rules (edge_agent.config), for a server built in code
+        check_positive("max_stage_age", float(max_stage_age))
         self.metrics = metrics
         self.heartbeats = heartbeats
         self.host = host

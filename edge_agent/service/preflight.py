@@ -321,8 +321,6 @@ def broker_check(cfg: Config, timeout: float = BROKER_TIMEOUT_S) -> list[Check]:
         address = settings.address
     except EdgeAgentError as exc:
         return [_fail(what, str(exc))]
-    if not 1 <= address.port <= 65535:
-        return [_fail(what, f"port {address.port} is not a TCP port; use mqtt://host:1883 or mqtts://host:8883")]
     where = f"{address.host}:{address.port}"
     who = f" as {settings.username}" if settings.username else ""
     for protocol in mqtt.protocols_to_try(settings):

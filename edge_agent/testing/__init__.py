@@ -9,8 +9,10 @@ checks that), and importing this package imports nothing heavy: each submodule i
 |---|---|
 | ``mosquitto`` | a real Mosquitto process (plain, TLS, mTLS, passwords, ACL) and a throw-away PKI |
 | ``orthanc`` | a real Orthanc PACS (DICOM, REST, DICOMweb, TLS) |
-| ``dcmtk`` | DCMTK's command-line tools (not pynetdicom's same-named scripts) |
+| ``dcmtk`` | DCMTK's command-line tools (not pynetdicom's same-named scripts); an SR checked by dsrdump and dciodvfy |
 | ``net`` | a free local port, host and port of an MQTT URL |
+| ``processes`` | stop a child process: SIGTERM, a grace period, SIGKILL |
+| ``proxy`` | ``TcpProxy``: a local TCP proxy that can hold requests or answers (a network failing mid-send) |
 | ``wait`` | the one poll-until-true helper (``wait_until`` → bool, ``wait`` → AssertionError) |
 | ``mqtt`` | ``Recorder`` (every message, schema-checked, with waits) and ``Consumer`` (receipts) |
 | ``agent`` | ``edge-agent run`` as a real process; read-only looks into its state folder |

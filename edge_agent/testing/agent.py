@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.testing.processes import terminate
+
 #: Short ingest/MQTT timers, so an agent in a test notices files, retries and heartbeats within a second or two.
 FAST_ENV = {"EDGE_AGENT_INGEST_STABLE_SECONDS": "0.2", "EDGE_AGENT_INGEST_RETRY_TIMEOUT": "2",
             "EDGE_AGENT_MQTT_RECEIPT_TIMEOUT": "5", "EDGE_AGENT_MQTT_HEARTBEAT_INTERVAL": "2"}
@@ -163,14 +165,8 @@ class AgentProcess:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)   # a paused agent must see the SIGTERM
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                if self.strict_stop:
-                    raise AgentDidNotStop(f"agent did not stop on SIGTERM:\n{self.log_text()}") from None
+            if not terminate(self.proc, timeout) and self.strict_stop:
+                raise AgentDidNotStop(f"agent did not stop on SIGTERM:\n{self.log_text()}")
         return self.proc.returncode
 
     def close(self) -> None:

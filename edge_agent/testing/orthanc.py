@@ -23,7 +23,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.testing.net import free_port
+from edge_agent.testing.processes import terminate
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 #: Where Debian's orthanc-dicomweb puts the plugin (``dpkg -L orthanc-dicomweb``).
@@ -138,13 +138,8 @@ class Orthanc:
         raise RuntimeError(f"Orthanc did not start:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 15)
 
     def get(self, path: str):
         with urllib.request.urlopen(self._request(path), timeout=10) as response:

@@ -132,7 +132,7 @@ def test_settings_parse_urls_and_refuse_bad_values(monkeypatch, tmp_path):
     for bad in ("http://h:1", "mqtt://", "mqtt://user:pw@h:1"):
         with pytest.raises(ConfigError):
             parse_broker_url(bad)
-    with pytest.raises(ConfigError, match="Delivery mode"):
+    with pytest.raises(ConfigError, match="delivery must be one of"):
         MqttSettings(url="mqtt://h:1", delivery="sometimes")
     with pytest.raises(ConfigError, match="site"):
         MqttSettings(site="a/b")

@@ -11,12 +11,6 @@ from edge_agent.config import config_hash, load_config
 from edge_agent.errors import ConfigError
 from edge_agent.results.destination import parse_destination
 from edge_agent.results.sender import SenderSettings
-from edge_agent.testing.mosquitto import make_pki
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.mark.parametrize("text, kind, key, host, port", [

@@ -1,45 +1,24 @@
 """`edge-agent doctor --pacs tls:…` tries a DICOM TLS destination with the agent's own settings (--config).
 
-A real TLS peer: pynetdicom's Verification/Storage SCP behind an ssl context built here that demands a client
-certificate from our CA (certificates from openssl, edge_agent.testing.mosquitto.make_pki). Without --config the
-doctor cannot know the TLS material and says so; with it, it checks as `run --check` does.
+A real TLS peer: pynetdicom's Verification/Storage SCP (pacs_helpers.TlsScp) behind an ssl context built with
+the ssl module that demands a client certificate from our CA (certificates from openssl,
+edge_agent.testing.mosquitto.make_pki). Without --config the doctor cannot know the TLS material and says so;
+with it, it checks as `run --check` does.
 """
 
 from __future__ import annotations
 
-import ssl
-
 import pytest
-from pynetdicom import AE, evt
 
 from edge_agent.cli.doctor import run_checks
-from edge_agent.testing.net import free_port
-from edge_agent.testing.mosquitto import make_pki
-
-VERIFICATION = "1.2.840.10008.1.1"
-STORAGE = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.59")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
+from pacs_helpers import TlsScp, server_context
 
 
 @pytest.fixture
 def tls_scp(pki):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-    ctx.load_verify_locations(str(pki.ca_cert))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ae = AE(ae_title="TLSSCP")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 2
-    for uid in (VERIFICATION, *STORAGE):
-        ae.add_supported_context(uid)
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=ctx,
-                             evt_handlers=[(evt.EVT_C_ECHO, lambda e: 0x0000)])
-    yield f"tls:TLSSCP@127.0.0.1:{port}"
-    server.shutdown()
+    scp = TlsScp(server_context(pki, require_client=True))
+    yield scp.destination
+    scp.close()
 
 
 def test_doctor_tries_a_tls_destination_with_the_configs_certificates(tmp_path, pki, tls_scp):

@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pydicom
@@ -29,9 +27,8 @@ from edge_agent.results.sender import SenderSettings
 from edge_agent.results.study import read_study_header
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
-from edge_agent.testing.dcmtk import dcmtk
+from edge_agent.testing.dcmtk import validate_sr
 
-DCIODVFY = shutil.which("dciodvfy")
 ALGORITHM = Algorithm("ich", "2.0.0", "cd" * 32, "onnxrt", "fp32", True)
 DESTINATIONS = ("PACS@127.0.0.1:11112", "ARCHIVE@127.0.0.1:11113")
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -83,18 +80,6 @@ def _dataset(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
 
 
-def _validate(data: bytes, path: Path) -> str:
-    """dciodvfy's verdict (its errors are lines starting 'Error'); dsrdump must parse it either way."""
-    path.write_bytes(data)
-    dump = subprocess.run([dcmtk("dsrdump") or "dsrdump", str(path)], capture_output=True, text=True)
-    assert dump.returncode == 0, dump.stderr
-    if DCIODVFY:
-        out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True)
-        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-        assert errors == [], errors
-    return dump.stdout
-
-
 def _references(note: pydicom.Dataset) -> tuple[set, set]:
     """(evidence references, content-tree references) of a KOS: {(SOP Class UID, SOP Instance UID)}."""
     evidence = {(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID)
@@ -131,7 +116,7 @@ def test_a_retraction_queues_the_sr_and_a_rejection_note_of_the_earlier_kos(phan
     assert all(r["state"] == "pending" for r in rows) and len({r["created_at"] for r in rows}) == 1
 
     note = _dataset(two["rejection"][1])
-    dump = _validate(two["rejection"][1], tmp_path / "rejection.dcm")
+    dump = validate_sr(tmp_path / "rejection.dcm", two["rejection"][1])
     assert '"Rejected for Quality Reasons"' in dump
     assert note.SOPClassUID == KEY_OBJECT_SELECTION and note.Modality == "KO"
     [title] = note.ConceptNameCodeSequence
@@ -154,7 +139,7 @@ def test_a_retraction_queues_the_sr_and_a_rejection_note_of_the_earlier_kos(phan
 
     # The new SR: Absent, names its predecessor, and says that the earlier finding is withdrawn.
     sr = _dataset(two["sr"][1])
-    sr_dump = _validate(two["sr"][1], tmp_path / "sr2.dcm")
+    sr_dump = validate_sr(tmp_path / "sr2.dcm", two["sr"][1])
     assert '(272519000,SCT,"Absent")' in sr_dump
     [predecessor] = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
     assert predecessor.ReferencedSOPInstanceUID == one["sr"][0]
@@ -179,7 +164,7 @@ def test_new_key_slices_queue_a_new_kos_and_withdraw_the_old_one(phantom, tmp_pa
     assert set(two) == {"sr", "kos", "rejection"} and len(second) == 3
     evidence, tree = _references(_dataset(two["rejection"][1]))
     assert evidence == tree == {(KEY_OBJECT_SELECTION, kos1)}
-    _validate(two["rejection"][1], tmp_path / "rejection.dcm")
+    validate_sr(tmp_path / "rejection.dcm", two["rejection"][1])
     new_kos = _dataset(two["kos"][1])
     assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in new_kos.ContentSequence
             if i.ValueType == "IMAGE"} == {datasets[6].SOPInstanceUID, datasets[7].SOPInstanceUID}

@@ -51,6 +51,7 @@ def test_dead_letters_fail_the_doctor_and_are_retried_on_request(tmp_path):
     assert pacs_queue_check(tmp_path)[0][0] == "OK"
 
 
+@pytest.mark.refused_dicom_connection
 def test_echo_a_real_storage_scp_and_a_closed_port(tmp_path):
     storescp = dcmtk("storescp")
     if storescp is None:

@@ -11,9 +11,6 @@ an association is open.
 
 from __future__ import annotations
 
-import io
-import socket
-import threading
 from pathlib import Path
 
 import pydicom
@@ -22,12 +19,12 @@ import pytest
 from edge_agent.testing.agent import PHI
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
-from pacs_helpers import state_deliveries, scan
+from pacs_helpers import (COMPREHENSIVE_3D_SR, KEY_OBJECT_SELECTION, content_items, same_content, scan,
+                          state_deliveries)
+from edge_agent.testing.proxy import TcpProxy
 from edge_agent.testing.wait import wait_value as wait_for
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,23 +43,6 @@ def _final_result(collector, uid: str, slices: int) -> dict:
 def _all_done(state_dir: Path, n_min: int = 2):
     rows = state_deliveries(state_dir)
     return rows if len(rows) >= n_min and all(r["state"] == "done" for r in rows) else None
-
-
-def _content_items(item: dict, value_type: str) -> list[dict]:
-    """Every content item of ``value_type`` below ``item`` (Orthanc's simplified JSON of an SR tree)."""
-    found = []
-    for child in item.get("ContentSequence", []) or []:
-        if child.get("ValueType") == value_type:
-            found.append(child)
-        found += _content_items(child, value_type)
-    return found
-
-
-def _same_content(orthanc, instance_id: str, queued: bytes) -> bool:
-    """What Orthanc stored is the dataset we queued (file meta aside: the receiver writes its own)."""
-    stored = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{instance_id}/file")))
-    ours = pydicom.dcmread(io.BytesIO(queued))
-    return stored.to_json_dict() == ours.to_json_dict()
 
 
 def test_sr_kos_and_key_image_land_in_the_original_study(orthanc, broker, collector, agent_factory, tmp_path):
@@ -104,19 +84,19 @@ def test_sr_kos_and_key_image_land_in_the_original_study(orthanc, broker, collec
     # The latest SR revision: the finding Present with the result's probability; its images are the key slices.
     sr = max(srs, key=lambda t: int(t["InstanceNumber"]))
     assert sr["CompletionFlag"] == "COMPLETE" and sr["VerificationFlag"] == "UNVERIFIED"
-    images = {i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"] for i in _content_items(sr, "IMAGE")}
+    images = {i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"] for i in content_items(sr, "IMAGE")}
     assert images == keys
-    codes = [c["ConceptCodeSequence"][0] for c in _content_items(sr, "CODE")]
+    codes = [c["ConceptCodeSequence"][0] for c in content_items(sr, "CODE")]
     assert {"CodeValue": "52101004", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Present"}.items() <= \
         next(c for c in codes if c["CodeValue"] == "52101004").items()
     numbers = {n["ConceptNameCodeSequence"][0]["CodeMeaning"]: float(n["MeasuredValueSequence"][0]["NumericValue"])
-               for n in _content_items(sr, "NUM")}
+               for n in content_items(sr, "NUM")}
     assert numbers["Probability"] == pytest.approx(final["probability"], abs=1e-4)
-    texts = " ".join(t.get("TextValue", "") for t in _content_items(sr, "TEXT"))
+    texts = " ".join(t.get("TextValue", "") for t in content_items(sr, "TEXT"))
     assert "not a medical device" in texts and "sha256=" in texts
     latest_kos = max(kos, key=lambda t: int(t["InstanceNumber"]))
     assert {i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"]
-            for i in _content_items(latest_kos, "IMAGE")} == keys
+            for i in content_items(latest_kos, "IMAGE")} == keys
 
     # pacs.secondary_capture: a key image per positive revision, in the study, from the best key slice
     captures = [t for t in by_sop.values() if t["SOPClassUID"] == SECONDARY_CAPTURE]
@@ -128,7 +108,7 @@ def test_sr_kos_and_key_image_land_in_the_original_study(orthanc, broker, collec
 
     # What arrived is what was queued, and it is valid DICOM to an independent validator.
     for row in rows:
-        assert _same_content(orthanc, by_sop[row["sop_instance_uid"]]["_id"], row["dataset"])
+        assert same_content(orthanc, by_sop[row["sop_instance_uid"]]["_id"], row["dataset"])
     assert agent.stop() == 0
     log = agent.log_text()
     for marker in PHI:
@@ -162,84 +142,12 @@ def test_a_destination_that_is_down_receives_everything_when_it_returns(orthanc,
     assert agent.stop() == 0
 
 
-class HoldingProxy:
-    """A TCP proxy in front of Orthanc: ``hold`` accepts and answers nothing (an association stuck mid-way),
-    ``forward`` relays both ways."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.mode = "hold"
-        self.held = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._closing = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, name="proxy-accept")]
-        self._threads[0].start()
-
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, name="proxy-io")
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            self._sockets.append(client)
-            if self.mode == "hold":
-                self.held += 1
-                self._spawn(self._pipe, client, None)
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self._sockets.append(upstream)
-            self._spawn(self._pipe, client, upstream)
-            self._spawn(self._pipe, upstream, client)
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket | None) -> None:
-        """Relay a → b (or swallow what a sends when b is None) until a closes."""
-        try:
-            while data := a.recv(65536):
-                if b is not None:
-                    b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    if s is not None:
-                        s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._closing.set()
-        for s in self._sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join(5)
-        self.sock.close()
-        for s in self._sockets:
-            s.close()
-
-
 def test_killed_mid_send_resends_on_restart_without_a_changed_duplicate(orthanc, broker, collector,
                                                                         agent_factory, tmp_path):
     orthanc.start()
     phantom, paths, sops = _series(tmp_path, 61)
     orthanc.upload(paths)
-    proxy = HoldingProxy(orthanc.dicom_port)
+    proxy = TcpProxy(orthanc.dicom_port, hold_requests=True)   # accepts, answers nothing: stuck mid-way
     try:
         destination = f"{orthanc.aet}@127.0.0.1:{proxy.port}"
         agent = agent_factory(broker.url, "--pacs", destination).start()
@@ -252,14 +160,14 @@ def test_killed_mid_send_resends_on_restart_without_a_changed_duplicate(orthanc,
         before = {r["sop_instance_uid"]: r["dataset"] for r in state_deliveries(agent.state)}
         assert any(r["state"] == "sending" for r in state_deliveries(agent.state))
 
-        proxy.mode = "forward"
+        proxy.hold_requests = False                   # from now on relayed to Orthanc
         agent.start()
         rows = wait_for(lambda: _all_done(agent.state), 90, "the resend after the restart")
         # The same objects, byte for byte, under the same UIDs; and Orthanc holds exactly what was queued.
         assert {r["sop_instance_uid"]: r["dataset"] for r in rows if r["sop_instance_uid"] in before} == before
         by_sop = orthanc.instances_by_sop()
         for row in rows:
-            assert _same_content(orthanc, by_sop[row["sop_instance_uid"]]["_id"], row["dataset"])
+            assert same_content(orthanc, by_sop[row["sop_instance_uid"]]["_id"], row["dataset"])
         assert "were being sent when the agent stopped" in agent.log_text()
         assert agent.stop() == 0
     finally:

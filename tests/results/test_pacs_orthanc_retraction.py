@@ -25,11 +25,9 @@ from pydicom.uid import generate_uid
 from edge_agent.testing.agent import PHI
 from edge_agent.service.simulator import ROUTINE_HEAD as ROUTINE
 from edge_agent.service.simulator import render
-from pacs_helpers import state_deliveries, scan
+from pacs_helpers import COMPREHENSIVE_3D_SR, KEY_OBJECT_SELECTION, content_items, scan, state_deliveries
 from edge_agent.testing.wait import wait_value as wait_for
 
-KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SHIPPED_ICH = Path(__file__).resolve().parents[2] / "engines" / "ich"
 
 pytestmark = pytest.mark.timeout(300)
@@ -55,15 +53,6 @@ def _late_slice(paths: list[Path], folder: Path) -> Path:
     out = folder / "late.dcm"
     last.save_as(out, enforce_file_format=True)
     return out
-
-
-def _content_items(item: dict, value_type: str) -> list[dict]:
-    found = []
-    for child in item.get("ContentSequence", []) or []:
-        if child.get("ValueType") == value_type:
-            found.append(child)
-        found += _content_items(child, value_type)
-    return found
 
 
 def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc, broker, collector, agent_factory,
@@ -117,7 +106,7 @@ def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc,
     assert series_ref["SeriesInstanceUID"] == by_sop[kos1]["SeriesInstanceUID"]
     assert [(r["ReferencedSOPClassUID"], r["ReferencedSOPInstanceUID"]) for r in series_ref["ReferencedSOPSequence"]] \
         == [(KEY_OBJECT_SELECTION, kos1)]
-    assert [i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"] for i in _content_items(note, "COMPOSITE")] \
+    assert [i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"] for i in content_items(note, "COMPOSITE")] \
         == [kos1]
     assert sr1 not in json.dumps(note)                         # the superseded SR is not rejected
     # The stored file itself, parsed by pydicom, says the same.
@@ -130,7 +119,7 @@ def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc,
     # The new SR: Absent, after the earlier one, saying in words that the finding is withdrawn.
     sr = by_sop[sr2]
     assert sr["SOPClassUID"] == COMPREHENSIVE_3D_SR and int(sr["InstanceNumber"]) == 2
-    codes = {c["ConceptCodeSequence"][0]["CodeMeaning"] for c in _content_items(sr, "CODE")}
+    codes = {c["ConceptCodeSequence"][0]["CodeMeaning"] for c in content_items(sr, "CODE")}
     assert "Absent" in codes and "Present" not in codes
     # (Orthanc's JSON leaves out long strings, so the comment is read from the stored file)
     stored_sr = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{sr['_id']}/file")))

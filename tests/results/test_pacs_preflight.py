@@ -65,6 +65,7 @@ def test_a_real_orthanc_answers_and_accepts_sr_and_ko(tmp_path):
 
 
 @pytest.mark.skipif(dcmtk("storescp") is None, reason="DCMTK storescp is not installed")
+@pytest.mark.refused_dicom_connection
 def test_dcmtk_storescp_passes_and_a_closed_port_fails_in_one_sentence(tmp_path):
     port = _port()
     scp = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(tmp_path), str(port)],

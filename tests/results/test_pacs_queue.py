@@ -78,6 +78,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.refused_dicom_connection
 def test_a_destination_that_never_answers_becomes_a_dead_letter(tmp_path, caplog):
     destination = parse_destination(f"NOBODY@127.0.0.1:{_closed_port()}")
     path = tmp_path / "pacs.sqlite3"

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,18 +23,15 @@ import pydicom
 import pytest
 
 from edge_agent.testing.agent import PHI
-from edge_agent.config import Config
 from edge_agent.results.queue import Due, PacsQueue, QueuedObject
 from edge_agent.results.sender import DestinationSender, SenderSettings
 from edge_agent.results.stow import instance_outcomes
-from edge_agent.service.preflight import pacs_checks
-from pacs_helpers import all_done, delivery, head_series, retried, rows, submit, scan
+from pacs_helpers import (COMPREHENSIVE_3D_SR, KEY_OBJECT_SELECTION, all_done, closing_factory, delivered, delivery, destination_checks as _checks, failed_tries,
+                          one_sentence, retried, rows, same_content, scan, server_context, submit)
+from edge_agent.testing.proxy import TcpProxy
 from edge_agent.testing.wait import wait_value as wait_for
 from edge_agent.testing import orthanc as orthanc_support
-from edge_agent.testing.mosquitto import make_pki
 
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 PASSWORD = "Stow-Pa55word-never-logged"
 
 pytestmark = pytest.mark.timeout(300)
@@ -45,45 +41,12 @@ needs_dicomweb = pytest.mark.skipif(
     reason="Orthanc and its DICOMweb plugin are not installed (Debian packages orthanc, orthanc-dicomweb)")
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def series(tmp_path_factory):
-    return head_series(tmp_path_factory.mktemp("series"))
-
-
 @pytest.fixture
 def orthanc_factory(tmp_path):
-    made: list[orthanc_support.Orthanc] = []
-
     def make(name: str = "orthanc", **kwargs) -> orthanc_support.Orthanc:
-        pacs = orthanc_support.Orthanc(tmp_path / name, dicomweb=True, **kwargs)
-        made.append(pacs)
-        return pacs
+        return orthanc_support.Orthanc(tmp_path / name, dicomweb=True, **kwargs)
 
-    yield make
-    for pacs in made:
-        pacs.stop()
-
-
-def _checks(destination: str, **pacs):
-    cfg = Config()
-    cfg.pacs.destinations = [destination]
-    for key, value in pacs.items():
-        setattr(cfg.pacs, key, value)
-    return pacs_checks(cfg, timeout=3.0)
-
-
-def _one_sentence(line: str) -> None:
-    assert "Traceback" not in line and ". " not in line.split(": ", 1)[1] and "\n" not in line, line
-
-
-def _same_content(orthanc, instance_id: str, queued: bytes) -> bool:
-    stored = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{instance_id}/file")))
-    return stored.to_json_dict() == pydicom.dcmread(io.BytesIO(queued)).to_json_dict()
+    yield from closing_factory(make, close="stop")
 
 
 def _queued_bytes(tmp_path) -> dict[str, bytes]:
@@ -104,12 +67,7 @@ def test_stow_files_the_sr_and_kos_in_the_original_study(tmp_path, series, ortha
     (check,) = _checks(orthanc.dicomweb_root, stow_user="edge", stow_password=PASSWORD)
     assert check.ok and "QIDO-RS answered" in check.line and "user edge" in check.line, check.line
     pacs = delivery(tmp_path, orthanc.dicomweb_root, stow_user="edge", stow_password=PASSWORD)
-    pacs.start()
-    try:
-        new = submit(pacs, series)
-        done = wait_for(lambda: all_done(tmp_path), 30, "STOW-RS delivery")
-    finally:
-        pacs.stop()
+    new, done = delivered(pacs, series, tmp_path, "STOW-RS delivery")
     assert {r["destination"] for r in done} == {orthanc.dicomweb_root}     # the queue key is the service root
     assert orthanc.get("/studies") == [study_id] and len(orthanc.get("/patients")) == 1
     by_sop = orthanc.instances_by_sop()
@@ -119,74 +77,8 @@ def test_stow_files_the_sr_and_kos_in_the_original_study(tmp_path, series, ortha
     for uid in new:
         assert by_sop[uid]["StudyInstanceUID"] == study_uid
         assert orthanc.get(f"/instances/{by_sop[uid]['_id']}/study")["ID"] == study_id
-        assert _same_content(orthanc, by_sop[uid]["_id"], queued[uid])
+        assert same_content(orthanc, by_sop[uid]["_id"], queued[uid])
     assert pacs.stats()[orthanc.dicomweb_root]["done"] == 2
-
-
-class ForwardProxy:
-    """A TCP proxy in front of Orthanc's HTTP port: requests always go through; ``hold_answers`` swallows what
-    Orthanc answers (the agent sent, Orthanc stored, the answer never comes back: killed mid-send)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.hold_answers = True
-        self.requests = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._closing = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, name="stow-proxy-accept")]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            self.requests += 1
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self._sockets += [client, upstream]
-            for a, b, hold in ((client, upstream, False), (upstream, client, self.hold_answers)):
-                thread = threading.Thread(target=self._pipe, args=(a, None if hold else b), name="stow-proxy-io")
-                self._threads.append(thread)
-                thread.start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket | None) -> None:
-        """Relay a → b until a closes, then close both; with b None swallow what a sends and leave the other
-        side open (the agent keeps waiting for an answer that never comes)."""
-        try:
-            while data := a.recv(65536):
-                if b is not None:
-                    b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    if s is not None:
-                        s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._closing.set()
-        for s in self._sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join(5)
-        self.sock.close()
-        for s in self._sockets:
-            s.close()
 
 
 @needs_dicomweb
@@ -197,7 +89,7 @@ def test_the_agent_killed_mid_send_resends_and_orthanc_keeps_one_copy(tmp_path, 
     orthanc = orthanc_factory(users={"edge": PASSWORD}).start()
     phantom, paths = render("ich", 61, tmp_path / "series", **ROUTINE_HEAD)
     orthanc.upload(paths)
-    proxy = ForwardProxy(orthanc.http_port)
+    proxy = TcpProxy(orthanc.http_port, hold_answers=True, name="stow-proxy")   # Orthanc's answers swallowed
     try:
         root = f"http://127.0.0.1:{proxy.port}/dicom-web"
         env = {"EDGE_AGENT_PACS_STOW_USER": "edge", "EDGE_AGENT_PACS_STOW_PASSWORD": PASSWORD}
@@ -221,7 +113,7 @@ def test_the_agent_killed_mid_send_resends_and_orthanc_keeps_one_copy(tmp_path, 
         assert len(by_sop) == len(stored_once)
         queued = _queued_bytes(agent.state)
         for row in done:
-            assert _same_content(orthanc, by_sop[row["sop_instance_uid"]]["_id"], queued[row["sop_instance_uid"]])
+            assert same_content(orthanc, by_sop[row["sop_instance_uid"]]["_id"], queued[row["sop_instance_uid"]])
         assert len(orthanc.get("/studies")) == 1
         assert agent.stop() == 0
         log = agent.log_text()
@@ -237,7 +129,7 @@ def test_orthanc_down_for_a_while_receives_everything_when_it_is_back(tmp_path, 
     orthanc = orthanc_factory()                   # configured, not running yet
     (check,) = _checks(orthanc.dicomweb_root)
     assert not check.ok and "connection refused" in check.line, check.line
-    _one_sentence(check.line)
+    one_sentence(check.line)
     pacs = delivery(tmp_path, orthanc.dicomweb_root)
     with caplog.at_level(logging.WARNING, logger="edge_agent.results"):
         pacs.start()
@@ -262,12 +154,7 @@ def test_wrong_credentials_are_retried_and_the_password_is_never_shown(tmp_path,
     wrong = "Wrong-" + PASSWORD
     pacs = delivery(tmp_path, orthanc.dicomweb_root, stow_user="edge", stow_password=wrong)
     with caplog.at_level(logging.DEBUG):
-        pacs.start()
-        try:
-            submit(pacs, series)
-            failed = wait_for(lambda: retried(tmp_path, 2), 30, "tries refused for wrong credentials")
-        finally:
-            pacs.stop()
+        failed = failed_tries(pacs, series, tmp_path, 2, "tries refused for wrong credentials")
     assert orthanc.get("/instances") == []
     assert all("HTTP 401 Unauthorized" in r["last_error"] and "pacs.stow_password" in r["last_error"]
                for r in failed)
@@ -279,7 +166,7 @@ def test_wrong_credentials_are_retried_and_the_password_is_never_shown(tmp_path,
 
     (refused,) = _checks(orthanc.dicomweb_root, stow_user="edge", stow_password=wrong)
     assert not refused.ok and "HTTP 401 Unauthorized" in refused.line and wrong not in refused.line, refused.line
-    _one_sentence(refused.line)
+    one_sentence(refused.line)
     (good,) = _checks(orthanc.dicomweb_root, stow_user="edge", stow_password=PASSWORD)
     assert good.ok, good.line
     (no_root,) = _checks(orthanc.url + "/not-dicom-web", stow_user="edge", stow_password=PASSWORD)
@@ -351,16 +238,7 @@ class StowPeer:
 
 @pytest.fixture
 def peer_factory():
-    made: list[StowPeer] = []
-
-    def make(*args, **kwargs) -> StowPeer:
-        peer = StowPeer(*args, **kwargs)
-        made.append(peer)
-        return peer
-
-    yield make
-    for peer in made:
-        peer.close()
+    yield from closing_factory(StowPeer)
 
 
 def _failed_item(uid: str, reason: int, **extra) -> dict:
@@ -465,14 +343,12 @@ def test_server_errors_and_time_outs_are_retried(tmp_path, peer_factory):
 
 
 def test_stow_over_https_trusts_pacs_tls_ca_only(tmp_path, pki, peer_factory):
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-    peer = peer_factory([(200, _response(referenced=[_referenced_item("2.25.3001")]))], context=server)
+    peer = peer_factory([(200, _response(referenced=[_referenced_item("2.25.3001")]))], context=server_context(pki))
     (trusted,) = _checks(peer.root("https"), tls_ca=str(pki.ca_cert))
     assert trusted.ok and "over TLS" in trusted.line, trusted.line
     (untrusted,) = _checks(peer.root("https"), tls_ca=str(pki.other_ca_cert))
     assert not untrusted.ok and "certificate is not trusted" in untrusted.line and "pacs.tls_ca" in untrusted.line
-    _one_sentence(untrusted.line)
+    one_sentence(untrusted.line)
     (system_store,) = _checks(peer.root("https"))            # the system store does not know the test CA either
     assert not system_store.ok and "not trusted" in system_store.line, system_store.line
     path = tmp_path / "pacs.sqlite3"
@@ -481,14 +357,10 @@ def test_stow_over_https_trusts_pacs_tls_ca_only(tmp_path, pki, peer_factory):
                         tls_ca=str(pki.ca_cert))
     assert final["2.25.3001"]["destination"] == peer.root("https")
 
-    mutual = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    mutual.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-    mutual.load_verify_locations(str(pki.ca_cert))
-    mutual.verify_mode = ssl.CERT_REQUIRED
-    demanding = peer_factory([], context=mutual)
+    demanding = peer_factory([], context=server_context(pki, require_client=True))
     (anonymous,) = _checks(demanding.root("https"), tls_ca=str(pki.ca_cert))
     assert not anonymous.ok and "TLS" in anonymous.line and "pacs.tls_cert" in anonymous.line, anonymous.line
-    _one_sentence(anonymous.line)
+    one_sentence(anonymous.line)
     (signed,) = _checks(demanding.root("https"), tls_ca=str(pki.ca_cert), tls_cert=str(pki.client_cert),
                         tls_key=str(pki.client_key))
     assert signed.ok, signed.line
@@ -497,7 +369,7 @@ def test_stow_over_https_trusts_pacs_tls_ca_only(tmp_path, pki, peer_factory):
     (wrong_scheme,) = _checks(plain.root("https"), tls_ca=str(pki.ca_cert))
     assert not wrong_scheme.ok and "TLS handshake" in wrong_scheme.line, wrong_scheme.line
     assert plain.root("http") + " for a plain port" in wrong_scheme.line
-    _one_sentence(wrong_scheme.line)
+    one_sentence(wrong_scheme.line)
 
 
 def _rows(*uids: str) -> list[Due]:

@@ -9,39 +9,23 @@ built here with the ssl module (not with the agent's code), and Orthanc's DICOM 
 from __future__ import annotations
 
 import logging
-import ssl
 import subprocess
 import time
 
 import pydicom
 import pytest
-from pynetdicom import AE, evt
 
-from edge_agent.config import Config
-from edge_agent.service.preflight import pacs_checks
-from pacs_helpers import all_done, delivery, head_series, retried, rows, submit
+from pacs_helpers import (COMPREHENSIVE_3D_SR, KEY_OBJECT_SELECTION, TlsScp, all_done, closing_factory, delivered,
+                          delivery, destination_checks, failed_tries, one_sentence, rows, server_context,
+                          submit)
 from edge_agent.testing.net import free_port
 from edge_agent.testing.wait import wait_value as wait_for
 from edge_agent.testing import orthanc as orthanc_support
 from edge_agent.testing.dcmtk import dcmtk
-from edge_agent.testing.mosquitto import make_pki
 
 STORESCP = dcmtk("storescp")
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
-VERIFICATION = "1.2.840.10008.1.1"
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def series(tmp_path_factory):
-    return head_series(tmp_path_factory.mktemp("series"))
 
 
 def _mutual(pki) -> dict:
@@ -49,66 +33,12 @@ def _mutual(pki) -> dict:
 
 
 def _checks(destination: str, **pacs):
-    cfg = Config()
-    cfg.pacs.destinations = [destination]
-    cfg.pacs.ae_title = "EDGE_TEST"
-    for key, value in pacs.items():
-        setattr(cfg.pacs, key, value)
-    return pacs_checks(cfg, timeout=3.0)
-
-
-def _one_sentence(line: str) -> None:
-    assert "Traceback" not in line and ". " not in line.split(": ", 1)[1] and "\n" not in line, line
-
-
-class TlsScp:
-    """pynetdicom's Storage SCP (SR, KO, Verification) on ``host``, over TLS when ``context`` is given."""
-
-    def __init__(self, context: ssl.SSLContext | None, host: str = "127.0.0.1") -> None:
-        self.stored: list[str] = []
-        self.ae = AE(ae_title="TLSSCP")
-        # Short time-outs: a TLS hello read as a (huge) PDU must not keep an association thread waiting.
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 2
-        for uid in (COMPREHENSIVE_3D_SR, KEY_OBJECT_SELECTION, VERIFICATION):
-            self.ae.add_supported_context(uid)
-        self.host, self.port = host, free_port()
-        self.server = self.ae.start_server((host, self.port), block=False, ssl_context=context,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._store),
-                                                         (evt.EVT_C_ECHO, lambda e: 0x0000)])
-
-    def _store(self, event):
-        self.stored.append(str(event.dataset.SOPInstanceUID))
-        return 0x0000
-
-    @property
-    def destination(self) -> str:
-        return f"tls:TLSSCP@{self.host}:{self.port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
-def _server_context(pki, require_client: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-    if require_client:
-        ctx.load_verify_locations(str(pki.ca_cert))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return destination_checks(destination, ae_title="EDGE_TEST", **pacs)
 
 
 @pytest.fixture
 def scp_factory():
-    made: list[TlsScp] = []
-
-    def make(*args, **kwargs) -> TlsScp:
-        scp = TlsScp(*args, **kwargs)
-        made.append(scp)
-        return scp
-
-    yield make
-    for scp in made:
-        scp.close()
+    yield from closing_factory(TlsScp)
 
 
 @pytest.mark.skipif(STORESCP is None, reason="DCMTK storescp is not installed")
@@ -145,16 +75,11 @@ def test_dcmtk_storescp_receives_sr_and_kos_over_mutual_tls(tmp_path, pki, serie
 
 def test_a_pacs_demanding_client_certificates_stores_with_ours_and_refuses_without(tmp_path, pki, series,
                                                                                   scp_factory, caplog):
-    scp = scp_factory(_server_context(pki, require_client=True))
+    scp = scp_factory(server_context(pki, require_client=True))
     with_cert = tmp_path / "with"
     with_cert.mkdir()
     pacs = delivery(with_cert, scp.destination, **_mutual(pki))
-    pacs.start()
-    try:
-        new = submit(pacs, series)
-        wait_for(lambda: all_done(with_cert), 30, "delivery with our client certificate")
-    finally:
-        pacs.stop()
+    new, _ = delivered(pacs, series, with_cert, "delivery with our client certificate")
     assert sorted(scp.stored) == sorted(new)
 
     scp.stored.clear()
@@ -162,19 +87,14 @@ def test_a_pacs_demanding_client_certificates_stores_with_ours_and_refuses_witho
     without.mkdir()
     pacs = delivery(without, scp.destination, tls_ca=str(pki.ca_cert))
     with caplog.at_level(logging.WARNING, logger="edge_agent.results"):
-        pacs.start()
-        try:
-            submit(pacs, series)
-            failed = wait_for(lambda: retried(without, 2), 30, "tries refused without a client certificate")
-        finally:
-            pacs.stop()
+        failed = failed_tries(pacs, series, without, 2, "tries refused without a client certificate")
     assert scp.stored == []
     assert all("TLS" in r["last_error"] and "pacs.tls_cert" in r["last_error"] for r in failed), failed
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(scp.destination in w and "TLS" in w and "client certificate" in w for w in warnings), warnings
     (check,) = _checks(scp.destination, tls_ca=str(pki.ca_cert))
     assert not check.ok and "client certificate" in check.line and "pacs.tls_cert" in check.line, check.line
-    _one_sentence(check.line)
+    one_sentence(check.line)
 
 
 def test_tls_towards_a_plain_port_is_retried_and_the_check_says_what_to_fix(tmp_path, pki, series, scp_factory,
@@ -182,48 +102,38 @@ def test_tls_towards_a_plain_port_is_retried_and_the_check_says_what_to_fix(tmp_
     plain = scp_factory(None)                     # a plain DICOM port: no TLS at all
     pacs = delivery(tmp_path, plain.destination, tls_ca=str(pki.ca_cert))
     with caplog.at_level(logging.WARNING, logger="edge_agent.results"):
-        pacs.start()
-        try:
-            submit(pacs, series)
-            failed = wait_for(lambda: retried(tmp_path, 2), 30, "tries against a plain port")
-        finally:
-            pacs.stop()
+        failed = failed_tries(pacs, series, tmp_path, 2, "tries against a plain port")
     assert plain.stored == []
     assert all("TLS" in r["last_error"] and f"TLSSCP@127.0.0.1:{plain.port}" in r["last_error"] for r in failed)
     (check,) = _checks(plain.destination, tls_ca=str(pki.ca_cert))
     assert not check.ok, check.line
     assert "TLS handshake" in check.line and "not a TLS port" in check.line
     assert f"TLSSCP@127.0.0.1:{plain.port} for a plain port" in check.line   # the destination written without tls:
-    _one_sentence(check.line)
+    one_sentence(check.line)
     assert not any("Traceback" in r.getMessage() for r in caplog.records)
 
 
 def test_a_certificate_from_another_ca_or_for_another_host_is_refused(tmp_path, pki, series, scp_factory):
-    scp = scp_factory(_server_context(pki, require_client=False))
+    scp = scp_factory(server_context(pki, require_client=False))
     pacs = delivery(tmp_path, scp.destination, tls_ca=str(pki.other_ca_cert))   # not the CA that signed it
-    pacs.start()
-    try:
-        submit(pacs, series)
-        failed = wait_for(lambda: retried(tmp_path, 1), 30, "a try refused for an untrusted certificate")
-    finally:
-        pacs.stop()
+    failed = failed_tries(pacs, series, tmp_path, 1, "a try refused for an untrusted certificate")
     assert scp.stored == []
     assert all("not trusted" in r["last_error"] and "pacs.tls_ca" in r["last_error"] for r in failed)
     (untrusted,) = _checks(scp.destination, tls_ca=str(pki.other_ca_cert))
     assert not untrusted.ok and "certificate is not trusted" in untrusted.line, untrusted.line
-    _one_sentence(untrusted.line)
+    one_sentence(untrusted.line)
     (trusted,) = _checks(scp.destination, tls_ca=str(pki.ca_cert))
     assert trusted.ok, trusted.line
 
     # The server certificate names localhost and 127.0.0.1: at 127.0.0.2 the host name check refuses it.
-    other_host = scp_factory(_server_context(pki, require_client=False), host="127.0.0.2")
+    other_host = scp_factory(server_context(pki, require_client=False), host="127.0.0.2")
     (mismatch,) = _checks(other_host.destination, tls_ca=str(pki.ca_cert))
     assert not mismatch.ok and "not valid for the host name 127.0.0.2" in mismatch.line, mismatch.line
-    _one_sentence(mismatch.line)
+    one_sentence(mismatch.line)
     assert other_host.stored == []
 
 
-def test_tls_material_that_does_not_load_is_one_sentence(tmp_path, pki):
+def test_tls_material_that_does_not_load_isone_sentence(tmp_path, pki):
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello\n")
     (check,) = _checks("tls:PACS@127.0.0.1:2762", tls_ca=str(not_pem))
@@ -245,12 +155,7 @@ def test_orthanc_dicom_tls_with_client_certificates_files_the_results(tmp_path, 
         (anonymous,) = _checks(destination, tls_ca=str(pki.ca_cert))
         assert not anonymous.ok and "TLS" in anonymous.line, anonymous.line
         pacs = delivery(tmp_path, destination, **_mutual(pki))
-        pacs.start()
-        try:
-            new = submit(pacs, series)
-            wait_for(lambda: all_done(tmp_path), 30, "delivery to Orthanc over DICOM TLS")
-        finally:
-            pacs.stop()
+        new, _ = delivered(pacs, series, tmp_path, "delivery to Orthanc over DICOM TLS")
         by_sop = pacs_server.instances_by_sop()
         assert set(new) <= set(by_sop)
         assert len(pacs_server.get("/studies")) == 1

@@ -8,7 +8,6 @@ where installed, ``dsrdump`` (DCMTK), and pydicom reading the bytes back.
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from edge_agent.results.kos import build_kos
 from edge_agent.results.sr import COMPREHENSIVE_3D_SR, build_sr
 from edge_agent.results.study import read_study_header
 from edge_agent.service.simulator import render
-from edge_agent.testing.dcmtk import dcmtk
+from edge_agent.testing.dcmtk import DCIODVFY, validate_sr
 
-DCIODVFY = shutil.which("dciodvfy")
 ALGORITHM = Algorithm("ich", "2.0.0", "ab" * 32, "onnxrt", "fp32", True)
 
 
@@ -50,17 +48,6 @@ def _write(ds, path: Path) -> Path:
     return path
 
 
-def _validate(path: Path) -> str:
-    """dciodvfy's verdict (its errors are lines starting 'Error'); dsrdump must parse it either way."""
-    dump = subprocess.run([dcmtk("dsrdump") or "dsrdump", str(path)], capture_output=True, text=True)
-    assert dump.returncode == 0, dump.stderr
-    if DCIODVFY:
-        out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True)
-        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-        assert errors == [], errors
-    return dump.stdout
-
-
 def test_the_validator_rejects_what_is_wrong(phantom, tmp_path):
     """The check is a real one: dciodvfy flags an SR that lacks a Type 1 attribute."""
     if not DCIODVFY:
@@ -77,7 +64,7 @@ def test_sr_is_valid_and_says_what_the_model_said(phantom, tmp_path):
     header = read_study_header(paths[0])
     result = _result(datasets)
     sr = build_sr(result, header, revision=1, site="st-marys", device="ct1", decided_at=1_800_000_000.0)
-    dump = _validate(_write(sr, tmp_path / "sr.dcm"))
+    dump = validate_sr(_write(sr, tmp_path / "sr.dcm"))
     assert "Imaging Measurement Report" in dump and '"Probability")="0.93"' in dump
     assert '(52101004,SCT,"Present")' in dump and '(1386000,SCT,"Intracranial hemorrhage")' in dump
     assert '"Volume")="4.25" (ml,UCUM' in dump
@@ -103,7 +90,7 @@ def test_kos_flags_the_key_slices_and_only_for_a_positive_result(phantom, tmp_pa
     paths, datasets = phantom
     header = read_study_header(paths[0])
     kos = build_kos(_result(datasets), header, revision=1, site="s", device="d", decided_at=0)
-    dump = _validate(_write(kos, tmp_path / "kos.dcm"))
+    dump = validate_sr(_write(kos, tmp_path / "kos.dcm"))
     assert '"Of Interest"' in dump and "Key Object Description" in dump
     back = pydicom.dcmread(io.BytesIO(encode(kos)))
     images = [i.ReferencedSOPSequence[0] for i in back.ContentSequence if i.ValueType == "IMAGE"]

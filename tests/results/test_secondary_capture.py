@@ -9,7 +9,6 @@ attribute.
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 
 import numpy as np
@@ -23,8 +22,8 @@ from edge_agent.results.content import Algorithm, ModelResult
 from edge_agent.results.delivery import encode
 from edge_agent.results.study import read_study_header
 from edge_agent.service.simulator import ROUTINE_HEAD, render as render_phantom
+from edge_agent.testing.dcmtk import DCIODVFY
 
-DCIODVFY = shutil.which("dciodvfy")
 ALGORITHM = Algorithm("ich", "2.0.0", "ab" * 32, "onnxrt", "fp32", True)
 
 

@@ -8,7 +8,6 @@ rejection note is checked by ``dciodvfy`` where installed.
 from __future__ import annotations
 
 import io
-import shutil
 import sqlite3
 import subprocess
 
@@ -24,8 +23,8 @@ from edge_agent.results.sender import SenderSettings
 from edge_agent.results.study import read_study_header
 from edge_agent.service.pipeline import evidence_boxes
 from edge_agent.service.simulator import ROUTINE_HEAD, render
+from edge_agent.testing.dcmtk import DCIODVFY
 
-DCIODVFY = shutil.which("dciodvfy")
 ALGORITHM = Algorithm("ich", "2.0.0", "cd" * 32, "onnxrt", "fp32", True)
 
 

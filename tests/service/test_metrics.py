@@ -174,7 +174,7 @@ def test_port_in_use_is_one_sentence():
 def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="max_stage_age"):
         MetricsServer(Metrics(process_metrics=False), Heartbeats(), port=0, max_stage_age=0)
-    with pytest.raises(ConfigError, match="out of range"):
+    with pytest.raises(ConfigError, match="TCP port"):
         MetricsServer(Metrics(process_metrics=False), Heartbeats(), port=70000)
 
 

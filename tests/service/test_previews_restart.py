@@ -65,6 +65,15 @@ def decoded(preview: dict) -> np.ndarray:
         return np.asarray(im, np.float64)
 
 
+def model_and_series(tmp_path):
+    """The tiny ICH model's folder, the volume, its DICOM series (5 mm apart) and their SOP Instance UIDs."""
+    engines = tmp_path / "engines"
+    write_model_folder(engines / "tiny_ich", decision=DECISION)
+    hu = volume()
+    paths = write_series(hu, tmp_path / "series", spacing=(5.0, 1.0, 1.0))
+    return engines, hu, paths, [read_file(p)[0].sop_instance_uid for p in paths]
+
+
 def pipeline(engines, state, out, settle):
     return SeriesPipeline(lambda: ModelSet.load(engines), state, out, site="site", device="device", settle=settle,
                           batch=4, previews=SETTINGS)
@@ -106,11 +115,7 @@ def test_state_db_keeps_thumbnails_until_a_day_after_final(tmp_path):
 
 
 def test_final_alert_after_a_restart_has_the_preview_of_a_slice_scored_before_it(tmp_path):
-    engines = tmp_path / "engines"
-    write_model_folder(engines / "tiny_ich", decision=DECISION)
-    hu = volume()
-    paths = write_series(hu, tmp_path / "series", spacing=(5.0, 1.0, 1.0))
-    sops = [read_file(p)[0].sop_instance_uid for p in paths]
+    engines, hu, paths, sops = model_and_series(tmp_path)
     state = tmp_path / "series.sqlite3"
 
     first = PreviewOutputs()
@@ -144,11 +149,7 @@ def test_final_alert_after_a_restart_has_the_preview_of_a_slice_scored_before_it
 
 
 def test_a_reopen_that_raises_the_final_alert_has_the_preview_of_a_slice_scored_before_the_reopen(tmp_path):
-    engines = tmp_path / "engines"
-    write_model_folder(engines / "tiny_ich", decision=DECISION)
-    hu = volume()
-    paths = write_series(hu, tmp_path / "series", spacing=(5.0, 1.0, 1.0))
-    sops = [read_file(p)[0].sop_instance_uid for p in paths]
+    engines, hu, paths, sops = model_and_series(tmp_path)
     out = PreviewOutputs()
     p = pipeline(engines, tmp_path / "series.sqlite3", out, settle=0.3)
     p.start()
