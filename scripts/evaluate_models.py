@@ -268,7 +268,11 @@ def _conf_phantom(args):
 def _ich_main_phantom(args):
     seed, positive, i = args
     ph = head_phantom(seed, bleed=BLEED_TYPES[i % len(BLEED_TYPES)] if positive else None)
-    return ph.volume_hu, ph.spacing, ph.slice_labels, ph.finding, ph.details
+    details = dict(ph.details)
+    if ph.finding_mask is not None:   # each slice's blood cross-section (mm²), for the area-banded slice rows
+        details["slice_area_mm2"] = (ph.finding_mask.reshape(len(ph.finding_mask), -1).sum(axis=1)
+                                     * ph.spacing[1] * ph.spacing[2]).tolist()
+    return ph.volume_hu, ph.spacing, ph.slice_labels, ph.finding, details
 
 
 def _load_dir(folder: Path):
@@ -280,6 +284,15 @@ def _load_dir(folder: Path):
     session = ort.InferenceSession(str(folder / manifest["artefacts"]["onnx"]["path"]), opts,
                                    providers=["CPUExecutionProvider"])
     return manifest, session
+
+
+def _by_area(slice_p: np.ndarray, slice_y: np.ndarray, area: np.ndarray, threshold: float) -> str:
+    """Fraction of labelled slices with p ≥ threshold in three bands of the slice's blood area (count)."""
+    out = []
+    for lo, hi in ((8.0, 50.0), (50.0, 200.0), (200.0, np.inf)):
+        sel = slice_y & (area >= lo) & (area < hi)
+        out.append(f"{(slice_p[sel] >= threshold).mean():.2f} ({int(sel.sum())})" if sel.any() else "–")
+    return " / ".join(out)
 
 
 def _series_score(probs: np.ndarray, dec: dict) -> float:
@@ -377,6 +390,8 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
         slice_y = np.concatenate([l for _, l in srows])
         sa = auc(slice_p, slice_y)
         slo, shi = bootstrap_slice_auc(srows)
+        slice_area = np.concatenate([np.asarray(r[3].get("slice_area_mm2") or np.full(len(r[1]), np.nan), float)
+                                     for r in main])
         neg_slice = np.concatenate([r[0][mi] for r in main if r[2] is None])
         neg_sorted = np.sort(scores[~y])
         thr95 = neg_sorted[int(np.ceil(0.95 * len(neg_sorted))) - 1] if len(neg_sorted) else 1.0
@@ -392,6 +407,8 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
             "preliminary warning on normal heads": f"{int(early[~y].sum())}/{int((~y).sum())}",
             "slice AUC bleed vs normal slices [95 % CI]": f"{sa:.3f} [{slo:.3f}, {shi:.3f}]",
             "bleed slices called positive (p ≥ threshold)": f"{(slice_p[slice_y] >= dec['threshold']).mean():.3f}",
+            "bleed slices called positive, by blood cross-section (8–50 / 50–200 / ≥ 200 mm²)":
+                _by_area(slice_p, slice_y, slice_area, dec["threshold"]),
             "median slice p, normal heads": f"{np.median(neg_slice):.3f}",
         }
         for g, (gname, _how) in enumerate(CONFOUNDER_GROUPS):

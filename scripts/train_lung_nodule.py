@@ -195,7 +195,7 @@ def _use_spec(spec: PreprocessSpec) -> None:
     TASK.spec = spec
     TASK.data_version = 7 if spec.context is not None else 6
 
-DESCRIPTION = ("Pulmonary nodule, v2: trained on synthetic chest phantoms with 3-D vessel trees, fissures, "
+DESCRIPTION = ("Pulmonary nodule: trained on synthetic chest phantoms with 3-D vessel trees, fissures, "
                "atelectasis, emphysema, diaphragm, heart and calcium, ribs and cartilage, motion and kernel "
                "confounders; a demonstration, not a medical device")
 
@@ -211,7 +211,7 @@ never seen a real scan; do not use it for patient care or screening.**
 - Series decision: `{decision}` (chosen on validation seeds 2,000,000+ only, specificity target 0.97).
 - Architecture: 9-layer CNN (3×3 conv + BN + ReLU, 4 stride-2 stages, global max+mean pooling), {size_kb} KiB.
 - Training: `/work/torchvenv/bin/python scripts/train_lung_nodule.py` (PyTorch CPU, fixed seeds, a budget in
-  optimizer steps, fine-tuned from v1; phantom seeds 1,000,000+). Chest phantoms v2 (docs/MODELS.md):
+  optimizer steps, fine-tuned from v1; phantom seeds 1,000,000+). Chest phantoms v3 (docs/MODELS.md):
   solid, part-solid and ground-glass nodules of 4–30 mm (spherical, lobulated, spiculated; parenchymal,
   juxtapleural, juxtavascular) and hard negatives: hila and 3-D vessel trees seen end-on and branching,
   diaphragm domes, fissures, atelectasis, emphysema and bullae, calcified granulomas (benign: labelled

@@ -46,7 +46,11 @@ def _analysed(phantom, folder, models):
     return analyse_series(series, models)
 
 
-def _no_lung_finding(result: dict) -> None:
+def _lung_kept_out(result: dict, status: str, words: str) -> None:
+    """The lung model did not decide this series (``status``, a reason with ``words``) and nothing is positive."""
+    lung = _lung(result)
+    assert lung["status"] == status, lung
+    assert words in lung["reason"], lung
     assert not [f for f in result.get("findings", []) if f.get("code") == "lung_nodule" and f.get("positive")]
 
 
@@ -55,11 +59,7 @@ def test_a_gated_calcium_score_ct_is_refused_by_its_header(shipped, tmp_path):
     # the body part says CHEST (as many exports do), so the lung model applies until its gating rule refuses
     phantom = dataclasses.replace(phantom, headers=dataclasses.replace(phantom.headers, body_part="CHEST",
                                                                        study_description="CT CHEST"))
-    result = _analysed(phantom, tmp_path / "gated", shipped)
-    lung = _lung(result)
-    assert lung["status"] == "skipped", lung
-    assert "ECG-synchronised" in lung["reason"], lung
-    _no_lung_finding(result)
+    _lung_kept_out(_analysed(phantom, tmp_path / "gated", shipped), "skipped", "ECG-synchronised")
 
 
 def test_a_gated_ct_whose_header_says_nothing_is_out_of_the_chest_domain(shipped, tmp_path):
@@ -68,11 +68,8 @@ def test_a_gated_ct_whose_header_says_nothing_is_out_of_the_chest_domain(shipped
                                                                            "TriggerTime")}
     headers = dataclasses.replace(phantom.headers, study_description="CT CHEST WO CONTRAST",
                                   series_description="CHEST 3mm B35f", body_part="CHEST", extra=extra)
-    result = _analysed(dataclasses.replace(phantom, headers=headers), tmp_path / "anonymous", shipped)
-    lung = _lung(result)
-    assert lung["status"] == "not_assessable", lung
-    assert "lung" in lung["reason"], lung
-    _no_lung_finding(result)
+    _lung_kept_out(_analysed(dataclasses.replace(phantom, headers=headers), tmp_path / "anonymous", shipped),
+                   "not_assessable", "lung")
 
 
 def test_the_same_patients_full_field_chest_is_in_the_lung_models_domain(shipped, tmp_path):
