@@ -261,7 +261,7 @@ def agent_check(config_file: Path | None, overrides: dict) -> Check:
     try:
         digest = config_hash(load_config(config_file, overrides=overrides))
     except EdgeAgentError as exc:
-        return "WARN", "edge-agent", f"{__version__}; config hash unknown: {str(exc).rstrip('.')}"
+        return "FAIL", "edge-agent", f"{__version__}; the configuration does not load: {str(exc).rstrip('.')}"
     return "OK", "edge-agent", f"{__version__}; config hash {digest} (of {source})"
 
 

@@ -84,6 +84,16 @@ def test_inspect_onnx_names_its_model_sha256_backend_and_precision(capsys, model
     assert f"sha256 {sha256_of(loose)}, backend onnxrt, precision fp32, engine fingerprint none" in out
 
 
+def test_doctor_fails_with_one_sentence_on_a_config_that_does_not_load(tmp_path, capsys, model_dir):
+    config = tmp_path / "agent.toml"
+    config.write_text("[ingest]\npoll_interval = 0\n")
+    code, out, err = run_cli(capsys, "doctor", "--engines", str(model_dir.parent), "--config", str(config))
+    header = out.splitlines()[0]
+    assert code != 0, out
+    assert header.startswith("FAIL  edge-agent "), out
+    assert "the configuration does not load: ingest.poll_interval" in header and "Traceback" not in out + err
+
+
 def test_infer_prints_models_provenance_and_the_config_hash(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("EDGE_AGENT_SERIES_SETTLE", raising=False)
     engines = tmp_path / "engines"
