@@ -30,6 +30,9 @@ AGENT_LOG = "edge_agent.agent"
 SERIES_LOG = "edge_agent.series"
 #: The broker cannot be reached (WARNING) and is back (INFO).
 BROKER_LOG = "edge_agent.broker"
+#: The pipeline thread's own lines (its ALERT lines; the warnings of the parts it runs: scoring, previews,
+#: results, story), one logger for all of them.
+PIPELINE_LOG = "edge_agent.service.pipeline"
 #: Loggers whose INFO lines are shown at the default verbosity (the story an operator reads).
 OPERATOR_LOGGERS = (AGENT_LOG, SERIES_LOG, BROKER_LOG)
 

@@ -28,9 +28,9 @@ def demo(rate, settle, seed, keep, mode, previews_dir):
     if not click.get_current_context().find_root().params.get("verbose"):
         # The timeline below shows every alert; the daemon's own ALERT log lines would repeat it, and its
         # story (banner, series opened/decided, summary; edge_agent.logs) too: -v shows them.
-        from edge_agent.logs import AGENT_LOG, BROKER_LOG, SERIES_LOG
+        from edge_agent.logs import AGENT_LOG, BROKER_LOG, PIPELINE_LOG, SERIES_LOG
 
-        for name in ("edge_agent.service.pipeline", AGENT_LOG, SERIES_LOG):
+        for name in (PIPELINE_LOG, AGENT_LOG, SERIES_LOG):
             logging.getLogger(name).setLevel(logging.ERROR)
         logging.getLogger(BROKER_LOG).setLevel(logging.WARNING)  # trouble with the embedded broker still shows
 
