@@ -56,7 +56,7 @@ def score_templates(templates: list[Template], engines: Path | None) -> object:
     from edge_agent.inference.models import ModelSet
 
     from edge_agent.dicom import read_file
-    from edge_agent.service.pipeline import series_context, series_info
+    from edge_agent.service.series import series_context, series_info
     from edge_agent.service.state import SliceScore
 
     models = ModelSet.load(engines)

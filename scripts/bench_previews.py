@@ -7,7 +7,7 @@ thumbnails' state-DB write after it) is recorded. Three runs on the same files, 
 (``--rounds`` times, so that a noisy machine hits all three alike):
 
 - ``off``: ``alerts.previews = false``;
-- ``memory``: previews on, the thumbnail cache not mirrored (``_persist_thumbnails`` patched to nothing) —
+- ``memory``: previews on, the thumbnail cache not mirrored (``Thumbnails.persist`` patched to nothing) —
   what the agent did before previews survived restarts;
 - ``persisted``: the agent as shipped.
 
@@ -54,10 +54,10 @@ def _run(series: list[list[Path]], mode: str, state: Path) -> list[float]:
     previews = None if mode == "off" else PreviewSettings()
     p = pl.SeriesPipeline(lambda: ModelSet.load(None), state, _Quiet(), site="b", device="b", settle=3600.0,
                           previews=previews)
-    p.models, p.store = ModelSet.load(None), pl.SeriesStore(state)
+    p._setup()  # what the pipeline thread does first: the models, the state DB and the parts using them
     p._warm()
     if mode == "memory":
-        p._persist_thumbnails = lambda *_a, **_k: None
+        p._thumbnails.persist = lambda *_a, **_k: None
     times: list[float] = []
     score = p._score
 

@@ -21,7 +21,7 @@ from edge_agent.results.delivery import PacsDelivery
 from edge_agent.results.destination import parse_destination
 from edge_agent.results.sender import SenderSettings
 from edge_agent.results.study import read_study_header
-from edge_agent.service.pipeline import evidence_boxes
+from edge_agent.service.previews import evidence_boxes
 from edge_agent.service.simulator import ROUTINE_HEAD, render
 from edge_agent.testing.dcmtk import DCIODVFY
 
