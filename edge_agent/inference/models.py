@@ -410,6 +410,20 @@ def applies(manifest: Manifest, info: Any) -> bool:
             or any(word in descriptions for word in rule.description_keywords))
 
 
+@dataclass(frozen=True)
+class ScoredSlices:
+    """The slices a model scored, as :meth:`ModelSet.check_series` reads them when the streaming pipeline
+    decides (it holds scores and positions, not a :class:`~edge_agent.dicom.Series`): the header rules that
+    can change with the slices received (thickness, tilt) and the coverage."""
+
+    sop_instance_uids: Sequence[str]
+    positions: np.ndarray
+    slice_thickness: float | None = None
+    gantry_tilt: float = 0.0
+    tilt_corrected: bool = False
+    spacing: Sequence[float] | None = None
+
+
 def _slice_reason(manifest: Manifest, info: Any) -> Refusal | None:
     """The first applicability rule that refuses ``info`` (header only, any one slice shows it), or None."""
     return applicability.refusal(manifest.applies_to, info, manifest.name)

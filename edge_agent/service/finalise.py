@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from edge_agent.alerts.payloads import DISCLAIMER
 from edge_agent.decision.series import ModelOutcome, series_result
 from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.models import ScoredSlices
 from edge_agent.logs import PIPELINE_LOG
 from edge_agent.service.analyse import no_model_reason
 from edge_agent.service.previews import Thumbnails
@@ -32,10 +32,9 @@ log = logging.getLogger(PIPELINE_LOG)
 def coverage_problem(models, model, series: OpenSeries, scores: list[SliceScore]) -> str | None:
     """Why the model cannot decide on the slices scored: the same rule and words as ``edge-agent infer``."""
     info = series.info
-    view = SimpleNamespace(sop_instance_uids=[s.sop_instance_uid for s in scores],
-                           positions=np.array([s.position_mm for s in scores], dtype=np.float64),
-                           spacing=None, slice_thickness=info.get("slice_thickness"),
-                           gantry_tilt=info.get("gantry_tilt", 0.0), tilt_corrected=False)
+    view = ScoredSlices(sop_instance_uids=[s.sop_instance_uid for s in scores],
+                        positions=np.array([s.position_mm for s in scores], dtype=np.float64),
+                        slice_thickness=info.get("slice_thickness"), gantry_tilt=info.get("gantry_tilt", 0.0))
     return models.check_series(model, view)
 
 
