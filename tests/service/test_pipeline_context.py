@@ -140,7 +140,7 @@ def test_end_slices_wait_for_settle_and_the_window_stays_small(engines, tmp_path
         assert len(w) <= 12, len(w)
         assert w.peak <= 12 + 4, w.peak                  # plus one batch of 4 just landed
         assert all(h.own is None for h in w.held.values() if h.sop_instance_uid not in w.pending())
-        wait(lambda: out.results)
+        wait(lambda: out.done)   # closed: the result, then its DICOM results and record, then series_done
         assert out.results[0]["slices"] == n
         assert window(pipeline, uid) is None, "the series is final: its window is gone"
     finally:
