@@ -436,16 +436,21 @@ def top_k_mean(p: np.ndarray, k: int) -> float:
     return float(p[:k].mean()) if len(p) else 0.0
 
 
-def choose_decision(series_probs: list[np.ndarray], positive: np.ndarray, target_specificity: float = 0.97) -> dict:
-    """Pick k and thresholds on validation series: specificity ≥ the target first, then sensitivity."""
+def choose_decision(series_probs: list[np.ndarray], positive: np.ndarray, target_specificity: float = 0.97,
+                    ks: tuple[int, ...] = (1, 2, 3), max_threshold: float = 0.9) -> dict:
+    """Pick k and thresholds on validation series: specificity ≥ the target first, then sensitivity.
+
+    ``ks``: the top-k means to consider (a rule on 2+ slices is less fragile on real scans than one on the
+    single highest slice); ``max_threshold``: the cap on the threshold (a dense network's probabilities
+    saturate, so its negatives can sit above the 0.9 that suits a pooled classifier)."""
     best = None
     negatives = ~positive
-    for k in (1, 2, 3):
+    for k in ks:
         s = np.array([top_k_mean(p, k) for p in series_probs])
         neg_sorted = np.sort(s[negatives])
         # the lowest threshold that keeps ≥ 97 % of validation negatives below it, with a margin
         q = neg_sorted[int(np.ceil(target_specificity * len(neg_sorted))) - 1] if len(neg_sorted) else 0.5
-        thr = float(np.clip(max(q + 0.02, 0.3), 0.3, 0.9))
+        thr = float(np.clip(max(q + 0.02, 0.3), 0.3, max_threshold))
         sens = float((s[positive] >= thr).mean())
         spec = float((s[negatives] < thr).mean())
         a = auc(s, positive)

@@ -584,7 +584,12 @@ def main() -> None:
     ap.add_argument("--confounders", type=int, default=20, help="fresh negative series per confounder group")
     ap.add_argument("--slices", type=int, help="lung --compare: slices per series (default: the generator's)")
     ap.add_argument("--matrix", type=int, default=512, help="lung --compare: image matrix of the phantoms")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="add this to the evaluation seeds (3,000,000+): a fresh draw for a candidate whose design "
+                         "was prompted by results on the default seeds")
     args = ap.parse_args()
+    global EVAL_SEED0
+    EVAL_SEED0 += args.seed_offset
     if args.compare and args.model == "lung_nodule":
         LUNG_SERIES.update(slices=args.slices, matrix=args.matrix)
         print(compare_lung(args.compare, args.labels or [str(f) for f in args.compare], args.series,

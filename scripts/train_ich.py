@@ -53,6 +53,9 @@ APPLIES_TO = {
 
 HARD_FORCES = (("atrophy", 0.2), ("infarct", 0.15), ("pv_lucency", 0.1), ("calcification", 0.2),
                ("dense_artery", 0.2), ("scalp_haematoma", 0.15), ("metal", 0.08), ("motion", 0.08))
+# --more-confounders (v3c): the three confounders behind the v3b candidate's false alerts on fresh phantoms
+# (scalp haematoma, metal streaks, motion) drawn about twice as often; the validation series keep their mix
+MORE_CONFOUNDERS = {"scalp_haematoma": 0.3, "metal": 0.2, "motion": 0.15}
 
 
 def _pick(acq, bleed_z, rng):
@@ -77,7 +80,7 @@ def _draw_case(seed: int):
     rng = np.random.default_rng([seed, 11])
     qa = rng.random() < 0.05
     bleed = "random" if rng.random() < 0.5 else None
-    force = {key: True for key, p in HARD_FORCES if rng.random() < p}
+    force = {key: True for key, p in TASK_FORCES[0] if rng.random() < p}
     if rng.random() < 0.2:
         force["kernel"] = "sharp"
     matrix = 512 if rng.random() < 0.4 else 384
@@ -123,11 +126,17 @@ def series(seed: int, positive: bool):
     return head_phantom(seed, bleed=None)
 
 
+TASK_FORCES = [HARD_FORCES]   # the training draw's confounder rates; main() swaps in --more-confounders
+
 TASK = Task(name="ich", finding="ich", label="Intracranial haemorrhage", severity="critical", spec=SPEC,
             sample=sample, series=series, manifest_extra=APPLIES_TO, data_version=4)
 
 DESCRIPTION = ("Intracranial haemorrhage, v2: trained on synthetic phantoms with skull base, ageing, calcification, "
                "scalp, kernel, motion, metal and QA-phantom confounders; a demonstration, not a medical device")
+
+DESCRIPTION_DENSE = ("Intracranial haemorrhage, v3: a finding-map network trained with the bleed masks on synthetic "
+                     "phantoms with skull base, ageing, calcification, scalp, kernel, motion, metal and QA-phantom "
+                     "confounders; a demonstration, not a medical device")
 
 CARD = """# ich — intracranial haemorrhage on non-contrast head CT (demo model, v2)
 
@@ -166,8 +175,17 @@ def main() -> None:
     ap.add_argument("--dense", action="store_true",
                     help="a fully convolutional finding-map network trained with the bleed masks as well as the "
                          "slice labels (_training.make_map_model); without it, the pooled classifier of v1/v2")
+    ap.add_argument("--more-confounders", action="store_true",
+                    help="draw scalp haematoma, metal and motion about twice as often in training (v3c)")
+    ap.add_argument("--rule-k", type=int, nargs="+", default=[1, 2, 3],
+                    help="top-k means the validation may choose from (v3c: 2 3)")
+    ap.add_argument("--max-threshold", type=float, default=0.9,
+                    help="cap on the chosen threshold (a dense network's scores saturate; v3c: 0.97)")
     args = ap.parse_args()
     t0 = time.time()
+    if args.more_confounders:
+        TASK_FORCES[0] = tuple((key, MORE_CONFOUNDERS.get(key, p)) for key, p in HARD_FORCES)
+        TASK.data_version = 5
     TASK.manifest_extra = existing_applies_to(args.out, APPLIES_TO)
     x, y, meta, maps = build_dataset(TASK, args.cases, TRAIN_SEED0, with_maps=True)
     log(f"train slices {len(y)} (positive {int(y.sum())}) in {time.time() - t0:.0f} s")
@@ -183,9 +201,18 @@ def main() -> None:
     val = build_series(TASK, args.val, VAL_SEED0)
     probs = [predict(model, xs) for xs, _, _ in track(val, "validating", "series")]
     positive = np.array([d["finding"] is not None for _, _, d in val])
-    decision = choose_decision(probs, positive, target_specificity=0.97)
+    decision = choose_decision(probs, positive, target_specificity=0.97, ks=tuple(args.rule_k),
+                               max_threshold=args.max_threshold)
     log(f"decision {decision}")
-    manifest = export(TASK, model, args.out, decision, args.version, CARD, description=DESCRIPTION)
+    card, description = CARD, DESCRIPTION
+    if args.dense:
+        card = CARD.replace("(demo model, v2)", "(demo model, v3)").replace(
+            "9-layer CNN (3×3 conv + BN + ReLU, 4 stride-2 stages, global max+mean pooling)",
+            "fully convolutional finding map (3×3 conv + BN + ReLU, 3 stride-2 stages, two dilated context "
+            "blocks, a 1×1-conv logit per 14.4 mm cell; the slice's logit is the map's maximum), trained with "
+            "the bleed masks and the slice labels")
+        description = DESCRIPTION_DENSE
+    manifest = export(TASK, model, args.out, decision, args.version, card, description=description)
     log(f"wrote {args.out} (sha256 {manifest['artefacts']['onnx']['sha256'][:12]}…) in {time.time() - t0:.0f} s")
 
 

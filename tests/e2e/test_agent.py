@@ -153,15 +153,20 @@ def test_bad_files_are_quarantined_and_the_series_still_analysed(broker, collect
 
 def test_two_scanners_at_once(broker, collector, agent_factory):
     agent = agent_factory(broker.url).start()
-    scanners = [Scanner(agent.watch / name, [kind], rate=20, style=style, seed=seed)
-                for name, kind, style, seed in (("ct-a", "ich", "inplace", 51), ("ct-b", "normal", "rename", 52))]
+    # the demo's clearly visible 12 mL bleed (seed 7): this test is about two scanners at once, not about the
+    # model's sensitivity (the seed-51 bleed it used, 6 mL of IPH at 50 HU, is one ich v3.0.0 misses; at 12 mL
+    # the ich_blood evidence finds only 0.05 mL of it: docs/MODELS.md)
+    kwargs = {"ich": {**ROUTINE, "volume_ml": 12.0}}
+    scanners = [Scanner(agent.watch / name, [kind], rate=20, style=style, seed=seed, phantom_kwargs=kwargs)
+                for name, kind, style, seed in (("ct-a", "ich", "inplace", 7), ("ct-b", "normal", "rename", 52))]
     threads = [threading.Thread(target=s.run, name=f"scanner-{n}") for n, s in enumerate(scanners)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     ich, normal = scanners[0].series[0], scanners[1].series[0]
-    assert final_result(collector, ich.series_instance_uid, len(ich.delivered))["findings"][0]["positive"] is True
+    result = final_result(collector, ich.series_instance_uid, len(ich.delivered))
+    assert result["findings"][0]["positive"] is True, result["findings"]
     assert final_result(collector, normal.series_instance_uid,
                         len(normal.delivered))["findings"][0]["positive"] is False
     assert agent.stop() == 0
