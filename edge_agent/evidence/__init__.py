@@ -61,6 +61,8 @@ class EvidenceSpec:
     max_shift_hu: float = 25.0
     core_hu: float = 60.0
     min_core_mm2: float = 4.0
+    hyperacute_contrast_hu: float = 20.0
+    min_hyperacute_mm2: float = 150.0
     min_brain_to_bone: float = 1.0
     noise_hu: float = 2.0
     # lung_blob
@@ -108,7 +110,7 @@ class DomainSpec:
 
 _ICH = {"blood_hu", "bone_hu", "calcification_hu", "bone_margin_mm", "min_component_mm2", "min_compartment_mm2",
         "max_fat_air_fraction", "min_volume_ml", "min_extent_mm", "max_shift_hu", "core_hu", "min_core_mm2",
-        "min_brain_to_bone", "noise_hu", "smoothing_mm", "grid_mm"}
+        "hyperacute_contrast_hu", "min_hyperacute_mm2", "min_brain_to_bone", "noise_hu", "smoothing_mm", "grid_mm"}
 _LUNG = {"min_diameter_mm", "max_diameter_mm", "solid_hu", "ggo_hu", "ggo_contrast_hu", "min_roundness",
          "max_pleural_contact", "max_extent_ratio", "link_mm", "smoothing_mm", "grid_mm"}
 _HEAD = {"min_skull_fraction", "brain_median_hu", "min_bone_mm2", "min_enclosed_mm2", "cylinder_axis_ratio",

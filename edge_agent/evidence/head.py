@@ -171,8 +171,15 @@ def _blood(g: Grid, ic: np.ndarray, ref: float | None, spec, debug: dict | None 
     core = ndimage.sum_labels(s >= spec.core_hu + shift, labels, idx) * g.pixel_mm2
     objs = ndimage.find_objects(labels)
     # hysteresis: a region counts only with a core of clotted-blood density (≥ core_hu), which
-    # normal dural venous sinuses (40–60 HU) and grey matter with noise do not have
-    keep = np.flatnonzero((areas >= spec.min_component_mm2) & (core >= spec.min_core_mm2))
+    # normal dural venous sinuses (40–60 HU) and grey matter with noise do not have — or, for
+    # hyperacute or anaemic blood that has not clotted (≈ 40–60 HU: ~56 HU at haematocrit 45 %), when it
+    # is large (≥ min_hyperacute_mm2: 150 mm², a 14 mm disc, far more than a sinus cut obliquely, ~60 mm²)
+    # and clearly denser than this brain's own parenchyma (mean ≥ reference + hyperacute_contrast_hu:
+    # deep grey nuclei sit 5–12 HU above the grey/white median, unclotted blood 20–30 HU)
+    clotted = core >= spec.min_core_mm2
+    if ref is not None:
+        clotted |= (areas >= spec.min_hyperacute_mm2) & (means >= ref + spec.hyperacute_contrast_hu)
+    keep = np.flatnonzero((areas >= spec.min_component_mm2) & clotted)
     keep = keep[~_straight_lines(labels, idx[keep], counts[keep], g)]
     keep = keep[np.argsort(-areas[keep])]
     out["area_mm2"] = round(float(areas[keep].sum()), 2)

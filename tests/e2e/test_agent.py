@@ -155,7 +155,7 @@ def test_two_scanners_at_once(broker, collector, agent_factory):
     agent = agent_factory(broker.url).start()
     # the demo's clearly visible 12 mL bleed (seed 7): this test is about two scanners at once, not about the
     # model's sensitivity (the seed-51 bleed it used, 6 mL of IPH at 50 HU, is one ich v3.0.0 misses; at 12 mL
-    # the ich_blood evidence finds only 0.05 mL of it: docs/MODELS.md)
+    # it reads 47.8 HU, below the ich_blood evidence's 50 HU window: docs/MODELS.md)
     kwargs = {"ich": {**ROUTINE, "volume_ml": 12.0}}
     scanners = [Scanner(agent.watch / name, [kind], rate=20, style=style, seed=seed, phantom_kwargs=kwargs)
                 for name, kind, style, seed in (("ct-a", "ich", "inplace", 7), ("ct-b", "normal", "rename", 52))]

@@ -78,6 +78,40 @@ def test_disc_of_blood_volume_matches_geometry():
     assert json.dumps(ev.to_dict())
 
 
+def _disc_series(rng, hu, radius_mm, *, brain=32.0, centre=(15.0, -10.0), slices=6, ry=None):
+    """A disc (or an ellipse with ``ry``) of ``hu`` ± 3 HU noise on the middle four of six slices."""
+    out = []
+    for k in range(slices):
+        img, x, y, _ = head_slice(rng, brain=brain)
+        if 1 <= k <= slices - 2:
+            m = ((x - centre[0]) / radius_mm) ** 2 + ((y - centre[1]) / (ry or radius_mm)) ** 2 < 1.0
+            img[m] = hu + rng.normal(0, 3, int(m.sum()))
+        out.append(img)
+    return out
+
+
+def test_large_unclotted_blood_counts_without_a_clotted_core():
+    """Hyperacute or anaemic blood has not clotted: a 20 mm disc at 54 HU (below the 60 HU core) over 4
+    slices, 20+ HU above this brain's parenchyma, is evidence; its volume is the disc's (6.28 mL)."""
+    _, ev, _ = run(_disc_series(np.random.default_rng(21), 54.0, 10.0))
+    assert ev.present, ev.reason
+    assert ev.volume_ml == pytest.approx(4 * np.pi * 10.0 ** 2 * THICK / 1000.0, rel=0.25)
+    # the same disc read with the clotted-core rule alone (the hyperacute branch switched off) is not
+    strict = parse_evidence({"kind": "ich_blood", "min_hyperacute_mm2": 1e9})
+    _, ev_strict, _ = run(_disc_series(np.random.default_rng(21), 54.0, 10.0), spec=strict)
+    assert not ev_strict.present
+
+
+def test_unclotted_density_that_is_small_or_close_to_the_brain_is_not_blood():
+    """Without a clotted core, a region counts only when large and clearly denser than the brain: an
+    obliquely cut straight sinus (a 6 × 13 mm ellipse at 58 HU, ~61 mm²) and a deep grey nucleus at 50 HU in
+    a head whose scanner reads 6 HU hot (grey 46, white 33: 16 HU above the parenchyma) are not evidence."""
+    _, sinus, _ = run(_disc_series(np.random.default_rng(22), 58.0, 3.0, ry=6.5, centre=(0.0, 30.0)))
+    assert not sinus.present, sinus.reason
+    _, nucleus, _ = run(_disc_series(np.random.default_rng(23), 50.0, 12.0, brain=38.0, centre=(12.0, 0.0)))
+    assert not nucleus.present, nucleus.reason
+
+
 def test_small_speck_below_minimum_volume():
     """4 mm disc on one 5 mm slice: 0.06 mL < 0.3 mL."""
     rng = np.random.default_rng(3)
