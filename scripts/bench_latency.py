@@ -77,6 +77,8 @@ def score_templates(templates: list[Template], engines: Path | None) -> object:
                           for i, s in enumerate(slices)]
         t.context = series_context(series_info(slices[0]))
         t.manifest = ich.manifest
+        # a series the model refuses by its header (e.g. a bone kernel) is never scored by the agent
+        t.refused = models.check_series(ich, series)
     rule = ich.manifest.decision
     models.close()
     return rule
@@ -161,6 +163,8 @@ def decisive_index(t: Template, sent: Sent, rule, *, scores_only: bool = False) 
     from edge_agent.decision.series import preliminary_actions
 
     agent = getattr(t, "agent_slices", None)
+    if getattr(t, "refused", None):
+        return None
     for n in range(1, len(sent.order) + 1):
         if scores_only or agent is None:
             if preliminary_met(t.probs[sent.order[:n]], rule):
@@ -448,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in templates:
         print(f"  template {t.kind}-{t.seed}: {len(t.paths)} slices, {sum(t.labels)} labelled positive, "
               f"max p={t.probs.max():.3f}, slices ≥ preliminary threshold: "
-              f"{int((t.probs >= rule.preliminary.threshold).sum())}")
+              f"{int((t.probs >= rule.preliminary.threshold).sum())}"
+              + (f"; refused by its header: {t.refused}" if getattr(t, "refused", None) else ""))
     print(f"  rendered and scored in {time.monotonic() - t_start:.0f} s; ICH rule {rule}")
     broker = MosquittoBroker(work / "mqtt", persistence=False).start()
     sub = subscriber(broker.url, topics=("edge-agent/#", "bench-baseline/#"))

@@ -28,14 +28,15 @@ class Vendor:
     signed: bool
     rescale_intercept: float
     padding_value: int | None
-    kernel: str
+    kernel: str          # the vendor's soft-tissue head kernel (ConvolutionKernel of soft / standard recons)
+    sharp_kernel: str    # its bone / sharp head kernel (ConvolutionKernel of sharp recons)
 
 
 VENDORS = (
-    Vendor("GE MEDICAL SYSTEMS", True, -1024.0, -2000, "STND"),   # padding -2000 stored = -3024 HU
-    Vendor("SIEMENS", False, -1024.0, None, "H31s"),               # outside circle stored as air
-    Vendor("Philips", True, -1000.0, None, "UB"),                  # intercept -1000, no padding
-    Vendor("TOSHIBA", True, 0.0, -2000, "FC26"),                   # stored = HU, padding -2000
+    Vendor("GE MEDICAL SYSTEMS", True, -1024.0, -2000, "STND", "BONE"),   # padding -2000 stored = -3024 HU
+    Vendor("SIEMENS", False, -1024.0, None, "H31s", "H70h"),               # outside circle stored as air
+    Vendor("Philips", True, -1000.0, None, "UB", "D"),                     # intercept -1000, no padding
+    Vendor("TOSHIBA", True, 0.0, -2000, "FC26", "FC30"),                   # stored = HU, padding -2000
 )
 
 

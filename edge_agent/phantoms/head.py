@@ -277,6 +277,9 @@ def generate_head(seed: int, *, bleed: str | None, volume_ml: float | None, slic
                                                                   "HEAD ROUTINE", "CT CRANE SANS IV"])),
         series=f"AXIAL {acq.thickness:g}mm {acq.vendor.kernel}"
         + (" BONE" if acq.extras["recon"]["kernel"] == "sharp" else ""), window=(40.0, 80.0), kvp=120.0)
+    # the kernel named as a scanner names it, so that a model's kernel rule (applies_to.kernels) sees it
+    headers.extra["ConvolutionKernel"] = (acq.vendor.sharp_kernel if acq.extras["recon"]["kernel"] == "sharp"
+                                          else acq.vendor.kernel)
     return {"anatomy": a, "bleed": b, "acq": acq, "images": images, "areas": np.asarray(areas),
             "amounts": np.asarray(amounts),
             "indices": list(indices), "masks": masks,

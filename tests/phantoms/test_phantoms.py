@@ -184,3 +184,30 @@ def test_qa_phantom_is_a_negative_head_series():
 def test_head_slices_span_thin_and_thick_reconstructions():
     thick = {head_phantom(s, bleed=None, slices=2, matrix=32).spacing[0] for s in range(40)}
     assert min(thick) < 1.5 and max(thick) >= 4.0
+
+
+@pytest.mark.parametrize("kernel", ["standard", "sharp"])
+def test_head_series_names_its_kernel_as_its_scanner_would(tmp_path, kernel):
+    """The written head series carries the vendor's kernel name (ConvolutionKernel), so a model's kernel rule
+    sees it end to end: the shipped ich manifest takes the soft-tissue kernel and refuses the bone one."""
+    from edge_agent.dicom import read_series
+    from edge_agent.inference.kernels import classify
+    from edge_agent.inference.models import ModelSet
+
+    makers = set()
+    for seed in range(12):   # each vendor's name reads as soft tissue, or as bone / sharp, by our classifier
+        ph = head_phantom(seed, bleed=None, slices=2, thickness_mm=5.0, matrix=128, force={"kernel": kernel})
+        name, maker = ph.headers.extra["ConvolutionKernel"], ph.headers.manufacturer
+        makers.add(maker)
+        assert classify(name, maker) in (("bone", "sharp") if kernel == "sharp" else ("soft",)), (name, maker)
+    assert len(makers) >= 3
+    ph = head_phantom(5, bleed=None, slices=10, thickness_mm=5.0, matrix=128, force={"kernel": kernel})
+    write_phantom(ph, tmp_path)
+    series = read_series(tmp_path)[0]
+    assert series.convolution_kernel == (ph.headers.extra["ConvolutionKernel"],)
+    models = ModelSet.load(None, backend="onnxrt", names=["ich"])
+    reason = models.check_series(models["ich"], series)
+    if kernel == "sharp":
+        assert reason is not None and "kernel" in str(reason), reason
+    else:
+        assert reason is None, reason
