@@ -206,6 +206,7 @@ def main() -> None:
     log(f"decision {decision}")
     card, description = CARD, DESCRIPTION
     if args.dense:
+        assert "global max+mean pooling" in CARD and "(demo model, v2)" in CARD, "the v2 card changed: edit both"
         card = CARD.replace("(demo model, v2)", "(demo model, v3)").replace(
             "9-layer CNN (3×3 conv + BN + ReLU, 4 stride-2 stages, global max+mean pooling)",
             "fully convolutional finding map (3×3 conv + BN + ReLU, 3 stride-2 stages, two dilated context "

@@ -272,14 +272,14 @@ def generate_head(seed: int, *, bleed: str | None, volume_ml: float | None, slic
         masks.append(np.zeros(img.shape, bool) if m is None else m >= 0.5)
     # visible area: voxels at least half blood (what the slice label is based on)
     areas = [float(mk.sum()) * acq.pixel_spacing ** 2 for mk in masks]
+    sharp = acq.extras["recon"]["kernel"] == "sharp"
     headers = make_headers(
         rng, acq.vendor, body_part="HEAD", study=str(rng.choice(["CT HEAD WO CONTRAST", "CT BRAIN NON CON",
                                                                   "HEAD ROUTINE", "CT CRANE SANS IV"])),
-        series=f"AXIAL {acq.thickness:g}mm {acq.vendor.kernel}"
-        + (" BONE" if acq.extras["recon"]["kernel"] == "sharp" else ""), window=(40.0, 80.0), kvp=120.0)
+        series=f"AXIAL {acq.thickness:g}mm {acq.vendor.kernel}" + (" BONE" if sharp else ""),
+        window=(40.0, 80.0), kvp=120.0)
     # the kernel named as a scanner names it, so that a model's kernel rule (applies_to.kernels) sees it
-    headers.extra["ConvolutionKernel"] = (acq.vendor.sharp_kernel if acq.extras["recon"]["kernel"] == "sharp"
-                                          else acq.vendor.kernel)
+    headers.extra["ConvolutionKernel"] = acq.vendor.sharp_kernel if sharp else acq.vendor.kernel
     return {"anatomy": a, "bleed": b, "acq": acq, "images": images, "areas": np.asarray(areas),
             "amounts": np.asarray(amounts),
             "indices": list(indices), "masks": masks,
