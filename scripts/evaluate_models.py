@@ -405,6 +405,8 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
             "ROC: sensitivity (≥ 1 mL) at specificity ≥ 0.95 (metric, not a rule)": f"{s95:.3f}",
             "specificity (normal heads)": f"{1 - alerts[~y].mean():.3f} ({int((~alerts[~y]).sum())}/{int((~y).sum())})",
             "preliminary warning on normal heads": f"{int(early[~y].sum())}/{int((~y).sum())}",
+            # the model's preliminary rule on the whole series (the agent also needs its domain and evidence)
+            "preliminary rule met on bleeds": f"{int(early[y].sum())}/{int(y.sum())}",
             "slice AUC bleed vs normal slices [95 % CI]": f"{sa:.3f} [{slo:.3f}, {shi:.3f}]",
             "bleed slices called positive (p ≥ threshold)": f"{(slice_p[slice_y] >= dec['threshold']).mean():.3f}",
             "bleed slices called positive, by blood cross-section (8–50 / 50–200 / ≥ 200 mm²)":

@@ -130,6 +130,17 @@ def agent_provenance(provenance: dict | None) -> dict:
             "config_hash": given.get("config_hash") or None}
 
 
+def key_slice_entry(key: dict) -> dict:
+    """An alert's ``finding.key_slices`` item from a decision's key slice: its UID, position, probability and,
+    on a slice the evidence lies on, ``region_px`` (where, in the slice's pixels)."""
+    entry = {"sop_instance_uid": key["sop_instance_uid"],
+             "position_mm": None if key.get("position_mm") is None else round(float(key["position_mm"]), 2),
+             "probability": round(float(key["probability"]), 4)}
+    if key.get("region_px") is not None:
+        entry["region_px"] = [round(float(v), 1) for v in key["region_px"]]
+    return entry
+
+
 def build_alert(*, site: str, device: str, series: dict, model: dict, finding: dict, state: str,
                 revision: int, timestamps: dict[str, str], provenance: dict | None = None) -> dict:
     """The alert payload (schema ``edge-agent/alert/1``), built from an allow-list of fields and validated.
@@ -150,9 +161,10 @@ def build_alert(*, site: str, device: str, series: dict, model: dict, finding: d
         clean_finding["probability"] = float(clean_finding["probability"])
     if finding.get("key_slices") is not None:
         clean_finding["key_slices"] = [
-            {"sop_instance_uid": str(s["sop_instance_uid"]),
-             "position_mm": None if s.get("position_mm") is None else float(s["position_mm"]),
-             "probability": float(s["probability"])}
+            dict({"sop_instance_uid": str(s["sop_instance_uid"]),
+                  "position_mm": None if s.get("position_mm") is None else float(s["position_mm"]),
+                  "probability": float(s["probability"])},
+                 **({"region_px": [float(v) for v in s["region_px"]]} if s.get("region_px") is not None else {}))
             for s in finding["key_slices"]]
     payload = {
         "schema": SCHEMA_IDS["alert"],

@@ -2,7 +2,7 @@
 
 A preview is made from the slice's Hounsfield units only — the Pixel Data,
 never overlay planes, burnt-in header text or anything else from the original
-file — so it carries no PHI and no overlays. The steps:
+file — so it carries no PHI and no overlays of the original. The steps:
 
 1. window the HU with the model's first preprocessing window (the brain window
    40/80 for ``ich``; 40/400 for a model without one) to [0, 255];
@@ -10,7 +10,9 @@ file — so it carries no PHI and no overlays. The steps:
    longer side is at most ``size`` pixels, keeping the physical aspect ratio
    (pixel spacing); this thumbnail is all the pipeline keeps in memory, for a
    few best-scoring slices per open series and model (:class:`PreviewCache`);
-3. encode: PNG when it fits ``max_bytes``, else JPEG at falling quality, then
+3. where the finding's evidence lies on the slice (its key slice's ``region_px``), frame
+   that region in red (the image becomes RGB; ``regions`` in the payload says where);
+4. encode: PNG when it fits ``max_bytes``, else JPEG at falling quality, then
    smaller sizes, until it does.
 
 The payload (``edge-agent/preview/1``, :func:`build_preview`) names the alert by
@@ -103,14 +105,14 @@ def thumbnail(hu: np.ndarray, window: tuple[float, float], pixel_spacing=(1.0, 1
 
 
 def encode_image(image: np.ndarray, max_bytes: int = 65536, fmt: str = "auto") -> tuple[bytes, str, int, int]:
-    """(bytes, mime, width, height) of ``image`` (uint8, 2-D) in at most ``max_bytes``.
+    """(bytes, mime, width, height) of ``image`` (uint8, grey 2-D or RGB rows × columns × 3) in at most ``max_bytes``.
 
     PNG first (lossless) unless ``fmt`` is jpeg; then JPEG at qualities 90 … 40 unless ``fmt`` is png;
     then the image at 3/4 of its size, and so on. Only pixel values are written: no text chunks, no EXIF.
     """
     from PIL import Image
 
-    current = Image.fromarray(np.ascontiguousarray(image, np.uint8), mode="L")
+    current = Image.fromarray(np.ascontiguousarray(image, np.uint8), mode="RGB" if image.ndim == 3 else "L")
     while True:
         if fmt in ("auto", "png"):
             buf = io.BytesIO()
@@ -129,10 +131,34 @@ def encode_image(image: np.ndarray, max_bytes: int = 65536, fmt: str = "auto") -
                                  Image.Resampling.BOX)
 
 
+#: The frame around an evidence region: red, which no grey level of the window can be mistaken for.
+FRAME_RGB = (230, 30, 30)
+
+
+def framed(image: np.ndarray, boxes) -> np.ndarray:
+    """``image`` (grey uint8) as RGB with each box ``(r0, c0, r1, c1)`` (its pixels) framed in red, the frame
+    drawn two pixels outside the box so the region itself stays as the window shows it."""
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape
+    picture = Image.fromarray(np.ascontiguousarray(image, np.uint8), mode="L").convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    for r0, c0, r1, c1 in boxes:
+        x0, y0 = max(0, round(c0) - 2), max(0, round(r0) - 2)
+        x1, y1 = min(w - 1, round(c1) + 2), min(h - 1, round(r1) + 2)
+        if x1 > x0 and y1 > y0:
+            draw.rectangle([x0, y0, x1, y1], outline=FRAME_RGB, width=1)
+    return np.asarray(picture, np.uint8)
+
+
 def build_preview(alert: dict, *, sop_instance_uid: str, image: np.ndarray, window: tuple[float, float],
-                  settings: PreviewSettings = PreviewSettings()) -> dict:
-    """The preview payload (``edge-agent/preview/1``) of ``alert``'s key slice ``image`` (a :func:`thumbnail`)."""
-    data, mime, width, height = encode_image(image, settings.max_bytes, settings.format)
+                  settings: PreviewSettings = PreviewSettings(), boxes=()) -> dict:
+    """The preview payload (``edge-agent/preview/1``) of ``alert``'s key slice ``image`` (a :func:`thumbnail`);
+    ``boxes`` (the evidence region on that slice, in ``image``'s pixels) are framed in red (:func:`framed`) and
+    listed as ``regions``."""
+    boxes = [tuple(float(v) for v in b) for b in boxes]
+    data, mime, width, height = encode_image(framed(image, boxes) if boxes else image, settings.max_bytes,
+                                             settings.format)
     payload = {
         "schema": SCHEMA_IDS["preview"],
         "alert_id": alert["alert_id"],
@@ -148,6 +174,10 @@ def build_preview(alert: dict, *, sop_instance_uid: str, image: np.ndarray, wind
         "window": {"centre": float(window[0]), "width": float(window[1])},
         "data": base64.b64encode(data).decode("ascii"),
     }
+    if boxes:   # in the encoded image's pixels (it may have been made smaller to fit max_bytes)
+        sy, sx = height / image.shape[0], width / image.shape[1]
+        payload["regions"] = [[round(r0 * sy, 1), round(c0 * sx, 1), round(r1 * sy, 1), round(c1 * sx, 1)]
+                              for r0, c0, r1, c1 in boxes]
     if alert.get("disclaimer"):
         payload["disclaimer"] = alert["disclaimer"]
     return validate_payload("preview", payload)

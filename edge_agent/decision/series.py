@@ -158,7 +158,8 @@ def evidence_for(manifest: Any, slices: Sequence[ScoredSlice], context: SeriesCo
 
 def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSlice], keep: int,
                    index: int) -> Decision:
-    """A model-positive finding stands only on evidence; its best evidence slice leads the key slices."""
+    """A model-positive finding stands only on evidence; its best evidence slice leads the key slices, and a
+    key slice the evidence lies on says where (``region_px``: ``[row0, col0, row1, col1]`` in its pixels)."""
     if evidence is None:
         return decision
     keys = list(decision.key_slices)
@@ -170,6 +171,8 @@ def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSli
                     "probability": round(float(slices[best].probabilities[index]), 6)}
             keys = [lead] + [k for k in keys if k["index"] != best]
             keys = keys[:max(keep, 1)]
+        regions = getattr(evidence, "regions", None) or {}
+        keys = [dict(k, region_px=list(regions[k["index"]])) if k["index"] in regions else k for k in keys]
     return Decision(decision.probability, bool(decision.positive and evidence.present), keys)
 
 

@@ -197,10 +197,26 @@ class Evidence:
     volume_ml: float | None = None
     diameter_mm: float | None = None
     bbox_mm: dict | None = None                       # patient LPS {"min": [x, y, z], "max": [x, y, z]}
+    # where on each supporting slice: slice index -> [row0, col0, row1, col1] in that slice's pixels
+    regions: dict[int, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"present": self.present, "reason": self.reason, "slices": list(self.slices),
-                "volume_ml": self.volume_ml, "diameter_mm": self.diameter_mm, "bbox_mm": self.bbox_mm}
+                "volume_ml": self.volume_ml, "diameter_mm": self.diameter_mm, "bbox_mm": self.bbox_mm,
+                "regions": [{"slice": int(k), "box_px": list(self.regions[k])} for k in self.slices
+                            if k in self.regions]}
+
+
+def slice_evidence_mm2(features: dict | None) -> float:
+    """The area (mm²) of the largest evidence candidate on one slice (a blood component, a lung blob), 0 when none.
+
+    The pipeline keeps the preview thumbnails of slices that carry evidence before those that only score
+    high, so that the key image can show the slice the evidence rests on."""
+    if not isinstance(features, dict):
+        return 0.0
+    comps = (features.get("ich") or {}).get("comps") or []
+    cands = (features.get("lung") or {}).get("cands") or []
+    return float(max([c[0] for c in comps if len(c) >= 6] + [c[6] for c in cands if len(c) >= 7], default=0.0))
 
 
 @dataclass

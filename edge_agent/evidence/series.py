@@ -84,6 +84,12 @@ def ich_series(spec, features, positions_mm, thickness, image_positions, orienta
     if pixel_spacing:
         diameter = round(max((max(rows) - min(rows)) * float(pixel_spacing[0]),
                              (max(cols) - min(cols)) * float(pixel_spacing[1]), nslices * spacing), 1)
+    regions: dict[int, list[float]] = {}
+    for i in members:
+        k, c = comps[i]
+        box = regions.get(k)
+        regions[k] = [round(float(v), 1) for v in (c[2:6] if box is None else
+                      (min(box[0], c[2]), min(box[1], c[3]), max(box[2], c[4]), max(box[3], c[5])))]
     present = vol >= spec.min_volume_ml and nslices >= need
     what = f"{vol:.2f} mL of acute-blood density (mean {mean_hu:.0f} HU) inside the skull on {nslices} " \
            f"adjacent slice{'s' if nslices > 1 else ''}"
@@ -94,7 +100,7 @@ def ich_series(spec, features, positions_mm, thickness, image_positions, orienta
                  f"largest {vol:.2f} mL"
     else:
         reason = f"{what}, fewer than the {need} adjacent slices ({spec.min_extent_mm:g} mm) a real bleed spans"
-    return Evidence(present, reason, slices, round(vol, 3), diameter, bbox)
+    return Evidence(present, reason, slices, round(vol, 3), diameter, bbox, regions)
 
 
 # --------------------------------------------------------------------------- lung blobs
@@ -108,7 +114,7 @@ def _chains(features, spec):
         mm = lung.get("mm") or [1.0, 1.0]
         for c in lung.get("cands", []):
             cands.append({"k": k, "y": c[0] * mm[0], "x": c[1] * mm[1], "r": c[0], "c": c[1], "d": c[2],
-                          "hu": c[3], "kind": c[5], "area": c[6], "next": None, "prev": None})
+                          "hu": c[3], "kind": c[5], "area": c[6], "mm": mm, "next": None, "prev": None})
     by_slice: dict[int, list[dict]] = {}
     for c in cands:
         by_slice.setdefault(c["k"], []).append(c)
@@ -205,11 +211,12 @@ def lung_series(spec, features, positions_mm, thickness, image_positions, orient
     kinds = {c["kind"] for c in chain}
     kind = "solid" if "solid" in kinds else "ground-glass"
     vol = sum(c["area"] for c in chain) * spacing / 1000.0
-    points = []
+    points, regions = [], {}
     for c in chain:
-        rad = c["d"] / 2.0 / (float(pixel_spacing[0]) if pixel_spacing else 1.0)
+        rad = c["d"] / 2.0 / (float(pixel_spacing[0]) if pixel_spacing else c["mm"][0])
         points += [(c["k"], c["r"] - rad, c["c"] - rad), (c["k"], c["r"] + rad, c["c"] + rad)]
+        regions[c["k"]] = [round(float(v), 1) for v in (c["r"] - rad, c["c"] - rad, c["r"] + rad, c["c"] + rad)]
     bbox = lps_box(points, image_positions, orientation, pixel_spacing)
     reason = (f"a {kind} nodule-like blob of {dmax:.1f} mm in the lung, seen on {len(chain)} slice"
               f"{'s' if len(chain) > 1 else ''} ({extent:.0f} mm along the slice normal) and ending on both sides")
-    return Evidence(True, reason, [c["k"] for c in order], round(vol, 3), round(dmax, 1), bbox)
+    return Evidence(True, reason, [c["k"] for c in order], round(vol, 3), round(dmax, 1), bbox, regions)

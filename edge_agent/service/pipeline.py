@@ -33,7 +33,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from edge_agent.alerts.payloads import alert_id, build_alert, utc_iso
+from edge_agent.alerts.payloads import alert_id, build_alert, key_slice_entry, utc_iso
 from edge_agent.boundary import DISK_FULL_RETRY_S, disk_full
 from edge_agent.decision.series import AlertAction, ModelOutcome, decide_model, final_actions, preliminary_actions
 from edge_agent.inference.applicability import Refusal
@@ -302,6 +302,10 @@ class SeriesPipeline:
                 self._score(series, model, good)
         series.sops.update(s.sop_instance_uid for _, s in good)
         series.slices = max(series.slices, len(series.sops))
+        if self._thumbnails is not None:
+            for f in files:
+                for i, s in enumerate(f.slices):
+                    series.files[s.sop_instance_uid] = (f.path, i)
         for _, s in slices:
             s.drop_pixels()  # every model has scored it: the pixels go, memory stays flat
 
@@ -343,9 +347,7 @@ class SeriesPipeline:
             model={**model_provenance(algorithm), "synthetic_training": bool(manifest.synthetic_training)},
             finding={"code": finding.code, "label": finding.label, "probability": round(action.probability, 4),
                      "positive": action.state != "retracted", "severity": finding.severity,
-                     "key_slices": [{"sop_instance_uid": k["sop_instance_uid"],
-                                     "position_mm": None if k["position_mm"] is None else round(k["position_mm"], 2),
-                                     "probability": round(k["probability"], 4)} for k in action.key_slices]},
+                     "key_slices": [key_slice_entry(k) for k in action.key_slices]},
             state=action.state, revision=revision, timestamps=timestamps,
             provenance=getattr(self.outputs, "provenance", None))
         t0 = time.perf_counter()

@@ -6,8 +6,10 @@ best-scoring slices, made from a slice's HU while its pixels are still here, in 
 each batch's alert check (never on an alert's path), so that a restart or a reopen still has them (for
 ``THUMBNAIL_MEMORY_S`` after the series went final; the pipeline prunes them). Of them are made the
 key-image preview of every alert revision (published after the alert itself) and, for
-``pacs.secondary_capture``, the key image of a positive result with the evidence regions found on its
-slice (:func:`evidence_boxes`). Nothing here raises into the pipeline: a preview is a convenience and
+``pacs.secondary_capture``, the key image of a positive result; both frame the region the finding's
+evidence found on that slice (its key slice's ``region_px``, :func:`region_boxes`). Slices that carry
+evidence keep their thumbnails first (:func:`preview_rank`), so the evidence's best slice — the first
+key slice of a positive finding — has one. Nothing here raises into the pipeline: a preview is a convenience and
 never costs an alert or a result.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.decision.series import AlertAction
+from edge_agent.evidence import slice_evidence_mm2
 from edge_agent.logs import PIPELINE_LOG
 from edge_agent.service.series import OpenSeries
 from edge_agent.service.state import SeriesStore
@@ -26,23 +29,22 @@ from edge_agent.service.state import SeriesStore
 log = logging.getLogger(PIPELINE_LOG)
 
 
-def evidence_boxes(features) -> list[tuple[float, float, float, float]]:
-    """The regions a slice's evidence numbers locate, ``(r0, c0, r1, c1)`` in the slice's pixels: each component
-    ``[area, mean, r0, c0, r1, c1]`` of a ``comps`` list and each ``box`` ``[r0, c0, r1, c1]``, at any depth."""
-    out: list = []
-    if isinstance(features, dict):
-        for key, value in features.items():
-            if key == "comps" and isinstance(value, list):
-                out += [tuple(float(v) for v in c[2:6]) for c in value if isinstance(c, list) and len(c) >= 6]
-            elif key == "box" and isinstance(value, list) and len(value) == 4:
-                out.append(tuple(float(v) for v in value))
-            else:
-                out += evidence_boxes(value)
-    elif isinstance(features, list):
-        for value in features:
-            if isinstance(value, dict):
-                out += evidence_boxes(value)
-    return out
+def preview_rank(probability: float, features) -> float:
+    """A slice's rank for keeping its thumbnail: a slice that carries evidence (a blood component, a lung blob)
+    ranks above every slice that only scores high, the larger evidence first (per 100 mm²), then by
+    probability — so the best evidence slice, which leads a positive finding's key slices, is likely to
+    have its thumbnail after a restart too (while the series is open its file is read back otherwise)."""
+    area = slice_evidence_mm2(features)
+    return float(probability) + (1.0 + area / 100.0 if area > 0 else 0.0)
+
+
+def region_boxes(key_slices, sop_instance_uid: str, scale: tuple[float, float]) -> list[tuple[float, float, float, float]]:
+    """The evidence region (``region_px``) of the key slice ``sop_instance_uid``, in a thumbnail's pixels
+    (``scale``: thumbnail rows / slice rows, thumbnail columns / slice columns); empty when it has none."""
+    sy, sx = scale
+    return [(r0 * sy, c0 * sx, r1 * sy, c1 * sx)
+            for k in key_slices or [] if k.get("sop_instance_uid") == sop_instance_uid and k.get("region_px")
+            for r0, c0, r1, c1 in [k["region_px"]]]
 
 
 class Thumbnails:
@@ -62,13 +64,14 @@ class Thumbnails:
                         s.sop_instance_uid, type(exc).__name__, exc)
             return None
 
-    def offer(self, series: OpenSeries, model, todo: list, probabilities: np.ndarray) -> None:
-        """Thumbnails of the best-scoring slices, kept (bounded) for the key-image previews of its alerts."""
+    def offer(self, series: OpenSeries, model, todo: list, probabilities: np.ndarray, features: list) -> None:
+        """Thumbnails of the slices with the most evidence, then the best-scoring (:func:`preview_rank`), kept
+        (bounded) for the key-image previews of its alerts."""
         try:
             cache = self.cache(series, model.manifest)
             for i, (_, s) in enumerate(todo):
                 score = float(np.max(probabilities[i])) if probabilities.shape[1] else 0.0
-                cache.offer(s.sop_instance_uid, score, s.hu_pixels, s.pixel_spacing)
+                cache.offer(s.sop_instance_uid, preview_rank(score, features[i]), s.hu_pixels, s.pixel_spacing)
         except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
             log.warning("series %s: no key-image previews from this batch (%s: %s)", series.series_instance_uid,
                         type(exc).__name__, exc)
@@ -79,7 +82,7 @@ class Thumbnails:
             cache = self.cache(series, model.manifest)
             for i, h in enumerate(held):
                 score = float(np.max(probabilities[i])) if probabilities.shape[1] else 0.0
-                cache.offer_image(h.sop_instance_uid, score, lambda h=h: h.meta[3])
+                cache.offer_image(h.sop_instance_uid, preview_rank(score, h.meta[0]), lambda h=h: h.meta[3])
         except Exception as exc:  # noqa: BLE001 - a preview must never cost an alert
             log.warning("series %s: no key-image previews from this batch (%s: %s)", series.series_instance_uid,
                         type(exc).__name__, exc)
@@ -117,7 +120,7 @@ class Thumbnails:
             log.warning("series %s: the key-image thumbnails could not be read (%s: %s)", series.series_instance_uid,
                         type(exc).__name__, exc)
             cache = None
-        found = None if cache is None else cache.image_for(k["sop_instance_uid"] for k in action.key_slices)
+        found = None if cache is None else self.key_image(series, manifest, cache, action.key_slices)
         if found is None:
             self.outputs.count("previews", "no_thumbnail")
             log.info("series %s: no key-image preview for alert %s revision %d (no thumbnail of its key slices: "
@@ -126,8 +129,11 @@ class Thumbnails:
                      payload["alert_id"], payload["revision"])
             return
         try:
-            preview = build_preview(payload, sop_instance_uid=found[0], image=found[1], window=cache.window,
-                                    settings=self.settings)
+            image = found[1]
+            boxes = region_boxes(action.key_slices, found[0],
+                                 (image.shape[0] / series.shape[0], image.shape[1] / series.shape[1]))
+            preview = build_preview(payload, sop_instance_uid=found[0], image=image, window=cache.window,
+                                    settings=self.settings, boxes=boxes)
             self.outputs.publish_preview(preview)
             self.outputs.count("previews", "published")
         except Exception as exc:  # noqa: BLE001 - the alert is out; its preview is a convenience
@@ -135,6 +141,35 @@ class Thumbnails:
             log.warning("series %s: the key-image preview of alert %s revision %d was not published (%s: %s)",
                         series.series_instance_uid, payload["alert_id"], payload["revision"],
                         type(exc).__name__, exc)
+
+    def key_image(self, series: OpenSeries, manifest, cache, key_slices) -> tuple[str, np.ndarray] | None:
+        """``(uid, thumbnail)`` of the first key slice (the evidence's best slice on a positive finding): kept
+        in the cache, else read back from its file (still on disk while the series is open; off the alert's
+        path), else the next key slice the cache kept; None when there is none."""
+        uids = [k["sop_instance_uid"] for k in key_slices]
+        if not uids:
+            return None
+        found = cache.image_for(uids[:1]) or self.from_file(series, manifest, cache, uids[0])
+        return found or cache.image_for(uids[1:])
+
+    def from_file(self, series: OpenSeries, manifest, cache, uid: str) -> tuple[str, np.ndarray] | None:
+        """A key slice's thumbnail made again from its file (None when the file is unknown, gone or unreadable)."""
+        where = series.files.get(uid)
+        if where is None:
+            return None
+        try:
+            from edge_agent.alerts.previews import thumbnail  # noqa: PLC0415
+            from edge_agent.dicom import read_file  # noqa: PLC0415
+
+            path, index = where
+            s = read_file(path)[index]
+            if s.sop_instance_uid != uid:
+                return None
+            return uid, thumbnail(s.hu_pixels(), cache.window, s.pixel_spacing, self.settings.size)
+        except Exception as exc:  # noqa: BLE001 - a preview is a convenience: the next key slice will do
+            log.info("series %s: key slice %s not read back for its preview (%s: %s)", series.series_instance_uid,
+                     uid, type(exc).__name__, exc)
+            return None
 
     def key_images(self, series: OpenSeries, result: dict) -> dict:
         """Per positive live model: its best key slice's thumbnail, with the evidence regions found on that slice
@@ -148,15 +183,13 @@ class Thumbnails:
                     continue
                 manifest = next((m.manifest for m, reason in series.routes
                                  if reason is None and m.manifest.name == name), None)
-                found = None if manifest is None else self.cache(series, manifest).image_for(
-                    k["sop_instance_uid"] for k in f.get("key_slices") or [])
+                found = None if manifest is None else self.key_image(series, manifest, self.cache(series, manifest),
+                                                                      f.get("key_slices") or [])
                 if found is None:
                     continue
                 uid, image = found
-                score = series.known_scores(self.store, name).get(uid)
-                sy, sx = image.shape[0] / series.shape[0], image.shape[1] / series.shape[1]
-                boxes = [(r0 * sy, c0 * sx, r1 * sy, c1 * sx)
-                         for r0, c0, r1, c1 in evidence_boxes(score.features if score else None)]
+                boxes = region_boxes(f.get("key_slices"), uid,
+                                     (image.shape[0] / series.shape[0], image.shape[1] / series.shape[1]))
                 out[name] = {"sop_instance_uid": uid, "image": image, "boxes": boxes,
                              "orientation": series.info.get("orientation") or ()}
         except Exception as exc:  # noqa: BLE001 - a key image is a convenience; the SR and KOS go regardless

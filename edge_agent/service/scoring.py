@@ -63,7 +63,7 @@ class Scorer:
         self.store.add_scores(series.series_instance_uid, name, scores)
         scored.update((s.sop_instance_uid, s) for s in scores)
         if self.thumbnails is not None:
-            self.thumbnails.offer(series, model, todo, probabilities)
+            self.thumbnails.offer(series, model, todo, probabilities, features)
         self.on_scored(series, model, scores)
         if self.thumbnails is not None:
             self.thumbnails.persist(series, name)  # after the alert: the state DB write is not on its path

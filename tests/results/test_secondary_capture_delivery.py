@@ -21,7 +21,6 @@ from edge_agent.results.delivery import PacsDelivery
 from edge_agent.results.destination import parse_destination
 from edge_agent.results.sender import SenderSettings
 from edge_agent.results.study import read_study_header
-from edge_agent.service.previews import evidence_boxes
 from edge_agent.service.simulator import ROUTINE_HEAD, render
 from edge_agent.testing.dcmtk import DCIODVFY
 
@@ -59,13 +58,6 @@ def _delivery(tmp_path, on=True):
 
 KEY = {"image": np.tile(np.arange(128, dtype=np.uint8), (128, 1)), "boxes": [(40.0, 30.0, 60.0, 70.0)],
        "orientation": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]}
-
-
-def test_evidence_boxes_come_from_components_and_boxes_at_any_depth():
-    features = {"ich": {"area_mm2": 12.0, "comps": [[12.0, 61.0, 10, 20, 30, 40], [3.0, 55.0, 1, 2, 3, 4]]},
-                "domain": {"x": 1}, "lung": [{"box": [5, 6, 7, 8], "bits": "00"}]}
-    assert evidence_boxes(features) == [(10, 20, 30, 40), (1, 2, 3, 4), (5, 6, 7, 8)]
-    assert evidence_boxes(None) == [] and evidence_boxes({"ich": {"comps": []}}) == []
 
 
 def test_positive_revision_queues_the_key_image_and_its_withdrawal_rejects_it(phantom, tmp_path):
