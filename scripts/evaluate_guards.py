@@ -52,14 +52,22 @@ def main() -> None:
             ph = head_phantom(seed, bleed=None if normal else "random", thickness_mm=thickness)
             order = np.argsort(ph.slice_positions)
             hu, pos, spacing = ph.volume_hu[order], ph.slice_positions[order], (ph.spacing[1], ph.spacing[2])
-            d = decide(model.score_slices(hu, spacing)[:, 0], man.decision)
+            probabilities = model.score_slices(hu, spacing)[:, 0]
+            d = decide(probabilities, man.decision)
             feats = [slice_features(hu[k], spacing, man.evidence, man.domain) for k in range(len(hu))]
-            ev = series_evidence(man.evidence, feats, list(pos), ph.spacing[0])
+            anywhere = series_evidence(man.evidence, feats, list(pos), ph.spacing[0])
+            # as the agent decides: only evidence on or beside the slices the model scores ≥ its threshold
+            ev = series_evidence(man.evidence, feats, list(pos), ph.spacing[0], support=probabilities,
+                                 support_threshold=man.decision.threshold)
             dom = series_domain(man.domain, feats)
+            truth = ph.slice_labels[order]
             rows.append({"seed": seed, "bleed": ph.finding is not None, "type": ph.details.get("bleed_type"),
                          "volume_ml": ph.details.get("volume_ml"), "thickness_mm": thickness,
+                         "kernel": ph.details.get("kernel"),
                          "p": round(d.probability, 3), "model": d.positive, "evidence": ev.present,
-                         "in_domain": dom.in_domain})
+                         "evidence_anywhere": anywhere.present, "in_domain": dom.in_domain,
+                         # where the first key slice (the evidence's best slice) lies
+                         "lead_on_bleed": bool(truth[ev.slices[0]]) if ev.present and ev.slices else None})
             echo(json.dumps(rows[-1]))
             bar.update()
     bar.close()
@@ -67,16 +75,20 @@ def main() -> None:
     normals = [r for r in rows if not r["bleed"]]
     big = [r for r in bleeds if (r["volume_ml"] or 0) >= 1.0]
 
-    def count(xs, guarded):
-        hits = sum(r["model"] and (not guarded or (r["evidence"] and r["in_domain"])) for r in xs)
+    def count(xs, guarded, key="evidence"):
+        hits = sum(r["model"] and (not guarded or (r[key] and r["in_domain"])) for r in xs)
         return f"{hits}/{len(xs)}"
 
-    print(f"\n| | model alone | model + evidence + domain |\n|---|---|---|")
-    print(f"| bleeds positive | {count(bleeds, False)} | {count(bleeds, True)} |")
-    print(f"| bleeds ≥ 1 mL positive | {count(big, False)} | {count(big, True)} |")
-    print(f"| normal heads positive (false alerts) | {count(normals, False)} | {count(normals, True)} |")
-    print(f"| normal heads with evidence present | {sum(r['evidence'] for r in normals)}/{len(normals)} | |")
-    print(f"| series out of domain | {sum(not r['in_domain'] for r in rows)}/{len(rows)} | |")
+    print("\n| | model alone | model + evidence anywhere + domain | model + evidence beside the model's slices "
+          "+ domain (shipped) |\n|---|---|---|---|")
+    for name, xs in (("bleeds positive", bleeds), ("bleeds ≥ 1 mL positive", big),
+                     ("normal heads positive (false alerts)", normals)):
+        print(f"| {name} | {count(xs, False)} | {count(xs, True, 'evidence_anywhere')} | {count(xs, True)} |")
+    print(f"| normal heads with evidence present | | {sum(r['evidence_anywhere'] for r in normals)}/{len(normals)} | "
+          f"{sum(r['evidence'] for r in normals)}/{len(normals)} |")
+    leads = [r["lead_on_bleed"] for r in bleeds if r["model"] and r["evidence"] and r["in_domain"]]
+    print(f"| alerted bleeds: first key slice (evidence's best) on a bleed slice | | | {sum(leads)}/{len(leads)} |")
+    print(f"| series out of domain | {sum(not r['in_domain'] for r in rows)}/{len(rows)} | | |")
 
 
 def lung(args) -> None:
@@ -96,16 +108,22 @@ def lung(args) -> None:
             d = decide(probabilities, man.decision)
             feats = [slice_features(hu[k], spacing, blob, man.domain) for k in range(len(hu))]
             ev = series_evidence(blob, feats, list(pos), ph.spacing[0])
+            # as a gate would decide: only a blob on or beside the slices the model scores ≥ its threshold
+            beside = series_evidence(blob, feats, list(pos), ph.spacing[0], support=probabilities,
+                                     support_threshold=man.decision.threshold)
             dom = series_domain(man.domain, feats)
             on_nodule = ph.slice_labels[order]
             ev_best = int(ev.slices[0]) if ev.present and ev.slices else None
+            beside_best = int(beside.slices[0]) if beside.present and beside.slices else None
             rows.append({"seed": seed, "nodule": ph.finding is not None, "type": ph.details.get("nodule_type"),
                          "diameter_mm": ph.details.get("diameter_mm"), "thickness_mm": thickness,
                          "p": round(d.probability, 3), "model": d.positive, "evidence": ev.present,
                          "in_domain": dom.in_domain, "domain_reason": None if dom.in_domain else dom.reason,
                          # localisation: is the model's top slice / the evidence's best slice a nodule slice?
                          "top_on_nodule": bool(on_nodule[int(np.argmax(probabilities))]),
-                         "evidence_on_nodule": None if ev_best is None else bool(on_nodule[ev_best])})
+                         "evidence_on_nodule": None if ev_best is None else bool(on_nodule[ev_best]),
+                         "beside": beside.present,
+                         "beside_on_nodule": None if beside_best is None else bool(on_nodule[beside_best])})
             print(json.dumps(rows[-1]), flush=True)
     pos_ = [r for r in rows if r["nodule"]]
     neg = [r for r in rows if not r["nodule"]]
@@ -124,6 +142,11 @@ def lung(args) -> None:
     print(f"| nodules: model's top slice on a nodule slice | {sum(r['top_on_nodule'] for r in pos_)}/{len(pos_)} | |")
     print(f"| nodules: evidence's best slice on a nodule slice | "
           f"{sum(bool(r['evidence_on_nodule']) for r in pos_)}/{len(pos_)} | |")
+    gated = [r for r in pos_ if r["model"] and r["in_domain"] and r["beside"]]
+    print(f"| if lung_blob were a gate beside the model's slices: nodules / clear positive | "
+          f"{len(gated)}/{len(pos_)} / {sum(r['model'] and r['in_domain'] and r['beside'] for r in neg)}/{len(neg)} | |")
+    print(f"| ... its first key slice (the blob's best) on a nodule slice | "
+          f"{sum(bool(r['beside_on_nodule']) for r in gated)}/{len(gated)} | |")
 
 
 if __name__ == "__main__":

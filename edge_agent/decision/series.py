@@ -151,9 +151,12 @@ def evidence_for(manifest: Any, slices: Sequence[ScoredSlice], context: SeriesCo
 
     features = _features(slices) or [{} for _ in slices]
     ipp = [f.get("ipp") for f in features]
+    # where the model finds anything (any of its findings at or above the decision threshold)
+    support = [max(s.probabilities) if len(s.probabilities) else 0.0 for s in slices]
     return series_evidence(spec, features, [s.position_mm for s in slices], context.slice_thickness_mm,
                            image_positions=None if None in ipp else ipp, orientation=context.orientation,
-                           pixel_spacing=context.pixel_spacing)
+                           pixel_spacing=context.pixel_spacing, support=support,
+                           support_threshold=manifest.decision.threshold)
 
 
 def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSlice], keep: int,

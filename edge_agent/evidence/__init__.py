@@ -76,6 +76,9 @@ class EvidenceSpec:
     max_extent_ratio: float = 2.0
     link_mm: float = 3.0
     # both
+    # with the model's slice probabilities: the evidence counts only on or within this many slices of a slice
+    # the model scores at or above its decision threshold (the HU and the model must agree on where)
+    model_slices: float = 1.0
     smoothing_mm: float = 1.0
     grid_mm: float | None = None   # analysis grid (mm); None: 1.25 for heads, 1.5 for chests
 
@@ -110,9 +113,10 @@ class DomainSpec:
 
 _ICH = {"blood_hu", "bone_hu", "calcification_hu", "bone_margin_mm", "min_component_mm2", "min_compartment_mm2",
         "max_fat_air_fraction", "min_volume_ml", "min_extent_mm", "max_shift_hu", "core_hu", "min_core_mm2",
-        "hyperacute_contrast_hu", "min_hyperacute_mm2", "min_brain_to_bone", "noise_hu", "smoothing_mm", "grid_mm"}
+        "hyperacute_contrast_hu", "min_hyperacute_mm2", "min_brain_to_bone", "noise_hu", "smoothing_mm", "grid_mm",
+        "model_slices"}
 _LUNG = {"min_diameter_mm", "max_diameter_mm", "solid_hu", "ggo_hu", "ggo_contrast_hu", "min_roundness",
-         "max_pleural_contact", "max_extent_ratio", "link_mm", "smoothing_mm", "grid_mm"}
+         "max_pleural_contact", "max_extent_ratio", "link_mm", "smoothing_mm", "grid_mm", "model_slices"}
 _HEAD = {"min_skull_fraction", "brain_median_hu", "min_bone_mm2", "min_enclosed_mm2", "cylinder_axis_ratio",
          "cylinder_fill", "cylinder_area_cv", "max_water_fraction", "grid_mm"}
 _CHEST = {"min_lung_fraction", "min_lung_slices", "max_edge_cut", "soft_median_hu", "grid_mm"}
@@ -167,7 +171,11 @@ def _parse(cls, d: dict | None, block: str):
         if key == "max_shift_hu" and v < 0:
             raise EvidenceError(f"The manifest's '{block}.max_shift_hu' must be 0 (no calibration shift) or more, "
                                 f"not {value!r}.")
-        if key not in _SIGNED and key not in _FRACTIONS and not key.endswith("_hu") and v <= 0:
+        if key == "model_slices" and (v < 0 or v != int(v)):
+            raise EvidenceError(f"The manifest's '{block}.model_slices' must be a whole number of slices, 0 (the "
+                                f"model's own slices) or more, not {value!r}.")
+        if key not in _SIGNED and key not in _FRACTIONS and key != "model_slices" and not key.endswith("_hu") \
+                and v <= 0:
             raise EvidenceError(f"The manifest's '{block}.{key}' must be positive, not {value!r}.")
         values[key] = v
     return cls(kind=kind, **values)
@@ -253,14 +261,29 @@ def slice_features(hu: np.ndarray, pixel_spacing: tuple[float, float], evidence:
 
 def series_evidence(spec: EvidenceSpec, features: list[dict], positions_mm: list[float],
                     slice_thickness_mm: float | None, image_positions: list | None = None,
-                    orientation: tuple | None = None, pixel_spacing: tuple | None = None) -> Evidence:
-    """Per-slice features (in order along the normal) → :class:`Evidence` for the series."""
+                    orientation: tuple | None = None, pixel_spacing: tuple | None = None,
+                    support=None, support_threshold: float | None = None) -> Evidence:
+    """Per-slice features (in order along the normal) → :class:`Evidence` for the series.
+
+    ``support`` (the model's probability per slice, same order) and ``support_threshold`` (its decision
+    threshold): only evidence on or within ``spec.model_slices`` slices of a slice the model scores at or
+    above the threshold counts — blood-dense HU at the vertex do not support a model that fires on the
+    skull base. Without them the evidence may lie anywhere in the series."""
     from edge_agent.evidence.series import ich_series, lung_series
 
     if len(positions_mm) != len(features):
         raise ValueError("series_evidence needs one position per slice feature dict")
+    near = None
+    if support is not None and support_threshold is not None:
+        p = np.asarray(support, dtype=float)
+        if len(p) != len(features):
+            raise ValueError("series_evidence needs one support probability per slice feature dict")
+        gap = int(spec.model_slices)
+        hot = np.flatnonzero(p >= float(support_threshold))
+        near = {int(k) for h in hot for k in range(h - gap, h + gap + 1) if 0 <= k < len(features)}
     fn = ich_series if spec.kind == "ich_blood" else lung_series
-    return fn(spec, features, positions_mm, slice_thickness_mm, image_positions, orientation, pixel_spacing)
+    return fn(spec, features, positions_mm, slice_thickness_mm, image_positions, orientation, pixel_spacing,
+              near=near)
 
 
 def series_domain(spec: DomainSpec, features: list[dict]) -> DomainVerdict:

@@ -145,6 +145,12 @@ def _blood(g: Grid, ic: np.ndarray, ref: float | None, spec, debug: dict | None 
                               spec.max_shift_hu))
     out["shift_hu"] = round(shift, 1)
     lo, hi = spec.blood_hu[0] + shift, spec.blood_hu[1] + shift
+    if ref is not None:
+        # blood is a candidate wherever it is hyperacute_contrast_hu denser than this brain's own parenchyma,
+        # even below the (shifted) literature window: the dead band above leaves up to 8 HU of a calibration
+        # error unshifted, and blood mixed with CSF (IVH) or unclotted reads lower. Below the window only a
+        # large, clearly denser component counts (the unclotted-blood rule below); a small one needs a core.
+        lo = min(lo, ref + spec.hyperacute_contrast_hu)
     # 90–100 HU is retracted clot as often as anything else; > calcification_hu is never blood
     hi = max(hi, spec.calcification_hu + shift - 0.5)
     s, sd_px, sigma = _denoise(x, ic, ref, g, spec, spec.calcification_hu + shift)

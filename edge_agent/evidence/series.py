@@ -19,7 +19,7 @@ def _boxes_touch(a: list, b: list, margin_px: float) -> bool:
                 or b[5] + margin_px < a[3])
 
 
-def ich_series(spec, features, positions_mm, thickness, image_positions, orientation, pixel_spacing):
+def ich_series(spec, features, positions_mm, thickness, image_positions, orientation, pixel_spacing, near=None):
     """Link blood components across adjacent slices into 3-D clusters; present when one is big enough.
 
     Volume = Σ component area × slice spacing (each slice stands for one spacing of tissue).
@@ -61,12 +61,18 @@ def ich_series(spec, features, positions_mm, thickness, image_positions, orienta
     for i in range(len(comps)):
         clusters.setdefault(find(i), []).append(i)
     need = max(1, math.ceil(spec.min_extent_mm / spacing - 1e-6))
-    best = None
+    best, elsewhere = None, 0.0
     for members in clusters.values():
         ks = sorted({comps[i][0] for i in members})
         vol = sum(comps[i][1][0] for i in members) * spacing / 1000.0
+        if near is not None and not near.intersection(ks):
+            elsewhere = max(elsewhere, vol)   # blood-dense, but not where the model finds anything
+            continue
         if best is None or vol > best[0]:
             best = (vol, members, len(ks))
+    if best is None:
+        return Evidence(False, f"{elsewhere:.2f} mL of acute-blood density inside the skull at most, none of it on "
+                        f"or beside the slices the model scores at or above its threshold", [], 0.0, None, None)
     vol, members, nslices = best
     per_slice: dict[int, float] = {}
     for i in members:
@@ -143,7 +149,7 @@ def _continues(by_slice: dict, end: dict, k: int, radius_mm: float) -> bool:
     return any(math.hypot(c["x"] - end["x"], c["y"] - end["y"]) <= radius_mm for c in by_slice.get(k, []))
 
 
-def lung_series(spec, features, positions_mm, thickness, image_positions, orientation, pixel_spacing):
+def lung_series(spec, features, positions_mm, thickness, image_positions, orientation, pixel_spacing, near=None):
     """A nodule is a chain that ends on both sides within ~its own diameter and does not drift.
 
     extent along the normal (slices × spacing) ≤ ``max_extent_ratio`` × largest diameter
@@ -165,6 +171,8 @@ def lung_series(spec, features, positions_mm, thickness, image_positions, orient
         dmax = max(c["d"] for c in chain)
         if dmax < spec.min_diameter_mm:
             continue
+        if near is not None and not near.intersection(c["k"] for c in chain):
+            continue   # not where the model finds anything
         extent = len(chain) * spacing
         drift = math.hypot(chain[0]["x"] - chain[-1]["x"], chain[0]["y"] - chain[-1]["y"])
         closed = chain[0]["k"] > 0 and chain[-1]["k"] < n - 1
@@ -197,7 +205,8 @@ def lung_series(spec, features, positions_mm, thickness, image_positions, orient
                 best = (score, chain, extent)
     if best is None:
         if not seen:
-            why = f"no compact solid or ground-glass blob of ≥ {spec.min_diameter_mm:g} mm inside the lungs"
+            why = f"no compact solid or ground-glass blob of ≥ {spec.min_diameter_mm:g} mm inside the lungs" + (
+                "" if near is None else " on or beside the slices the model scores at or above its threshold")
         else:
             tubes = sum(1 for s in seen if s[1] or s[2])
             open_ = sum(1 for s in seen if not s[3] and not (s[1] or s[2]))

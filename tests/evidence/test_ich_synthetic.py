@@ -112,6 +112,19 @@ def test_unclotted_density_that_is_small_or_close_to_the_brain_is_not_blood():
     assert not nucleus.present, nucleus.reason
 
 
+def test_blood_that_a_cold_scanner_reads_below_50_hu_counts_against_its_own_brain():
+    """A cold scanner (grey 34, white 21 HU: a parenchyma median of ~20 HU, 12 below nominal, which the ±8 HU
+    anatomy band shifts the window for by only ~3 HU): intraventricular blood at 43 HU, 23 HU above this
+    brain's parenchyma, in a 24 mm disc over four slices, is evidence — it lies below the shifted window
+    (~47–87 HU), so only the parenchyma-relative lower bound makes it a candidate. A region 10 HU above the
+    parenchyma (deep grey matter) is not."""
+    _, ivh, _ = run(_disc_series(np.random.default_rng(24), 43.0, 12.0, brain=26.0, centre=(12.0, 0.0)))
+    assert ivh.present, ivh.reason
+    assert ivh.volume_ml == pytest.approx(4 * np.pi * 12.0 ** 2 * THICK / 1000.0, rel=0.3)
+    _, grey, _ = run(_disc_series(np.random.default_rng(25), 30.0, 12.0, brain=26.0, centre=(12.0, 0.0)))
+    assert not grey.present, grey.reason
+
+
 def test_small_speck_below_minimum_volume():
     """4 mm disc on one 5 mm slice: 0.06 mL < 0.3 mL."""
     rng = np.random.default_rng(3)
@@ -201,3 +214,86 @@ def test_empty_and_odd_inputs():
     assert not ev.present and not dom.in_domain
     with pytest.raises(ValueError):
         series_evidence(SPEC, feats, [0.0], 5.0)
+
+
+def _blood_on_slices(rng, n: int, on: range):
+    """``n`` head slices with a 20 mm disc of 70 HU on the slices ``on``; the disc's pixels (rows, cols)."""
+    out = []
+    for k in range(n):
+        img, x, y, _ = head_slice(rng)
+        disc = np.hypot(x - 15, y + 10) < 10.0
+        if k in on:
+            img[disc] = 70.0 + rng.normal(0, 3, int(disc.sum()))
+        out.append(img)
+    return out, np.nonzero(disc)
+
+
+def test_evidence_must_lie_where_the_model_finds_the_bleed():
+    """Blood on slices 1-3 of 10. A model that scores only slice 8 high gets no support from it (blood
+    elsewhere is no evidence for what the model saw); one that scores slice 4 — beside the blood — does,
+    with the default one slice of tolerance, and not with ``model_slices`` 0."""
+    rng = np.random.default_rng(21)
+    slices, (rows, cols) = _blood_on_slices(rng, 10, range(1, 4))
+    feats = [slice_features(s, (PX, PX), SPEC, None) for s in slices]
+    pos = [i * THICK for i in range(len(slices))]
+
+    def evidence(hot: int, spec=SPEC):
+        p = np.full(len(slices), 0.1)
+        p[hot] = 0.95
+        return series_evidence(spec, feats, pos, THICK, pixel_spacing=(PX, PX), support=p, support_threshold=0.9)
+
+    assert series_evidence(SPEC, feats, pos, THICK, pixel_spacing=(PX, PX)).present   # anywhere: present
+    far = evidence(8)
+    assert not far.present and "none of it on or beside the slices the model scores" in far.reason
+    assert evidence(2).present and evidence(4).present
+    assert not evidence(4, parse_evidence({"kind": "ich_blood", "model_slices": 0})).present
+    # the region on each supporting slice is the drawn disc (0.5 mm pixels, 20 mm across)
+    ev = evidence(2)
+    assert sorted(ev.regions) == [1, 2, 3]
+    r0, c0, r1, c1 = ev.regions[ev.slices[0]]
+    assert abs(r0 - rows.min()) <= 3 and abs(r1 - rows.max()) <= 3 and abs(c0 - cols.min()) <= 3 \
+        and abs(c1 - cols.max()) <= 3
+
+
+def test_model_slices_must_be_a_whole_number_of_slices():
+    assert parse_evidence({"kind": "ich_blood", "model_slices": 0}).model_slices == 0
+    assert parse_evidence({"kind": "lung_blob", "model_slices": 2}).model_slices == 2
+    for bad in (-1, 1.5):
+        with pytest.raises(EvidenceError, match="model_slices"):
+            parse_evidence({"kind": "ich_blood", "model_slices": bad})
+    with pytest.raises(ValueError, match="support"):
+        series_evidence(SPEC, [{}, {}], [0.0, 5.0], 5.0, support=[0.9], support_threshold=0.5)
+
+
+def test_the_decider_refuses_a_finding_whose_evidence_lies_elsewhere(tmp_path):
+    """Through ``decide_model`` (the one decider of infer and the daemon): a model positive on slices 7-9
+    with blood only on slices 1-3 is not positive, and says why; with blood under its slices it is, and its
+    first key slice is the evidence's best slice, with the disc as ``region_px``."""
+    import json as _json
+
+    from edge_agent.decision.series import ScoredSlice, decide_model
+    from edge_agent.inference.manifest import load_manifest
+    from edge_agent.testing.models import write_model_folder
+
+    folder = write_model_folder(tmp_path / "m", name="m", decision={"rule": "top_k_mean", "k": 2, "threshold": 0.9})
+    manifest = _json.loads((folder / "manifest.json").read_text())
+    manifest["evidence"] = {"kind": "ich_blood"}
+    (folder / "manifest.json").write_text(_json.dumps(manifest))
+    m = load_manifest(folder)
+    rng = np.random.default_rng(22)
+    slices, (rows, cols) = _blood_on_slices(rng, 10, range(1, 4))
+    feats = [slice_features(s, (PX, PX), m.evidence, None) for s in slices]
+
+    def decided(hot):
+        scored = [ScoredSlice(f"1.2.{k}", k * THICK, [0.97 if k in hot else 0.05], features=dict(feats[k],
+                              ipp=[-100.0, -100.0, k * THICK])) for k in range(len(slices))]
+        [finding] = decide_model(m, scored).findings
+        return finding
+
+    elsewhere = decided({7, 8, 9})
+    assert elsewhere["probability"] > 0.9 and not elsewhere["positive"]
+    assert "none of it on or beside" in elsewhere["evidence"]["reason"]
+    under = decided({2, 3})
+    assert under["positive"] and under["key_slices"][0]["index"] == under["evidence"]["slices"][0]
+    r0, c0, r1, c1 = under["key_slices"][0]["region_px"]
+    assert abs(r0 - rows.min()) <= 3 and abs(c1 - cols.max()) <= 3
