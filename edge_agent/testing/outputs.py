@@ -25,6 +25,17 @@ class RecordingOutputs:
         self.counts.append((name, state))
 
 
+class PreviewOutputs(RecordingOutputs):
+    """:class:`RecordingOutputs` that also records the key-image previews the pipeline publishes."""
+
+    def __init__(self):
+        super().__init__()
+        self.previews: list[dict] = []
+
+    def publish_preview(self, payload):
+        self.previews.append(payload)
+
+
 def ingested_file(path, stored_only: bool = False):
     """What ingest hands the pipeline for one complete file (``stored_only``: stored values + rescale, as the agent)."""
     import time

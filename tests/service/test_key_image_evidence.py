@@ -21,17 +21,8 @@ from edge_agent.inference.models import ModelSet
 from edge_agent.service.pipeline import SeriesPipeline
 from edge_agent.service.previews import preview_rank, region_boxes
 from edge_agent.service.simulator import ROUTINE_HEAD, render
-from edge_agent.testing.outputs import RecordingOutputs, ingested_file
+from edge_agent.testing.outputs import PreviewOutputs, ingested_file
 from edge_agent.testing.wait import wait
-
-
-class PreviewOutputs(RecordingOutputs):
-    def __init__(self):
-        super().__init__()
-        self.previews: list[dict] = []
-
-    def publish_preview(self, payload):
-        self.previews.append(payload)
 
 
 def test_a_slice_with_evidence_keeps_its_thumbnail_before_one_that_only_scores_high():

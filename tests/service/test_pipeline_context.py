@@ -24,17 +24,8 @@ from edge_agent.inference.models import ModelSet  # noqa: E402
 from edge_agent.service.analyse import analyse_series  # noqa: E402
 from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
 from edge_agent.service.state import SeriesStore  # noqa: E402
-from edge_agent.testing.outputs import RecordingOutputs, ingested_file  # noqa: E402
+from edge_agent.testing.outputs import PreviewOutputs, RecordingOutputs, ingested_file  # noqa: E402
 from edge_agent.testing.wait import wait
-
-
-class PreviewOutputs(RecordingOutputs):
-    def __init__(self):
-        super().__init__()
-        self.previews = []
-
-    def publish_preview(self, payload):
-        self.previews.append(payload)
 
 
 def values(n: int, seed: int = 11) -> list[float]:

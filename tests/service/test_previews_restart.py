@@ -22,20 +22,11 @@ from edge_agent.dicom.synth import write_series  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
 from edge_agent.service.pipeline import SeriesPipeline  # noqa: E402
 from edge_agent.service.state import SeriesStore  # noqa: E402
-from edge_agent.testing.outputs import RecordingOutputs, ingested_file  # noqa: E402
+from edge_agent.testing.outputs import PreviewOutputs, ingested_file  # noqa: E402
 from edge_agent.testing.wait import wait  # noqa: E402
 
 SETTINGS = PreviewSettings(size=32, max_bytes=8192)
 DECISION = {"rule": "top_k_mean", "k": 2, "threshold": 0.9, "preliminary": {"min_slices": 1, "threshold": 0.6}}
-
-
-class PreviewOutputs(RecordingOutputs):
-    def __init__(self):
-        super().__init__()
-        self.previews: list[dict] = []
-
-    def publish_preview(self, payload):
-        self.previews.append(payload)
 
 
 def volume() -> np.ndarray:
