@@ -117,7 +117,7 @@ class MqttSection:
 class AlertsSection:
     previews: bool = _f(True, "Publish a key-image preview of every alert revision on "
                         "{prefix}/{site}/{device}/previews (windowed, downscaled, made from the HU only: no "
-                        "overlays, no PHI; docs/ALERTS.md).")
+                        "overlays of the original, no PHI; the evidence region framed in red; docs/ALERTS.md).")
     preview_size: int = _f(256, "Longest side of a preview in pixels (16-1024); never larger than the slice.")
     preview_max_bytes: int = _f(65536, "Most bytes of a preview image (1024-1048576): PNG when it fits, else JPEG "
                                 "at falling quality, then smaller.")
