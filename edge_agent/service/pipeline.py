@@ -303,9 +303,8 @@ class SeriesPipeline:
         series.sops.update(s.sop_instance_uid for _, s in good)
         series.slices = max(series.slices, len(series.sops))
         if self._thumbnails is not None:
-            for f in files:
-                for i, s in enumerate(f.slices):
-                    series.files[s.sop_instance_uid] = (f.path, i)
+            # single-frame files only: reading back one frame of an enhanced multi-frame file decodes them all
+            series.files.update((f.slices[0].sop_instance_uid, (f.path, 0)) for f in files if len(f.slices) == 1)
         for _, s in slices:
             s.drop_pixels()  # every model has scored it: the pixels go, memory stays flat
 

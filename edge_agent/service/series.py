@@ -43,8 +43,8 @@ class OpenSeries:
     study: Any = field(default=None, repr=False)
     # model name -> PreviewCache: thumbnails of the few best-scoring slices (alert key-image previews)
     previews: dict = field(default_factory=dict, repr=False)
-    # SOP Instance UID -> (file, frame index) of the slices that arrived in this opening: a key slice whose
-    # thumbnail was not kept is read back from its file (kept on disk until the series is final) for its preview
+    # SOP Instance UID -> (file, frame index) of the single-frame slices that arrived in this opening: a key
+    # slice whose thumbnail was not kept is read back from its file (on disk until the series is final)
     files: dict = field(default_factory=dict, repr=False)
     # model name -> ContextWindow of a 2.5-D model: the preprocessed planes (never HU) of the slices that
     # are still to be scored or that a pending slice may still take as its neighbour (bounded; service/context.py)
