@@ -81,8 +81,10 @@ def _finding(f: dict) -> dict:
         "code": str(f["code"]), "label": str(f.get("label") or f["code"]),
         "probability": round(float(f["probability"]), 4), "positive": bool(f["positive"]),
         "threshold": _number(f.get("threshold")),
-        "key_slices": [{"sop_instance_uid": str(k["sop_instance_uid"]),
-                        "probability": _number(k.get("probability"))}
+        "key_slices": [dict({"sop_instance_uid": str(k["sop_instance_uid"]),
+                             "probability": _number(k.get("probability"))},
+                            **({"region_px": [round(float(v), 1) for v in k["region_px"]]}
+                               if bool(f["positive"]) and k.get("region_px") else {}))
                        for k in f.get("key_slices") or [] if k.get("sop_instance_uid")],
         "volume_ml": _number(evidence.get("volume_ml")) if evidence.get("present") else None,
         "diameter_mm": _number(evidence.get("diameter_mm")) if evidence.get("present") else None,

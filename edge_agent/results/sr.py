@@ -14,7 +14,10 @@ Measurement and Qualitative Evaluation Group (TID 1501) holds:
   the TensorRT engine's fingerprint id (when it ran on one), the decision
   threshold, the agent's version and its config hash,
 * the key slices as source images (with the frame for a multi-frame image),
-* the disclaimer as a comment when the model was trained on synthetic data.
+* the disclaimer as a comment when the model was trained on synthetic data;
+
+and, for a positive finding whose evidence lies on its first key slice, a Planar ROI group (TID 1410)
+with that region as a rectangle on the slice (the same finding type and algorithm), for viewers to draw.
 
 A revision after the first names its predecessor (Predecessor Documents
 Sequence, PS3.3 C.17.2.3), so a PACS shows the newer document as the
@@ -30,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
@@ -165,11 +169,17 @@ def build_sr(result: ModelResult, header: StudyHeader, *, revision: int, site: s
     procedure = PROCEDURES.get(result.body_part.strip().upper(), UNSPECIFIED_PROCEDURE)
     withdrawn = (withdrawal_text(result, revision, withdrawn_kos)
                  if withdrawn_kos and revision > 1 and not result.positive else None)
+    groups = []
+    for f in result.findings:
+        groups.append(_group(result, f, header, provenance, withdrawn))
+        region = _region_group(result, f, header, provenance)
+        if region is not None:
+            groups.append(region)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=device_observer(site, device, result.algorithm.name)),
         procedure_reported=hd.sr.CodedConcept(*procedure),
-        imaging_measurements=[_group(result, f, header, provenance, withdrawn) for f in result.findings],
+        imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport)
     series_uid = result.uid("sr-series")
     previous = []
@@ -192,6 +202,34 @@ def build_sr(result: ModelResult, header: StudyHeader, *, revision: int, site: s
         content_date=when.date(), content_time=when.time())
     pin_times(sr, when)
     return sr
+
+
+def _region_group(result: ModelResult, finding: dict, header: StudyHeader,
+                  provenance: dict | None = None) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    """Where a positive finding's evidence lies on its first key slice, as a TID 1410 planar ROI (a rectangle,
+    POLYLINE in the slice's pixel coordinates: column, row), so that a viewer can draw it; None without one."""
+    keys = finding.get("key_slices") or []
+    if not finding.get("positive") or not keys or not keys[0].get("region_px"):
+        return None
+    r0, c0, r1, c1 = (float(v) for v in keys[0]["region_px"])
+    uid, frame = key_reference(keys[0]["sop_instance_uid"], header)
+    concept = finding_concept(finding["code"], finding["label"])
+    # SCOORD pixel coordinates put the top left corner of the top left pixel at (0, 0) (PS3.3 C.18.6.1.1):
+    # region_px counts pixel centres from 0, so edges at -0.5 move to 0
+    corners = np.array([[c0 + 0.5, r0 + 0.5], [c1 + 0.5, r0 + 0.5], [c1 + 0.5, r1 + 0.5], [c0 + 0.5, r1 + 0.5],
+                        [c0 + 0.5, r0 + 0.5]], dtype=np.float32)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=np.clip(corners, 0.0, None),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=header.sop_class_uid, referenced_sop_instance_uid=uid,
+            referenced_frame_numbers=None if frame is None else [frame]))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=result.uid(f"tracking:{finding['code']}:region"),
+            identifier=f"{result.algorithm.name} {finding['code']} evidence region"),
+        referenced_region=region, finding_type=concept,
+        algorithm_id=_algorithm(result, finding.get("threshold"), provenance),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=concept, value=codes.SCT.Present)])
 
 
 def pin_times(ds: Dataset, when: dt.datetime) -> None:

@@ -11,6 +11,7 @@ import io
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -160,3 +161,33 @@ def test_the_study_header_never_shows_patient_data(phantom):
     text = repr(header) + str(header) + f"{header}"
     assert str(datasets[0].PatientName) not in text and str(datasets[0].PatientID) not in text
     assert header.sop_class_uid == datasets[0].SOPClassUID
+
+
+def test_the_evidence_region_is_a_planar_roi_on_the_first_key_slice(phantom, tmp_path):
+    """A positive finding whose first key slice carries region_px gets a TID 1410 group: a closed rectangle in
+    that slice's pixel coordinates (column, row; pixel edges), valid for dciodvfy; a negative one gets none."""
+    paths, datasets = phantom
+    header = read_study_header(paths[0])
+    result = _result(datasets)
+    result.findings[0]["key_slices"][0]["region_px"] = [100.5, 200.5, 140.5, 260.5]
+    sr = build_sr(result, header, revision=1, site="s", device="d", decided_at=1_800_000_000.0)
+    dump = validate_sr(_write(sr, tmp_path / "roi.dcm"))
+    assert "Planar ROI" in dump or "SCOORD" in dump
+    back = pydicom.dcmread(io.BytesIO(encode(sr)))
+    scoords = [item for item in _walk(back) if item.ValueType == "SCOORD"]
+    [roi] = scoords
+    assert roi.GraphicType == "POLYLINE"
+    points = np.asarray(roi.GraphicData, float).reshape(-1, 2)
+    assert points.tolist() == [[201.0, 101.0], [261.0, 101.0], [261.0, 141.0], [201.0, 141.0], [201.0, 101.0]]
+    [image] = [i for i in roi.ContentSequence if i.ValueType == "IMAGE"]
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == datasets[5].SOPInstanceUID
+    negative = _result(datasets, positive=False)
+    negative.findings[0]["key_slices"][0]["region_px"] = [100.5, 200.5, 140.5, 260.5]
+    sr = build_sr(negative, header, revision=1, site="s", device="d", decided_at=1_800_000_000.0)
+    assert not [i for i in _walk(pydicom.dcmread(io.BytesIO(encode(sr)))) if i.ValueType == "SCOORD"]
+
+
+def _walk(ds):
+    for item in ds.get("ContentSequence", []) or []:
+        yield item
+        yield from _walk(item)
