@@ -170,6 +170,7 @@ def report(series_list, timeline: Timeline, t0: float, echo: Callable[[str], Non
                     kind = preview["mime"].split("/")[-1].upper()
                     rows.append((p_at, f"  key-image preview rev {preview['revision']}: {preview['width']}x"
                                        f"{preview['height']} {kind}, {preview['bytes'] / 1024:.1f} KiB"
+                                       + (", the evidence framed in red" if preview.get("regions") else "")
                                        + (f" -> {saved}" if saved else "")))
         for at, result in timeline.results:
             if result["series_instance_uid"] != uid:

@@ -45,13 +45,16 @@ def test_demo_shows_an_alert_its_timing_and_its_key_image_preview(tmp_path):
     final = next(i for i, line in enumerate(lines) if "FINAL alert ich" in line)
     revision = re.search(r"rev (\d+) at the listener", lines[final]).group(1)
     shown = [m for line in lines if (m := re.search(rf"key-image preview rev {revision}: (\d+)x(\d+) PNG, "
-                                                    r"[0-9.]+ KiB -> (\S+)", line))]
+                                                    r"[0-9.]+ KiB, the evidence framed in red -> (\S+)", line))]
     assert shown, out
     width, height, path = int(shown[0].group(1)), int(shown[0].group(2)), Path(shown[0].group(3))
     assert path.parent == previews and path.name.endswith(f"-r{revision}.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (width, height) and max(im.size) <= 256
-        assert np.asarray(im).std() > 5                # a picture of a head, not a blank
+        rgb = np.asarray(im.convert("RGB"), np.int16)
+        assert rgb.std() > 5                           # a picture of a head, not a blank
+        red = (rgb[..., 0] > 200) & (rgb[..., 1] < 80)
+        assert 20 < red.sum() < 2000                   # and a frame round the evidence, not a red picture
     assert "first slice written" in out and "decisive slice" in out
     assert "FINAL alert ich" in out
     assert "final result: analysed (ich POSITIVE" in out
