@@ -160,8 +160,10 @@ def stack_context(own: np.ndarray, below: np.ndarray, above: np.ndarray) -> np.n
     return np.concatenate([own, below, above], axis=1)
 
 
-#: Two slices closer than this along the normal are the same position (a resend, a second reconstruction).
-SAME_POSITION_MM = 1e-3
+#: Two slices closer than this along the normal are the same position (a resend, a second reconstruction):
+#: the one value the series assembly uses too (edge_agent.dicom.geometry), so that the neighbours a 2.5-D
+#: model sees and the slices assembly keeps agree.
+from edge_agent.dicom.geometry import SAME_POSITION_MM  # noqa: E402
 
 
 def neighbour_of(positions: np.ndarray, i: int, offset_mm: float, side: int) -> int:
