@@ -71,8 +71,10 @@ def ich_series(spec, features, positions_mm, thickness, image_positions, orienta
         if best is None or vol > best[0]:
             best = (vol, members, len(ks))
     if best is None:
-        return Evidence(False, f"{elsewhere:.2f} mL of acute-blood density inside the skull at most, none of it on "
-                        f"or beside the slices the model scores at or above its threshold", [], 0.0, None, None)
+        where = ("the model scores no slice at or above its threshold" if not near else
+                 "none of it on or beside the slices the model scores at or above its threshold")
+        return Evidence(False, f"{elsewhere:.2f} mL of acute-blood density inside the skull at most, {where}",
+                        [], 0.0, None, None)
     vol, members, nslices = best
     per_slice: dict[int, float] = {}
     for i in members:

@@ -297,3 +297,12 @@ def test_the_decider_refuses_a_finding_whose_evidence_lies_elsewhere(tmp_path):
     assert under["positive"] and under["key_slices"][0]["index"] == under["evidence"]["slices"][0]
     r0, c0, r1, c1 = under["key_slices"][0]["region_px"]
     assert abs(r0 - rows.min()) <= 3 and abs(c1 - cols.max()) <= 3
+
+
+def test_a_quiet_model_is_told_apart_from_blood_elsewhere():
+    rng = np.random.default_rng(23)
+    slices, _ = _blood_on_slices(rng, 6, range(1, 4))
+    feats = [slice_features(s, (PX, PX), SPEC, None) for s in slices]
+    ev = series_evidence(SPEC, feats, [i * THICK for i in range(6)], THICK, support=np.full(6, 0.2),
+                         support_threshold=0.9)
+    assert not ev.present and "the model scores no slice at or above its threshold" in ev.reason
