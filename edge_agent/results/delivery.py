@@ -30,7 +30,7 @@ from edge_agent.results.kos import KEY_OBJECT_SELECTION, build_kos, build_reject
 from edge_agent.results.queue import DONE_MEMORY_S, PacsQueue, QueuedObject, Revision, read_stats
 from edge_agent.results.destination import Destination
 from edge_agent.results.sender import DestinationSender, SenderSettings
-from edge_agent.results.sr import COMPREHENSIVE_3D_SR, build_sr
+from edge_agent.results.sr import COMPREHENSIVE_3D_SR, build_sr, reported_findings
 from edge_agent.results.study import StudyHeader
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ class PacsDelivery:
         new: list[str] = []
         queue = PacsQueue(self.queue_path)
         try:
-            for model_result in model_results(result, algorithms, body_part):
+            for model_result in model_results(result, algorithms, body_part) + \
+                    self._no_longer_assessed(queue, result, algorithms, body_part):
                 new += self._submit_one(queue, model_result, header, decided_at,
                                         (key_images or {}).get(model_result.algorithm.name))
             if time.monotonic() >= self._next_prune:
@@ -139,6 +140,44 @@ class PacsDelivery:
                  result.series_instance_uid, a.name, a.version, revision, len(self.destinations),
                  ", ".join(f"{o.kind} {o.sop_instance_uid}" for o in objects))
         return [o.sop_instance_uid for o in objects]
+
+    @staticmethod
+    def _no_longer_assessed(queue: PacsQueue, result: dict, algorithms: dict[str, Algorithm],
+                            body_part: str) -> list[ModelResult]:
+        """A live model that flagged key images on this series before and now cannot decide it (a reopen made
+        the series not assessable, rejected, skipped or failed): a revision that withdraws them — an SR whose
+        findings (those of the revision it replaces) are Indeterminate, saying why, and the rejection note.
+        Its source images are the earlier SR's. Nothing when its last revision flagged nothing (a negative SR
+        is no alarm) or the SR it would replace is no longer held (its findings unknown: one WARNING names the
+        KOS left flagged)."""
+        out = []
+        for entry in result.get("models", []):
+            status = entry.get("status")
+            if status == "analysed" or entry.get("mode", "live") != "live" or not entry.get("name"):
+                continue
+            name, version = entry["name"], entry.get("version", "")
+            latest = queue.latest_revision(result["series_instance_uid"], name, version)
+            if latest is None or not latest.kos_sop_instance_uid:
+                continue
+            previous = queue.dataset_of("sr", result["series_instance_uid"], name, version, latest.revision)
+            found, images = reported_findings(previous) if previous else ([], [])
+            if not found or not images:
+                log.warning("series %s: %s %s can no longer decide it (%s), but the findings of its revision %d are "
+                            "no longer held: KOS %s stays flagged in the PACS until rejected there by hand",
+                            result["series_instance_uid"], name, version, status, latest.revision,
+                            latest.kos_sop_instance_uid)
+                continue
+            algorithm = algorithms.get(name) or Algorithm(name, version, entry.get("sha256") or "",
+                                                          entry.get("backend") or "", entry.get("precision") or "",
+                                                          engine_fingerprint=entry.get("engine_fingerprint"))
+            # the images the withdrawn finding was about (the SR must reference some; no KOS flags them now)
+            keys = [{"sop_instance_uid": uid, "probability": None} for uid in images]
+            findings = [{"code": code, "label": label, "probability": None, "positive": False, "threshold": None,
+                         "key_slices": keys, "volume_ml": None, "diameter_mm": None, "assessed": False,
+                         "status": status} for code, label in found]
+            out.append(ModelResult(result["series_instance_uid"], result["study_instance_uid"], algorithm, findings,
+                                   body_part))
+        return out
 
     @staticmethod
     def _superseded_kos(result: ModelResult, latest: Revision | None) -> str | None:

@@ -105,8 +105,10 @@ def rejected_kos_reference(result: ModelResult, header: StudyHeader, kos_sop_ins
 def rejection_description(result: ModelResult, revision: int, replaced_by: str | None) -> str:
     """What the rejection note says it withdraws and why (UIDs and revisions only, no patient data)."""
     a = result.algorithm
-    why = f"replaced by the key images of revision {revision}" if replaced_by else \
-        f"the result of revision {revision} is negative"
+    status = next((f.get("status") for f in result.findings if f.get("assessed", True) is False), None)
+    why = f"replaced by the key images of revision {revision}" if replaced_by else (
+        f"the series is now {status.replace('_', ' ')} for this model" if status
+        else f"the result of revision {revision} is negative")
     return (f"AI {a.name} {a.version}: key images of revision {revision - 1} withdrawn by edge-agent after the "
             f"series was re-decided; {why}.")[:1024]
 

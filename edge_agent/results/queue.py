@@ -210,6 +210,14 @@ class PacsQueue:
                          (series_instance_uid, model, model_version, revision, digest, now, kos))
         return added
 
+    def dataset_of(self, kind: str, series_instance_uid: str, model: str, model_version: str,
+                   revision: int) -> bytes | None:
+        """The queued bytes of a revision's object of ``kind`` (sr, kos, …), or None (none, or forgotten)."""
+        row = self._conn.execute("SELECT dataset FROM objects WHERE kind=? AND series_instance_uid=? AND model=? AND"
+                                 " model_version=? AND revision=?",
+                                 (kind, series_instance_uid, model, model_version, revision)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def holds(self, sop_instance_uid: str) -> bool:
         """Whether an object with this UID is queued (or was, and is not yet pruned)."""
         return self._conn.execute("SELECT 1 FROM objects WHERE sop_instance_uid=?",

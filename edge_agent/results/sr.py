@@ -119,7 +119,9 @@ def _algorithm(result: ModelResult, threshold: float | None,
 def _group(result: ModelResult, finding: dict, header: StudyHeader, provenance: dict | None = None,
            withdrawn: str | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     concept = finding_concept(finding["code"], finding["label"])
-    measurements = [hd.sr.Measurement(name=_PROBABILITY, value=finding["probability"], unit=_UNITY)]
+    assessed = finding.get("assessed", True)   # False: the series was re-decided and is no longer assessable
+    measurements = [] if finding.get("probability") is None else [
+        hd.sr.Measurement(name=_PROBABILITY, value=finding["probability"], unit=_UNITY)]
     if finding.get("volume_ml") is not None:
         measurements.append(hd.sr.Measurement(name=codes.SCT.Volume, value=finding["volume_ml"], unit=_ML))
     if finding.get("diameter_mm") is not None:
@@ -135,9 +137,10 @@ def _group(result: ModelResult, finding: dict, header: StudyHeader, provenance: 
             uid=result.uid(f"tracking:{finding['code']}"), identifier=f"{result.algorithm.name} {finding['code']}"),
         finding_type=concept,
         algorithm_id=_algorithm(result, finding.get("threshold"), provenance),
-        measurements=measurements,
+        measurements=measurements or None,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            name=concept, value=codes.SCT.Present if finding["positive"] else codes.SCT.Absent)],
+            name=concept, value=(codes.SCT.Present if finding["positive"] else codes.SCT.Absent) if assessed
+            else codes.SCT.Indeterminate)],
         source_images=sources or None)
     if result.algorithm.synthetic_training:
         group[0].ContentSequence.append(hd.sr.TextContentItem(
@@ -150,12 +153,43 @@ def _group(result: ModelResult, finding: dict, header: StudyHeader, provenance: 
 
 
 def withdrawal_text(result: ModelResult, revision: int, withdrawn_kos: str) -> str:
-    """The comment of a negative revision after a positive one: what is withdrawn, by UID (no patient data)."""
+    """The comment of a negative (or no longer assessable) revision after a positive one: what is withdrawn,
+    by UID (no patient data)."""
     a = result.algorithm
+    status = next((f.get("status") for f in result.findings if f.get("assessed", True) is False), None)
+    now = (f"with no result: the series is now {status.replace('_', ' ')} for this model" if status
+           else "with a negative result")
     return (f"Earlier finding withdrawn: revision {revision - 1} of this report (SOP Instance UID "
             f"{result.uid('sr', revision - 1)}) gave a positive result of {a.name} {a.version}; the series was "
-            f"re-decided and this revision replaces it with a negative result. The key images flagged then (Key "
+            f"re-decided and this revision replaces it {now}. The key images flagged then (Key "
             f"Object Selection {withdrawn_kos}) are no longer of interest.")
+
+
+def reported_findings(sr_bytes: bytes) -> tuple[list[tuple[str, str]], list[str]]:
+    """What an SR of ours reported: the (code, label) of its findings ('Finding' items, in order, each once)
+    and the SOP Instance UIDs of the images it referenced (its evidence: the key slices)."""
+    import io as _io
+
+    import pydicom
+
+    by_concept = {(v, scheme): code for code, (v, scheme, _m) in FINDING_CODES.items()}
+    out: list[tuple[str, str]] = []
+
+    def walk(items):
+        for item in items or []:
+            name = (item.get("ConceptNameCodeSequence") or [None])[0]
+            if item.get("ValueType") == "CODE" and name is not None and name.CodeValue == "121071":
+                c = item.ConceptCodeSequence[0]
+                pair = (by_concept.get((c.CodeValue, c.CodingSchemeDesignator), str(c.CodeValue)), str(c.CodeMeaning))
+                if pair not in out:
+                    out.append(pair)
+            walk(item.get("ContentSequence"))
+
+    ds = pydicom.dcmread(_io.BytesIO(sr_bytes))
+    walk(ds.get("ContentSequence"))
+    images = [str(r.ReferencedSOPInstanceUID) for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+              for series in study.get("ReferencedSeriesSequence", []) for r in series.get("ReferencedSOPSequence", [])]
+    return out, images
 
 
 def build_sr(result: ModelResult, header: StudyHeader, *, revision: int, site: str, device: str,

@@ -90,8 +90,8 @@ class _Outputs:
             listener(result)
 
     def store_results(self, result: dict, study, info: dict, models: list, key_images: dict | None = None) -> None:
-        """A final analysed result → its SR and KOS (and, with pacs.secondary_capture, the key image), queued for
-        every PACS destination (pipeline thread)."""
+        """A final result → its SR and KOS (and, with pacs.secondary_capture, the key image), or the withdrawal of
+        key images a model can no longer stand by, queued for every PACS destination (pipeline thread)."""
         pacs = self.app.pacs
         if pacs is None:
             return

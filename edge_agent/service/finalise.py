@@ -54,10 +54,12 @@ def final_result(series: OpenSeries, outcomes: list[ModelOutcome], failure: str 
 
 def store_results(outputs: Any, thumbnails: Thumbnails | None, series: OpenSeries, result: dict,
                   failure: str | None) -> None:
-    """Hand a final analysed result to the DICOM results (SR, KOS → PACS), where the outputs take them, with the
-    key images made from the thumbnails (none without previews)."""
+    """Hand a final result to the DICOM results (SR, KOS → PACS), where the outputs take them, with the key images
+    made from the thumbnails (none without previews). Every status goes: an analysed model gets its SR, and a
+    model that flagged key images before and can no longer decide the series (a reopen made it not assessable,
+    rejected or skipped) gets the revision that withdraws them (edge_agent.results.delivery)."""
     store = getattr(outputs, "store_results", None)
-    if store is None or series.study is None or failure or result["status"] != "analysed":
+    if store is None or series.study is None or failure:
         return
     try:
         store(result, series.study, dict(series.info), [m for m, reason in series.routes if reason is None],

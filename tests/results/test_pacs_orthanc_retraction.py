@@ -137,3 +137,50 @@ def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc,
     assert f"rejection {note_uid}" in log
     for marker in PHI:
         assert marker not in log, marker
+
+
+def test_a_reopen_that_leaves_the_series_not_assessable_withdraws_its_key_images_in_orthanc(
+        orthanc, broker, collector, agent_factory, tmp_path):
+    """As above, but the site narrows the model's head domain (a brain median of 100-200 HU, which no head has):
+    re-decided after the late slice, the series is not assessable for the model. Orthanc then holds revision 2:
+    the rejection note of revision 1's KOS and an SR whose finding is Indeterminate, saying why."""
+    orthanc.start()
+    phantom, paths = render("ich", 61, tmp_path / "series", **ROUTINE)
+    orthanc.upload(paths)
+    engines = tmp_path / "engines"
+    shutil.copytree(SHIPPED_ICH, engines / "ich")
+    agent = agent_factory(broker.url, "--pacs", orthanc.destination, "--engines", str(engines)).start()
+    scan(agent, paths)
+    uid = phantom.headers.series_instance_uid
+    first = collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths)], 120)[-1]
+    assert first["findings"][0]["positive"] is True
+    rows = wait_for(lambda: _delivered(agent.state, {(1, "sr"), (1, "kos")}), 60, "revision 1 (SR and KOS)")
+    [kos1] = {r["sop_instance_uid"] for r in rows if r["kind"] == "kos"}
+    assert agent.stop() == 0
+
+    manifest_path = engines / "ich" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["domain"]["brain_median_hu"] = [100, 200]
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    late = _late_slice(paths, tmp_path / "late")
+    orthanc.upload([late])
+    agent.start()
+    scan(agent, [late])
+    second = collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths) + 1], 120)[-1]
+    assert second["status"] == "not_assessable" and not second["findings"]
+    rows = wait_for(lambda: _delivered(agent.state, {(2, "sr"), (2, "rejection")}), 60, "revision 2 (SR, note)")
+    assert {r["kind"] for r in rows if r["revision"] == 2} == {"sr", "rejection"}
+    [note_uid] = {r["sop_instance_uid"] for r in rows if r["kind"] == "rejection"}
+    [sr2] = {r["sop_instance_uid"] for r in rows if r["revision"] == 2 and r["kind"] == "sr"}
+    by_sop = orthanc.instances_by_sop()
+    note = by_sop[note_uid]
+    assert note["ConceptNameCodeSequence"][0]["CodeValue"] == "113001"
+    assert [i["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"] for i in content_items(note, "COMPOSITE")] \
+        == [kos1]
+    codes = {c["ConceptCodeSequence"][0]["CodeMeaning"] for c in content_items(by_sop[sr2], "CODE")}
+    assert "Indeterminate" in codes and "Present" not in codes and "Absent" not in codes
+    stored_sr = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{by_sop[sr2]['_id']}/file")))
+    texts = []
+    stored_sr.walk(lambda _, elem: texts.append(str(elem.value)) if elem.keyword == "TextValue" else None)
+    assert any(t.startswith("Earlier finding withdrawn") and "now not assessable" in t and kos1 in t for t in texts)
+    assert agent.stop() == 0

@@ -109,3 +109,66 @@ def test_no_key_image_when_off_or_without_a_thumbnail(phantom, tmp_path):
     negative.submit(_result(datasets, positive=False), header, {"ich": ALGORITHM}, "HEAD", decided_at=1.8e9,
                     key_images={"ich": key})
     assert {k for (_, k) in _objects(negative.queue_path)} == {"sr"}
+
+
+def test_a_positive_result_a_reopen_can_no_longer_assess_is_withdrawn(phantom, tmp_path):
+    """Revision 1 flagged key images; a reopen made the series not assessable for the model (no findings in
+    the result). Revision 2 is an SR whose finding — read back from revision 1 — is Indeterminate and says
+    why, with the rejection note withdrawing revision 1's KOS and key image. Sent once; a later positive
+    revision is an ordinary one again."""
+    paths, datasets = phantom
+    header = read_study_header(paths[0])
+    delivery = _delivery(tmp_path)
+    key = dict(KEY, sop_instance_uid=datasets[6].SOPInstanceUID)
+    delivery.submit(_result(datasets), header, {"ich": ALGORITHM}, "HEAD", decided_at=1_800_000_000.0,
+                    key_images={"ich": key})
+    first = datasets[0]
+    unassessable = {"series_instance_uid": first.SeriesInstanceUID, "study_instance_uid": first.StudyInstanceUID,
+                    "status": "not_assessable", "reason": "out of the head domain",
+                    "models": [{"name": "ich", "version": "2.0.0", "status": "not_assessable"}], "findings": []}
+    assert delivery.submit(unassessable, header, {"ich": ALGORITHM}, "HEAD", decided_at=1_800_000_100.0)
+    objects = _objects(delivery.queue_path)
+    assert {k for (rev, k) in objects if rev == 2} == {"sr", "rejection"}
+    sr_uid, sr_bytes = objects[(2, "sr")]
+    sr = pydicom.dcmread(io.BytesIO(sr_bytes))
+    codes_ = {(c.CodeValue, c.CodeMeaning) for item in _walk(sr) for c in item.get("ConceptCodeSequence", [])}
+    assert ("82334004", "Indeterminate") in codes_ and ("52101004", "Present") not in codes_
+    assert ("1386000", "Intracranial hemorrhage") in codes_
+    texts = [str(item.TextValue) for item in _walk(sr) if item.ValueType == "TEXT"]
+    assert any("now not assessable" in t and objects[(1, "kos")][0] in t for t in texts), texts
+    assert not [i for i in _walk(sr) if i.ValueType == "NUM"]          # no probability: nothing was decided
+    assert sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+        .ReferencedSOPInstanceUID == objects[(1, "sr")][0]
+    note = pydicom.dcmread(io.BytesIO(objects[(2, "rejection")][1]))
+    rejected = {r.ReferencedSOPInstanceUID for study in note.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for r in series.ReferencedSOPSequence}
+    assert rejected == {objects[(1, "kos")][0], objects[(1, "sc")][0]}
+    if DCIODVFY:
+        for name, data in (("sr2.dcm", sr_bytes), ("note2.dcm", objects[(2, "rejection")][1])):
+            (tmp_path / name).write_bytes(data)
+            out = subprocess.run([DCIODVFY, str(tmp_path / name)], capture_output=True, text=True)
+            assert [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")] == []
+    # the same answer again: nothing new; positive again: an ordinary revision 3, nothing left to withdraw
+    assert delivery.submit(unassessable, header, {"ich": ALGORITHM}, "HEAD", decided_at=1_800_000_200.0) == []
+    delivery.submit(_result(datasets), header, {"ich": ALGORITHM}, "HEAD", decided_at=1_800_000_300.0,
+                    key_images={"ich": key})
+    assert {k for (rev, k) in _objects(delivery.queue_path) if rev == 3} == {"sr", "kos", "sc"}
+
+
+def test_a_model_that_never_flagged_anything_gets_no_withdrawal(phantom, tmp_path):
+    paths, datasets = phantom
+    header = read_study_header(paths[0])
+    delivery = _delivery(tmp_path)
+    delivery.submit(_result(datasets, positive=False, probability=0.1), header, {"ich": ALGORITHM}, "HEAD",
+                    decided_at=1.8e9)
+    first = datasets[0]
+    skipped = {"series_instance_uid": first.SeriesInstanceUID, "study_instance_uid": first.StudyInstanceUID,
+               "status": "skipped", "models": [{"name": "ich", "version": "2.0.0", "status": "skipped"}],
+               "findings": []}
+    assert delivery.submit(skipped, header, {"ich": ALGORITHM}, "HEAD", decided_at=1.8e9 + 60) == []
+
+
+def _walk(ds):
+    for item in ds.get("ContentSequence", []) or []:
+        yield item
+        yield from _walk(item)
