@@ -161,9 +161,10 @@ def stack_context(own: np.ndarray, below: np.ndarray, above: np.ndarray) -> np.n
 
 
 #: Two slices closer than this along the normal are the same position (a resend, a second reconstruction):
-#: the one value the series assembly uses too (edge_agent.dicom.geometry), so that the neighbours a 2.5-D
-#: model sees and the slices assembly keeps agree.
-from edge_agent.dicom.geometry import SAME_POSITION_MM  # noqa: E402
+#: the value the series assembly uses (edge_agent.dicom.geometry.SAME_POSITION_MM, which imports pydicom's
+#: package and so cannot be imported here, where a GPU machine without pydicom imports; a test holds the two
+#: equal), so that the neighbours a 2.5-D model sees and the slices assembly keeps agree.
+SAME_POSITION_MM = 0.01
 
 
 def neighbour_of(positions: np.ndarray, i: int, offset_mm: float, side: int) -> int:

@@ -31,9 +31,11 @@ is final), UNVERIFIED (no person has signed it).
 from __future__ import annotations
 
 import datetime as dt
+import io
 
 import highdicom as hd
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
@@ -168,10 +170,6 @@ def withdrawal_text(result: ModelResult, revision: int, withdrawn_kos: str) -> s
 def reported_findings(sr_bytes: bytes) -> tuple[list[tuple[str, str]], list[str]]:
     """What an SR of ours reported: the (code, label) of its findings ('Finding' items, in order, each once)
     and the SOP Instance UIDs of the images it referenced (its evidence: the key slices)."""
-    import io as _io
-
-    import pydicom
-
     by_concept = {(v, scheme): code for code, (v, scheme, _m) in FINDING_CODES.items()}
     out: list[tuple[str, str]] = []
 
@@ -185,7 +183,7 @@ def reported_findings(sr_bytes: bytes) -> tuple[list[tuple[str, str]], list[str]
                     out.append(pair)
             walk(item.get("ContentSequence"))
 
-    ds = pydicom.dcmread(_io.BytesIO(sr_bytes))
+    ds = pydicom.dcmread(io.BytesIO(sr_bytes))
     walk(ds.get("ContentSequence"))
     images = [str(r.ReferencedSOPInstanceUID) for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
               for series in study.get("ReferencedSeriesSequence", []) for r in series.get("ReferencedSOPSequence", [])]

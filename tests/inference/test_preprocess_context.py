@@ -75,3 +75,14 @@ def test_neighbours_lie_about_offset_mm_away_for_every_slice_inside_the_series(s
     inside = (z >= 5.0) & (z <= z[-1] - 5.0)
     assert np.all(np.abs(z[above][inside] - z[inside] - 5.0) <= spacing / 2 + 1e-9)
     assert np.all(np.abs(z[inside] - z[below][inside] - 5.0) <= spacing / 2 + 1e-9)
+
+
+def test_the_context_and_the_series_assembly_agree_on_what_is_the_same_position():
+    """Two slices the assembly takes for one position must not be each other's neighbours (and vice versa):
+    one tolerance, defined twice only because the preprocessing must import without pydicom."""
+    from edge_agent.dicom import geometry
+    from edge_agent.preprocess import SAME_POSITION_MM, neighbour_of
+
+    assert SAME_POSITION_MM == geometry.SAME_POSITION_MM
+    # 0.005 mm apart is one position: slice 1 has no neighbour below (it stands in for itself), not slice 0
+    assert neighbour_of(np.array([0.0, 0.005, 5.0]), 1, 5.0, -1) == 1
