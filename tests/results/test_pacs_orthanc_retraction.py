@@ -55,18 +55,17 @@ def _late_slice(paths: list[Path], folder: Path) -> Path:
     return out
 
 
-def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc, broker, collector, agent_factory,
-                                                                       tmp_path):
+def _positive_in_orthanc(orthanc, broker, collector, agent_factory, tmp_path):
+    """The head series positive in a real Orthanc (revision 1: SR and KOS delivered), the agent stopped:
+    (phantom, paths, engines folder, agent, series UID, KOS 1, SR 1)."""
     orthanc.start()
     phantom, paths = render("ich", 61, tmp_path / "series", **ROUTINE)
     orthanc.upload(paths)
-    [study_id] = orthanc.get("/studies")
     engines = tmp_path / "engines"
     shutil.copytree(SHIPPED_ICH, engines / "ich")
     agent = agent_factory(broker.url, "--pacs", orthanc.destination, "--engines", str(engines)).start()
     scan(agent, paths)
     uid = phantom.headers.series_instance_uid
-
     first = collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths)], 120)[-1]
     assert first["findings"][0]["positive"] is True and first["findings"][0]["probability"] < 1.0
     rows = wait_for(lambda: _delivered(agent.state, {(1, "sr"), (1, "kos")}), 60, "revision 1 (SR and KOS)")
@@ -74,19 +73,35 @@ def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc,
     [sr1] = {r["sop_instance_uid"] for r in rows if r["kind"] == "sr"}
     assert kos1 in orthanc.instances_by_sop()
     assert agent.stop() == 0
+    return phantom, paths, engines, agent, uid, kos1, sr1
 
-    # The site raises the model's threshold (same model, same version); a late slice reopens the series.
+
+def _reopen_with(change, orthanc, collector, engines: Path, agent, paths: list[Path], uid: str, tmp_path):
+    """``change(manifest)`` edits the model's manifest (same model and version); the agent restarts and one late
+    slice reopens the series. Returns (the new result, the delivery rows once revision 2's SR and note are done)."""
     manifest_path = engines / "ich" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["decision"]["threshold"] = 1.0
+    change(manifest)
     manifest_path.write_text(json.dumps(manifest, indent=2))
     late = _late_slice(paths, tmp_path / "late")
     orthanc.upload([late])
     agent.start()
     scan(agent, [late])
     second = collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths) + 1], 120)[-1]
-    assert second["findings"][0]["positive"] is False
     rows = wait_for(lambda: _delivered(agent.state, {(2, "sr"), (2, "rejection")}), 60, "revision 2 (SR, note)")
+    return second, rows
+
+
+def test_a_retraction_after_a_reopen_rejects_the_earlier_kos_in_orthanc(orthanc, broker, collector, agent_factory,
+                                                                       tmp_path):
+    phantom, paths, engines, agent, uid, kos1, sr1 = _positive_in_orthanc(orthanc, broker, collector,
+                                                                          agent_factory, tmp_path)
+    [study_id] = orthanc.get("/studies")
+
+    # The site raises the model's threshold (same model, same version); a late slice reopens the series.
+    second, rows = _reopen_with(lambda m: m["decision"].update(threshold=1.0), orthanc, collector, engines, agent,
+                                paths, uid, tmp_path)
+    assert second["findings"][0]["positive"] is False
     assert {r["kind"] for r in rows if r["revision"] == 2} == {"sr", "rejection"}   # no new KOS
     [note_uid] = {r["sop_instance_uid"] for r in rows if r["kind"] == "rejection"}
     [sr2] = {r["sop_instance_uid"] for r in rows if r["revision"] == 2 and r["kind"] == "sr"}
@@ -144,31 +159,11 @@ def test_a_reopen_that_leaves_the_series_not_assessable_withdraws_its_key_images
     """As above, but the site narrows the model's head domain (a brain median of 100-200 HU, which no head has):
     re-decided after the late slice, the series is not assessable for the model. Orthanc then holds revision 2:
     the rejection note of revision 1's KOS and an SR whose finding is Indeterminate, saying why."""
-    orthanc.start()
-    phantom, paths = render("ich", 61, tmp_path / "series", **ROUTINE)
-    orthanc.upload(paths)
-    engines = tmp_path / "engines"
-    shutil.copytree(SHIPPED_ICH, engines / "ich")
-    agent = agent_factory(broker.url, "--pacs", orthanc.destination, "--engines", str(engines)).start()
-    scan(agent, paths)
-    uid = phantom.headers.series_instance_uid
-    first = collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths)], 120)[-1]
-    assert first["findings"][0]["positive"] is True
-    rows = wait_for(lambda: _delivered(agent.state, {(1, "sr"), (1, "kos")}), 60, "revision 1 (SR and KOS)")
-    [kos1] = {r["sop_instance_uid"] for r in rows if r["kind"] == "kos"}
-    assert agent.stop() == 0
-
-    manifest_path = engines / "ich" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["domain"]["brain_median_hu"] = [100, 200]
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    late = _late_slice(paths, tmp_path / "late")
-    orthanc.upload([late])
-    agent.start()
-    scan(agent, [late])
-    second = collector.wait(lambda c: [r for r in c.results_for(uid) if r["slices"] == len(paths) + 1], 120)[-1]
+    phantom, paths, engines, agent, uid, kos1, _ = _positive_in_orthanc(orthanc, broker, collector, agent_factory,
+                                                                        tmp_path)
+    second, rows = _reopen_with(lambda m: m["domain"].update(brain_median_hu=[100, 200]), orthanc, collector,
+                                engines, agent, paths, uid, tmp_path)
     assert second["status"] == "not_assessable" and not second["findings"]
-    rows = wait_for(lambda: _delivered(agent.state, {(2, "sr"), (2, "rejection")}), 60, "revision 2 (SR, note)")
     assert {r["kind"] for r in rows if r["revision"] == 2} == {"sr", "rejection"}
     [note_uid] = {r["sop_instance_uid"] for r in rows if r["kind"] == "rejection"}
     [sr2] = {r["sop_instance_uid"] for r in rows if r["revision"] == 2 and r["kind"] == "sr"}

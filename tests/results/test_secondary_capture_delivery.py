@@ -60,13 +60,19 @@ KEY = {"image": np.tile(np.arange(128, dtype=np.uint8), (128, 1)), "boxes": [(40
        "orientation": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]}
 
 
-def test_positive_revision_queues_the_key_image_and_its_withdrawal_rejects_it(phantom, tmp_path):
+def _positive_with_key_image(phantom, tmp_path):
+    """Revision 1 of a positive result with its key image queued: (datasets, header, delivery, key image)."""
     paths, datasets = phantom
     header = read_study_header(paths[0])
     delivery = _delivery(tmp_path)
     key = dict(KEY, sop_instance_uid=datasets[6].SOPInstanceUID)
     delivery.submit(_result(datasets), header, {"ich": ALGORITHM}, "HEAD", decided_at=1_800_000_000.0,
                     key_images={"ich": key})
+    return datasets, header, delivery, key
+
+
+def test_positive_revision_queues_the_key_image_and_its_withdrawal_rejects_it(phantom, tmp_path):
+    datasets, header, delivery, _ = _positive_with_key_image(phantom, tmp_path)
     objects = _objects(delivery.queue_path)
     assert {k for (rev, k) in objects if rev == 1} == {"sr", "kos", "sc"}
     sc_uid, data = objects[(1, "sc")]
@@ -116,12 +122,7 @@ def test_a_positive_result_a_reopen_can_no_longer_assess_is_withdrawn(phantom, t
     the result). Revision 2 is an SR whose finding — read back from revision 1 — is Indeterminate and says
     why, with the rejection note withdrawing revision 1's KOS and key image. Sent once; a later positive
     revision is an ordinary one again."""
-    paths, datasets = phantom
-    header = read_study_header(paths[0])
-    delivery = _delivery(tmp_path)
-    key = dict(KEY, sop_instance_uid=datasets[6].SOPInstanceUID)
-    delivery.submit(_result(datasets), header, {"ich": ALGORITHM}, "HEAD", decided_at=1_800_000_000.0,
-                    key_images={"ich": key})
+    datasets, header, delivery, key = _positive_with_key_image(phantom, tmp_path)
     first = datasets[0]
     unassessable = {"series_instance_uid": first.SeriesInstanceUID, "study_instance_uid": first.StudyInstanceUID,
                     "status": "not_assessable", "reason": "out of the head domain",
