@@ -91,19 +91,24 @@ def _finding(f: dict) -> dict:
     }
 
 
+def algorithm_of_entry(entry: dict, algorithms: dict[str, Algorithm]) -> Algorithm:
+    """The Algorithm of a result's ``models`` entry: the running model's, else what the entry says of it."""
+    return algorithms.get(entry["name"]) or Algorithm(
+        entry["name"], entry.get("version", ""), entry.get("sha256") or "", entry.get("backend") or "",
+        entry.get("precision") or "", engine_fingerprint=entry.get("engine_fingerprint"))
+
+
 def model_results(result: dict, algorithms: dict[str, Algorithm], body_part: str = "") -> list[ModelResult]:
     """Each model that analysed the series live, with its findings (a series' result → DICOM content)."""
     out = []
     for entry in result.get("models", []):
         if entry.get("status") != "analysed" or entry.get("mode", "live") != "live":
             continue
-        name, version = entry["name"], entry["version"]
+        name = entry["name"]
         findings = [f for f in result.get("findings", []) if f.get("model") == name and not f.get("shadow")]
         if not findings:
             continue
-        algorithm = algorithms.get(name) or Algorithm(
-            name, version, entry.get("sha256") or "", entry.get("backend") or "", entry.get("precision") or "",
-            engine_fingerprint=entry.get("engine_fingerprint"))
+        algorithm = algorithm_of_entry(entry, algorithms)
         out.append(ModelResult(result["series_instance_uid"], result["study_instance_uid"], algorithm,
                                [_finding(f) for f in findings], body_part))
     return out

@@ -25,7 +25,7 @@ from typing import Any
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.results.capture import SECONDARY_CAPTURE, build_capture
-from edge_agent.results.content import Algorithm, ModelResult, model_results
+from edge_agent.results.content import Algorithm, ModelResult, algorithm_of_entry, model_results
 from edge_agent.results.kos import KEY_OBJECT_SELECTION, build_kos, build_rejection_note
 from edge_agent.results.queue import DONE_MEMORY_S, PacsQueue, QueuedObject, Revision, read_stats
 from edge_agent.results.destination import Destination
@@ -167,9 +167,7 @@ class PacsDelivery:
                             result["series_instance_uid"], name, version, status, latest.revision,
                             latest.kos_sop_instance_uid)
                 continue
-            algorithm = algorithms.get(name) or Algorithm(name, version, entry.get("sha256") or "",
-                                                          entry.get("backend") or "", entry.get("precision") or "",
-                                                          engine_fingerprint=entry.get("engine_fingerprint"))
+            algorithm = algorithm_of_entry(entry, algorithms)
             # the images the withdrawn finding was about (the SR must reference some; no KOS flags them now)
             keys = [{"sop_instance_uid": uid, "probability": None} for uid in images]
             findings = [{"code": code, "label": label, "probability": None, "positive": False, "threshold": None,
