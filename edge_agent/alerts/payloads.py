@@ -131,11 +131,14 @@ def agent_provenance(provenance: dict | None) -> dict:
 
 
 def key_slice_entry(key: dict) -> dict:
-    """An alert's ``finding.key_slices`` item from a decision's key slice: its UID, position, probability and,
-    on a slice the evidence lies on, ``region_px`` (where, in the slice's pixels)."""
+    """An alert's ``finding.key_slices`` item from a decision's key slice: its UID, position, probability,
+    ``positive`` (at or above the model's slice threshold) where the decision said, and, on a slice the
+    evidence lies on, ``region_px`` (where, in the slice's pixels)."""
     entry = {"sop_instance_uid": key["sop_instance_uid"],
              "position_mm": None if key.get("position_mm") is None else round(float(key["position_mm"]), 2),
              "probability": round(float(key["probability"]), 4)}
+    if key.get("positive") is not None:
+        entry["positive"] = bool(key["positive"])
     if key.get("region_px") is not None:
         entry["region_px"] = [round(float(v), 1) for v in key["region_px"]]
     return entry
@@ -160,12 +163,8 @@ def build_alert(*, site: str, device: str, series: dict, model: dict, finding: d
     if "probability" in clean_finding:
         clean_finding["probability"] = float(clean_finding["probability"])
     if finding.get("key_slices") is not None:
-        clean_finding["key_slices"] = [
-            dict({"sop_instance_uid": str(s["sop_instance_uid"]),
-                  "position_mm": None if s.get("position_mm") is None else float(s["position_mm"]),
-                  "probability": float(s["probability"])},
-                 **({"region_px": [float(v) for v in s["region_px"]]} if s.get("region_px") is not None else {}))
-            for s in finding["key_slices"]]
+        clean_finding["key_slices"] = [dict(key_slice_entry(s), sop_instance_uid=str(s["sop_instance_uid"]))
+                                       for s in finding["key_slices"]]
     payload = {
         "schema": SCHEMA_IDS["alert"],
         "alert_id": alert_id(str(series.get("series_instance_uid", "")), str(model.get("name", "")),

@@ -8,6 +8,10 @@ Rules (the manifest's ``decision.rule``):
 - ``max``: the highest slice probability.
 
 The finding is *positive* when the series probability is ≥ ``threshold``.
+A *slice* is called positive when its own probability is ≥ ``slice_threshold``
+(default: ``threshold``; never above it, so a positive series always has a
+positive slice): the per-slice operating point that marks where the finding
+is seen, without moving the series decision.
 A *preliminary* warning (streaming, before the series is complete) is due as
 soon as ``preliminary.min_slices`` slices score ≥ ``preliminary.threshold``.
 """
@@ -51,6 +55,7 @@ class DecisionRule:
     k: int = 1
     preliminary: PreliminaryRule | None = None
     key_slices: int = 3
+    slice_threshold: float | None = None  # None: the series threshold
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -61,9 +66,23 @@ class DecisionRule:
             raise DecisionError(f"decision.k must be an integer ≥ 1, not {self.k!r}.")
         if isinstance(self.key_slices, bool) or not isinstance(self.key_slices, int) or self.key_slices < 0:
             raise DecisionError(f"decision.key_slices must be an integer ≥ 0, not {self.key_slices!r}.")
+        if self.slice_threshold is not None:
+            if not 0.0 <= float(self.slice_threshold) <= 1.0:
+                raise DecisionError(f"decision.slice_threshold must lie in [0, 1], not {self.slice_threshold!r}.")
+            if float(self.slice_threshold) > float(self.threshold):
+                raise DecisionError(
+                    f"decision.slice_threshold ({self.slice_threshold}) must not exceed decision.threshold "
+                    f"({self.threshold}): a positive series must have a positive slice.")
+
+    @property
+    def slice_cut(self) -> float:
+        """The probability from which a slice is called positive (``slice_threshold``, else ``threshold``)."""
+        return float(self.threshold if self.slice_threshold is None else self.slice_threshold)
 
     def to_dict(self) -> dict:
         d = {"rule": self.rule, "threshold": self.threshold, "k": self.k, "key_slices": self.key_slices}
+        if self.slice_threshold is not None:
+            d["slice_threshold"] = self.slice_threshold
         if self.preliminary is not None:
             d["preliminary"] = asdict(self.preliminary)
         return d
@@ -74,7 +93,8 @@ class Decision:
     """One finding's series-level result.
 
     ``key_slices``: JSON-ready dicts ``{index, sop_instance_uid, position_mm,
-    probability}``, highest probability first.
+    probability, positive}``, highest probability first (``positive``: the
+    slice is at or above the rule's slice threshold).
     """
 
     probability: float
@@ -140,6 +160,7 @@ def decide(
             "sop_instance_uid": None if sop_instance_uids is None else str(sop_instance_uids[i]),
             "position_mm": None if positions_mm is None else round(float(positions_mm[i]), 3),
             "probability": round(float(p[i]), 6),
+            "positive": bool(p[i] >= rule.slice_cut),
         }
         for i in order
     ]

@@ -160,7 +160,7 @@ def evidence_for(manifest: Any, slices: Sequence[ScoredSlice], context: SeriesCo
 
 
 def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSlice], keep: int,
-                   index: int) -> Decision:
+                   index: int, slice_cut: float) -> Decision:
     """A model-positive finding stands only on evidence; its best evidence slice leads the key slices, and a
     key slice the evidence lies on says where (``region_px``: ``[row0, col0, row1, col1]`` in its pixels)."""
     if evidence is None:
@@ -171,7 +171,8 @@ def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSli
         if 0 <= best < len(slices) and all(k["index"] != best for k in keys[:1]):
             lead = {"index": best, "sop_instance_uid": slices[best].sop_instance_uid,
                     "position_mm": None if slices[best].position_mm is None else round(float(slices[best].position_mm), 3),
-                    "probability": round(float(slices[best].probabilities[index]), 6)}
+                    "probability": round(float(slices[best].probabilities[index]), 6),
+                    "positive": bool(slices[best].probabilities[index] >= slice_cut)}
             keys = [lead] + [k for k in keys if k["index"] != best]
             keys = keys[:max(keep, 1)]
         regions = getattr(evidence, "regions", None) or {}
@@ -180,9 +181,17 @@ def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSli
 
 
 def finding_entry(manifest: Any, index: int, decision: Decision, *, preliminary: bool,
-                  slice_probabilities: np.ndarray | None = None, evidence: Any = None) -> dict:
-    """A finding as ``infer`` prints it and ``results`` carries it."""
+                  slice_probabilities: np.ndarray | None = None, evidence: Any = None,
+                  column: np.ndarray | None = None) -> dict:
+    """A finding as ``infer`` prints it and ``results`` carries it.
+
+    ``slice_threshold``: the per-slice operating point (``decision.slice_threshold``, else the series
+    threshold); each key slice says whether it is ``positive`` there, and ``slices_positive`` counts the
+    series' slices at or above it (given the slice scores: ``column``, or ``slice_probabilities`` when they
+    are printed too).
+    """
     spec = manifest.findings[index]
+    cut = manifest.decision.slice_cut
     entry = {
         "code": spec.code,
         "label": spec.label,
@@ -190,11 +199,15 @@ def finding_entry(manifest: Any, index: int, decision: Decision, *, preliminary:
         "positive": bool(decision.positive),
         "severity": spec.severity,
         "threshold": manifest.decision.threshold,
+        "slice_threshold": cut,
         "preliminary": bool(preliminary),
         "model": manifest.name,
         "model_version": manifest.version,
         "key_slices": decision.key_slices,
     }
+    if slice_probabilities is not None or column is not None:
+        scores = np.asarray(column if column is not None else slice_probabilities, dtype=np.float64)
+        entry["slices_positive"] = int(np.count_nonzero(scores >= cut))
     if evidence is not None:
         entry["evidence"] = evidence.to_dict()
     if slice_probabilities is not None:
@@ -230,13 +243,14 @@ def decide_model(manifest: Any, slices: Sequence[ScoredSlice], *, status: str = 
     evidence = evidence_for(manifest, slices, context)
     for index in range(len(manifest.findings)):
         decision = _with_evidence(_decision(manifest, slices, index), evidence, slices,
-                                  manifest.decision.key_slices, index)
+                                  manifest.decision.key_slices, index,
+                                  manifest.decision.slice_cut)
         column = _column(slices, index)
         outcome.decisions.append(decision)
         outcome.findings.append(finding_entry(manifest, index, decision,
                                               preliminary=preliminary_met(column, manifest.decision),
                                               slice_probabilities=column if slice_probabilities else None,
-                                              evidence=evidence))
+                                              evidence=evidence, column=column))
         if mode == "shadow":
             outcome.findings[-1].update(shadow=True, would_alert=bool(decision.positive))
     return outcome
@@ -275,7 +289,8 @@ def _plugin_outcome(manifest: Any, slices: Sequence[ScoredSlice], *, backend: st
         outcome.decisions.append(decision)
         entry = finding_entry(manifest, index, decision, preliminary=False,
                               slice_probabilities=column if slice_probabilities else None)
-        entry.pop("threshold", None)  # a measurement, not a probability threshold
+        for key in ("threshold", "slice_threshold", "slices_positive"):
+            entry.pop(key, None)  # a measurement, not a probability threshold
         entry.update(m.fields)
         entry.update(method=spec.name, alert=alert, alert_at=spec.alert_at)
         if mode == "shadow":
@@ -304,7 +319,8 @@ def preliminary_actions(manifest: Any, slices: Sequence[ScoredSlice], new: Seque
     for index in due:
         decisive = max(new, key=lambda s: s.probabilities[index])
         decision = _with_evidence(_decision(manifest, slices, index), evidence, slices,
-                                  manifest.decision.key_slices, index)
+                                  manifest.decision.key_slices, index,
+                                  manifest.decision.slice_cut)
         actions.append(AlertAction("preliminary", alert_id_for(manifest, manifest.findings[index].code), index,
                                    series_probability(_column(slices, index), manifest.decision),
                                    decision.key_slices, decisive.complete_at))

@@ -230,7 +230,7 @@ def _tensors(r: _Reader, value: Any, field: str) -> tuple[TensorSpec, ...]:
 
 
 def _decision(r: _Reader, d: Any) -> DecisionRule:
-    d = r.obj(d, "decision", {"rule", "threshold"}, {"k", "preliminary", "key_slices"})
+    d = r.obj(d, "decision", {"rule", "threshold"}, {"k", "preliminary", "key_slices", "slice_threshold"})
     r.string(d["rule"], "decision.rule", choices=RULES)
     prelim = d.get("preliminary")
     try:
@@ -245,6 +245,8 @@ def _decision(r: _Reader, d: Any) -> DecisionRule:
             k=int(r.number(d.get("k", 1), "decision.k", integer=True)),
             preliminary=prelim,
             key_slices=int(r.number(d.get("key_slices", 3), "decision.key_slices", integer=True)),
+            slice_threshold=(None if d.get("slice_threshold") is None
+                             else float(r.number(d["slice_threshold"], "decision.slice_threshold"))),
         )
     except DecisionError as exc:
         raise ManifestError(f"Manifest {r.source}: {str(exc).rstrip('.')}; fix the manifest "

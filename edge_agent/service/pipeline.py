@@ -33,7 +33,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from edge_agent.alerts.payloads import alert_id, build_alert, key_slice_entry, utc_iso
+from edge_agent.alerts.payloads import alert_id, build_alert, utc_iso
 from edge_agent.boundary import DISK_FULL_RETRY_S, disk_full
 from edge_agent.decision.series import AlertAction, ModelOutcome, decide_model, final_actions, preliminary_actions
 from edge_agent.inference.applicability import Refusal
@@ -346,7 +346,7 @@ class SeriesPipeline:
             model={**model_provenance(algorithm), "synthetic_training": bool(manifest.synthetic_training)},
             finding={"code": finding.code, "label": finding.label, "probability": round(action.probability, 4),
                      "positive": action.state != "retracted", "severity": finding.severity,
-                     "key_slices": [key_slice_entry(k) for k in action.key_slices]},
+                     "key_slices": list(action.key_slices)},
             state=action.state, revision=revision, timestamps=timestamps,
             provenance=getattr(self.outputs, "provenance", None))
         t0 = time.perf_counter()

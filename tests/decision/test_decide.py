@@ -39,8 +39,27 @@ def test_key_slices_are_highest_first_with_uids_and_positions():
     d = decide(p, DecisionRule(rule="max", threshold=0.5, key_slices=3), positions_mm=positions,
                sop_instance_uids=uids)
     assert [k["index"] for k in d.key_slices] == [1, 4, 3]  # ties keep series order
-    assert d.key_slices[0] == {"index": 1, "sop_instance_uid": "1.2.3.1", "position_mm": 5.0, "probability": 0.9}
+    assert d.key_slices[0] == {"index": 1, "sop_instance_uid": "1.2.3.1", "position_mm": 5.0, "probability": 0.9,
+                               "positive": True}
     assert d.to_dict()["key_slices"][2]["sop_instance_uid"] == "1.2.3.3"
+
+
+def test_slice_threshold_calls_slices_without_moving_the_series_decision():
+    p = np.array([0.1, 0.45, 0.2, 0.7, 0.3])
+    at_series = decide(p, DecisionRule(rule="max", threshold=0.8, key_slices=3))
+    lower = decide(p, DecisionRule(rule="max", threshold=0.8, key_slices=3, slice_threshold=0.4))
+    assert at_series.positive is lower.positive is False  # the series still needs 0.8
+    assert [k["positive"] for k in at_series.key_slices] == [False, False, False]
+    assert [(k["index"], k["positive"]) for k in lower.key_slices] == [(3, True), (1, True), (4, False)]
+    assert DecisionRule(threshold=0.8).slice_cut == 0.8  # default: the series threshold
+    assert DecisionRule(threshold=0.8, slice_threshold=0.4).to_dict()["slice_threshold"] == 0.4
+    assert "slice_threshold" not in DecisionRule(threshold=0.8).to_dict()
+
+
+@pytest.mark.parametrize("cut", [-0.1, 1.5, 0.9])
+def test_slice_threshold_outside_zero_one_or_above_the_series_threshold_is_refused(cut):
+    with pytest.raises(DecisionError, match="slice_threshold"):
+        DecisionRule(threshold=0.8, slice_threshold=cut)
 
 
 def test_column_vector_accepted_and_empty_series_negative():

@@ -13,11 +13,12 @@ from edge_agent.decision.series import (
 )
 
 
-def manifest(rule="top_k_mean", k=2, threshold=0.9, key_slices=3, preliminary=PreliminaryRule(1, 0.6)):
+def manifest(rule="top_k_mean", k=2, threshold=0.9, key_slices=3, preliminary=PreliminaryRule(1, 0.6),
+             slice_threshold=None):
     return SimpleNamespace(name="m", version="1", synthetic_training=True,
                            findings=[SimpleNamespace(code="ich", label="ICH", severity="critical")],
                            decision=DecisionRule(rule=rule, k=k, threshold=threshold, key_slices=key_slices,
-                                                 preliminary=preliminary))
+                                                 preliminary=preliminary, slice_threshold=slice_threshold))
 
 
 def slices(probs, t0=100.0):
@@ -72,6 +73,20 @@ def test_final_raises_a_positive_once_and_retracts_a_live_alert_when_negative():
     [retraction] = final_actions(outcome, negative, aid, prior("preliminary"))
     assert retraction.state == "retracted"
     assert final_actions(outcome, negative, aid, prior("retracted")) == []
+
+
+def test_findings_count_and_mark_the_slices_called_at_the_slice_threshold():
+    s = slices([0.2, 0.55, 0.97, 0.35, 0.6])
+    [default] = decide_model(manifest(), s).findings
+    assert (default["slice_threshold"], default["slices_positive"]) == (0.9, 1)  # the series threshold
+    [finding] = decide_model(manifest(slice_threshold=0.5), s).findings
+    assert finding["threshold"] == 0.9 and finding["slice_threshold"] == 0.5
+    assert finding["slices_positive"] == 3  # 0.55, 0.97, 0.6 by hand
+    assert finding["positive"] is False  # top-2 mean 0.785 < 0.9: the series decision did not move
+    assert [(k["sop_instance_uid"], k["positive"]) for k in finding["key_slices"]] == [
+        ("1.2.2", True), ("1.2.4", True), ("1.2.1", True)]
+    [low] = decide_model(manifest(slice_threshold=0.58), s).findings
+    assert [k["positive"] for k in low["key_slices"]] == [True, True, False]
 
 
 def test_the_manifest_rule_decides_not_a_fixed_top_k():

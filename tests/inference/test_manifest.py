@@ -45,6 +45,8 @@ def test_valid_manifest_loads_every_block(model_folder):
     (lambda d: d["decision"].update(rule="vote"), "'decision.rule' must be one of top_k_mean, max"),
     (lambda d: d["decision"].update(threshold=2), "decision.threshold must lie in [0, 1]"),
     (lambda d: d["decision"]["preliminary"].pop("threshold"), "'decision.preliminary.threshold' is required"),
+    (lambda d: d["decision"].update(slice_threshold="low"), "'decision.slice_threshold' must be a finite number"),
+    (lambda d: d["decision"].update(slice_threshold=0.99), "must not exceed decision.threshold"),
     (lambda d: d["artefacts"].pop("onnx"), "'artefacts' must be an object with at least an 'onnx' entry"),
     (lambda d: d["artefacts"]["onnx"].update(sha256="abc"), "'artefacts.onnx.sha256' has an invalid value"),
     (lambda d: d["artefacts"]["onnx"].update(path="../../etc/passwd"), "must be a path inside the model folder"),
@@ -56,6 +58,13 @@ def test_invalid_manifests_name_the_field_in_one_sentence(model_folder, change, 
     message = str(info.value)
     assert field in message
     assert message.endswith(".") and "\n" not in message and "Traceback" not in message
+
+
+def test_slice_threshold_is_read_and_defaults_to_the_series_threshold(model_folder):
+    default = load_manifest(model_folder).decision
+    assert default.slice_threshold is None and default.slice_cut == default.threshold
+    _edit(model_folder, lambda d: d["decision"].update(slice_threshold=0.25))
+    assert load_manifest(model_folder).decision.slice_cut == 0.25
 
 
 def test_tampered_artefact_is_refused_but_inspectable(model_folder):

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from edge_agent.alerts.previews import PreviewSettings, framed
+from edge_agent.engines import ENGINES_DIR
+from edge_agent.inference.manifest import load_manifest
 from edge_agent.inference.models import ModelSet
 from edge_agent.service.pipeline import SeriesPipeline
 from edge_agent.service.previews import preview_rank, region_boxes
@@ -119,6 +121,11 @@ def test_the_alert_preview_shows_the_evidence_slice_and_frames_the_blood(demo_bl
     preview = next(p for p in out.previews if p["alert_id"] == alert["alert_id"]
                    and p["revision"] == alert["revision"])
     lead = alert["finding"]["key_slices"][0]
+    # each key slice says whether the model calls it at its slice threshold; the result counts all it calls
+    cut = finding["slice_threshold"]
+    assert cut == load_manifest(ENGINES_DIR / "ich").decision.slice_cut
+    assert all(k["positive"] == (k["probability"] >= cut) for k in alert["finding"]["key_slices"])
+    assert finding["slices_positive"] >= sum(k["positive"] for k in alert["finding"]["key_slices"]) >= 1
     # the preview is the first key slice, which is the evidence's best slice, and it shows blood
     assert preview["sop_instance_uid"] == lead["sop_instance_uid"]
     k = sops.index(lead["sop_instance_uid"])
