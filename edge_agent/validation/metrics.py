@@ -8,6 +8,8 @@
   not independent).
 - :func:`delong_ci` — DeLong's asymptotic CI (structural components).
 - :func:`wilson_ci` — Wilson score interval for a proportion.
+- :func:`clustered_rate_ci` — percentile bootstrap CI for a proportion whose
+  trials come in correlated groups (slices of a series), resampling groups.
 - :func:`roc_curve` — (FPR, TPR, thresholds) points for plotting.
 - :func:`threshold_for_false_alarms` — the lowest threshold whose false-alarm
   rate stays at or under a target, per 100 negatives.
@@ -134,6 +136,28 @@ def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float] | N
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def clustered_rate_ci(hits, groups, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                      level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap CI for ``mean(hits)`` when the trials come in groups (``groups``: one id per trial)
+    that are not independent of each other — slices of one series: whole groups are resampled with
+    replacement and the rate recomputed over the trials they hold. None without trials."""
+    h = np.asarray(hits).ravel().astype(bool)
+    g = np.asarray(groups).ravel()
+    if g.shape != h.shape:
+        raise ValueError(f"{g.size} groups but {h.size} trials")
+    if h.size == 0:
+        return None
+    _, inverse = np.unique(g, return_inverse=True)
+    count = np.bincount(inverse).astype(np.float64)
+    hit = np.bincount(inverse, weights=h.astype(np.float64))
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, count.size, (resamples, count.size))
+    rates = hit[pick].sum(axis=1) / count[pick].sum(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    lo, hi = np.percentile(rates, [tail, 100.0 - tail])
+    return float(lo), float(hi)
 
 
 def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

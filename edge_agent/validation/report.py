@@ -61,7 +61,9 @@ def text_table(report: dict) -> str:
         if e.get("slice_level"):
             sl = e["slice_level"]
             lines.append(f"  per-slice AUC {_ci(sl['auc'], sl['auc_ci'])} on {sl['slices']} slices of "
-                         f"{sl['series']} series")
+                         f"{sl['series']} series; slices called at {sl['threshold']:g}: sensitivity "
+                         f"{_ci(sl['sensitivity'], sl['sensitivity_ci'], pct=True)}, specificity "
+                         f"{_ci(sl['specificity'], sl['specificity_ci'], pct=True)}")
         s = e.get("suggested_threshold")
         if s:
             if s.get("threshold") is None:
@@ -194,7 +196,11 @@ def _section(e: dict, target: Target) -> str:
     if e.get("slice_level"):
         sl = e["slice_level"]
         parts.append(f"<p>Per-slice AUC {_esc(_ci(sl['auc'], sl['auc_ci']))} on {sl['slices']} labelled slices "
-                     f"({sl['positive_slices']} positive) of {sl['series']} series; CI by resampling whole series.</p>")
+                     f"({sl['positive_slices']} positive) of {sl['series']} series. Slices called positive at the "
+                     f"slice threshold {sl['threshold']:g}: sensitivity "
+                     f"{_esc(_ci(sl['sensitivity'], sl['sensitivity_ci'], pct=True))}, specificity "
+                     f"{_esc(_ci(sl['specificity'], sl['specificity_ci'], pct=True))}. "
+                     "CIs by resampling whole series.</p>")
     false_alarms = sorted((x for x in analysed if not x.label), key=lambda x: -x.probability)
     worst_fa = [x for x in false_alarms if x.positive][:EXAMPLES]
     misses = sorted((x for x in analysed if x.label and not x.positive), key=lambda x: x.probability)[:EXAMPLES]

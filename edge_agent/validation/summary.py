@@ -53,6 +53,21 @@ def operating(scores, labels, called, threshold: float) -> dict:
     }
 
 
+def slice_operating(scores, labels, groups, threshold: float) -> dict:
+    """Slices called at the model's slice threshold: sensitivity over the labelled-positive slices,
+    specificity over the others, with CIs that resample whole series (``groups``)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    called = s >= threshold
+    out: dict = {"threshold": _r(threshold, 6)}
+    for name, part, hits in (("sensitivity", y, called), ("specificity", ~y, ~called)):
+        out[name] = _r(float(hits[part].mean())) if part.any() else None
+        out[f"{name}_ci"] = _r(metrics.clustered_rate_ci(hits[part], groups[part])) if part.any() else None
+    out["counts"] = {"tp": int(np.sum(called & y)), "fn": int(np.sum(~called & y)),
+                     "tn": int(np.sum(~called & ~y)), "fp": int(np.sum(called & ~y))}
+    return out
+
+
 def _suggestion(scores, y, max_fa: float) -> dict:
     out: dict = {"max_false_alarms_per_100": max_fa, "applied": False}
     n_neg = int((~y).sum())
@@ -126,6 +141,7 @@ def summarise(target: Target, *, max_false_alarms: float | None = None, what_if:
             "auc": _r(sa),
             "auc_ci": _r(metrics.bootstrap_auc_ci(ss, sl, groups=groups)) if sa is not None else None,
             "auc_ci_method": "bootstrap resampling whole series (slices of a series are correlated)",
+            **slice_operating(ss, sl, groups, m.decision.slice_cut),
         }
     else:
         entry["slice_level"] = None

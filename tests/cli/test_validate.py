@@ -11,6 +11,7 @@ from cli_helpers import run_cli  # noqa: E402
 from edge_agent.testing.models import write_model_folder  # noqa: E402
 
 from edge_agent.dicom import read_series  # noqa: E402
+from edge_agent.inference.manifest import load_manifest  # noqa: E402
 from edge_agent.inference.models import ModelSet  # noqa: E402
 from edge_agent.phantoms import make_phantom, write_phantom  # noqa: E402
 from edge_agent.service.analyse import analyse_series  # noqa: E402
@@ -128,7 +129,15 @@ def test_csv_labels_with_slice_labels(site, capsys, tmp_path):
     (entry,) = report["models"]
     assert entry["labelled_series"] == 6 and entry["series"]["analysed"] == 6
     assert report["data"]["labels_source"] == "csv" and report["data"]["unlabelled_series"] == 2
-    assert entry["slice_level"]["slices"] == 10 and entry["slice_level"]["series"] == 1
+    sl = entry["slice_level"]
+    assert sl["slices"] == 10 and sl["series"] == 1
+    # slices called at the model's slice threshold, counted over the slice labels of that one series
+    assert sl["threshold"] == load_manifest(model).decision.slice_cut
+    assert sl["counts"]["tp"] + sl["counts"]["fn"] == sl["positive_slices"]
+    assert sum(sl["counts"].values()) == sl["slices"]
+    assert sl["positive_slices"] == 0 and sl["sensitivity"] is None  # slice-labelled: case 1, a normal head
+    assert sl["specificity"] == pytest.approx(sl["counts"]["tn"] / 10, abs=1e-4)
+    assert "slices called at" in stdout
     assert "per-slice AUC" in stdout
     no_phi((out / "report.html").read_text(), (out / "report.json").read_text(), stdout)
 

@@ -111,6 +111,23 @@ def test_cluster_bootstrap_does_not_count_copies_as_evidence():
     assert (naive[1] - naive[0]) < 0.6 * (clustered[1] - clustered[0])
 
 
+def test_clustered_rate_ci_matches_wilson_for_independent_trials_and_widens_for_copies():
+    rng = np.random.default_rng(7)
+    hits = rng.random(400) < 0.3
+    lo, hi = M.clustered_rate_ci(hits, np.arange(400))
+    wlo, whi = M.wilson_ci(int(hits.sum()), 400)
+    assert lo < hits.mean() < hi and (hi - lo) == pytest.approx(whi - wlo, rel=0.2)
+    assert M.clustered_rate_ci(hits, np.arange(400)) == (lo, hi)  # a fixed seed
+    few = hits[:40]
+    copies = np.repeat(few, 10), np.repeat(np.arange(40), 10)  # every series: 10 slices that agree
+    clo, chi = M.clustered_rate_ci(*copies)
+    one = M.wilson_ci(int(few.sum()), 40)
+    naive = M.wilson_ci(int(copies[0].sum()), 400)
+    assert (chi - clo) == pytest.approx(one[1] - one[0], rel=0.25)
+    assert (chi - clo) > 2.0 * (naive[1] - naive[0])
+    assert M.clustered_rate_ci([], []) is None
+
+
 def test_operating_point_counts():
     op = M.operating_point([0.9, 0.6, 0.4, 0.7, 0.2, 0.1], [1, 1, 1, 0, 0, 0], 0.5)
     assert (op.tp, op.fn, op.tn, op.fp) == (2, 1, 2, 1)
