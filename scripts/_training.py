@@ -436,13 +436,38 @@ def top_k_mean(p: np.ndarray, k: int) -> float:
     return float(p[:k].mean()) if len(p) else 0.0
 
 
+MAX_FALSE_SLICES_PER_100 = 1.5  # the slice operating point: ≤ 1.5 % of the normal slices of normal series called
+
+
+def choose_slice_threshold(series_probs: list[np.ndarray], slice_labels: list[np.ndarray], positive: np.ndarray,
+                           series_threshold: float,
+                           max_false_slices_per_100: float = MAX_FALSE_SLICES_PER_100) -> float:
+    """The slice operating point on validation series: the lowest slice threshold at which at most
+    ``max_false_slices_per_100`` of the slices of the *negative* series score at or above it (positives: the
+    labelled finding slices of the positive series; the slices of a positive series outside its finding are
+    left out, their labels are the least certain), never above the series threshold (a positive series must
+    have a positive slice). edge_agent.validation.metrics.threshold_for_false_alarms picks it, as validate
+    picks a series threshold."""
+    from edge_agent.validation.metrics import threshold_for_false_alarms
+
+    negative = np.concatenate([p for p, pos in zip(series_probs, positive) if not pos] or [np.zeros(0)])
+    finding = np.concatenate([p[np.asarray(y, bool)] for p, y, pos in zip(series_probs, slice_labels, positive)
+                              if pos] or [np.zeros(0)])
+    scores = np.concatenate([finding, negative])
+    labels = np.concatenate([np.ones(finding.size, bool), np.zeros(negative.size, bool)])
+    t = threshold_for_false_alarms(scores, labels, max_false_slices_per_100)
+    return float(series_threshold) if t is None else float(min(t, series_threshold))
+
+
 def choose_decision(series_probs: list[np.ndarray], positive: np.ndarray, target_specificity: float = 0.97,
-                    ks: tuple[int, ...] = (1, 2, 3), max_threshold: float = 0.9) -> dict:
+                    ks: tuple[int, ...] = (1, 2, 3), max_threshold: float = 0.9,
+                    slice_labels: list[np.ndarray] | None = None) -> dict:
     """Pick k and thresholds on validation series: specificity ≥ the target first, then sensitivity.
 
     ``ks``: the top-k means to consider (a rule on 2+ slices is less fragile on real scans than one on the
     single highest slice); ``max_threshold``: the cap on the threshold (a dense network's probabilities
-    saturate, so its negatives can sit above the 0.9 that suits a pooled classifier)."""
+    saturate, so its negatives can sit above the 0.9 that suits a pooled classifier). With ``slice_labels``
+    (one array per series) the slice operating point too (:func:`choose_slice_threshold`)."""
     best = None
     negatives = ~positive
     for k in ks:
@@ -461,9 +486,12 @@ def choose_decision(series_probs: list[np.ndarray], positive: np.ndarray, target
     # preliminary warning: 2 slices above a stricter threshold, no validation negative may trigger it
     maxima = [np.sort(p)[::-1][1] if len(p) > 1 else 0.0 for p, neg in zip(series_probs, negatives) if neg]
     pre = float(np.clip(max(max(maxima, default=0.0) + 0.03, thr + 0.1), 0.6, 0.98))
-    return {"rule": "top_k_mean", "k": int(k), "threshold": round(thr, 3),
-            "preliminary": {"min_slices": 2, "threshold": round(pre, 3)},
-            "_validation": {"auc": round(a, 4), "sensitivity": round(sens, 4), "specificity": round(spec, 4)}}
+    decision = {"rule": "top_k_mean", "k": int(k), "threshold": round(thr, 3),
+                "preliminary": {"min_slices": 2, "threshold": round(pre, 3)},
+                "_validation": {"auc": round(a, 4), "sensitivity": round(sens, 4), "specificity": round(spec, 4)}}
+    if slice_labels is not None:
+        decision["slice_threshold"] = choose_slice_threshold(series_probs, slice_labels, positive, round(thr, 3))
+    return decision
 
 
 # --------------------------------------------------------------------------- export

@@ -22,6 +22,7 @@ import json
 import numpy as np
 
 from edge_agent.decision import decide
+from edge_agent.decision.series import evidence_lead
 from edge_agent.evidence import parse_evidence, series_domain, series_evidence, slice_features
 from edge_agent.inference.models import ModelSet
 from edge_agent.phantoms import chest_phantom, head_phantom
@@ -66,8 +67,12 @@ def main() -> None:
                          "kernel": ph.details.get("kernel"),
                          "p": round(d.probability, 3), "model": d.positive, "evidence": ev.present,
                          "evidence_anywhere": anywhere.present, "in_domain": dom.in_domain,
-                         # where the first key slice (the evidence's best slice) lies
-                         "lead_on_bleed": bool(truth[ev.slices[0]]) if ev.present and ev.slices else None})
+                         # where the first key slice lies: the evidence's largest slice (A), the model's top
+                         # slice (B), the evidence slice the model scores highest (C: evidence_lead)
+                         "lead_on_bleed": bool(truth[ev.slices[0]]) if ev.present and ev.slices else None,
+                         "top_on_bleed": bool(truth[d.key_slices[0]["index"]]) if d.key_slices else None,
+                         "lead_c_on_bleed": (None if evidence_lead(ev, probabilities) is None
+                                             else bool(truth[evidence_lead(ev, probabilities)]))})
             echo(json.dumps(rows[-1]))
             bar.update()
     bar.close()
@@ -86,8 +91,10 @@ def main() -> None:
         print(f"| {name} | {count(xs, False)} | {count(xs, True, 'evidence_anywhere')} | {count(xs, True)} |")
     print(f"| normal heads with evidence present | | {sum(r['evidence_anywhere'] for r in normals)}/{len(normals)} | "
           f"{sum(r['evidence'] for r in normals)}/{len(normals)} |")
-    leads = [r["lead_on_bleed"] for r in bleeds if r["model"] and r["evidence"] and r["in_domain"]]
-    print(f"| alerted bleeds: first key slice (evidence's best) on a bleed slice | | | {sum(leads)}/{len(leads)} |")
+    alerted = [r for r in bleeds if r["model"] and r["evidence"] and r["in_domain"]]
+    for key, what in (("lead_on_bleed", "the evidence's largest slice (A)"), ("top_on_bleed", "the model's top slice (B)"),
+                      ("lead_c_on_bleed", "the evidence slice the model scores highest (C)")):
+        print(f"| alerted bleeds: {what} on a bleed slice | | | {sum(bool(r[key]) for r in alerted)}/{len(alerted)} |")
     print(f"| series out of domain | {sum(not r['in_domain'] for r in rows)}/{len(rows)} | | |")
 
 

@@ -295,6 +295,17 @@ def _by_area(slice_p: np.ndarray, slice_y: np.ndarray, area: np.ndarray, thresho
     return " / ".join(out)
 
 
+def _slice_rate(hits: list[np.ndarray]) -> str:
+    """The fraction of slices called over several series, with a 95 % CI that resamples whole series."""
+    from edge_agent.validation.metrics import clustered_rate_ci
+
+    h = np.concatenate(hits) if hits else np.zeros(0, bool)
+    if not h.size:
+        return "–"
+    lo, hi = clustered_rate_ci(h, np.concatenate([np.full(len(x), i) for i, x in enumerate(hits)]))
+    return f"{h.mean():.3f} [{lo:.3f}, {hi:.3f}] ({int(h.sum())}/{h.size})"
+
+
 def _series_score(probs: np.ndarray, dec: dict) -> float:
     return top_k_mean(probs, int(dec.get("k", 1))) if dec["rule"] == "top_k_mean" else float(np.max(probs))
 
@@ -378,6 +389,7 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
     rows_by = {}
     for mi, (m, _s) in enumerate(models):
         dec = m["decision"]
+        cut = float(dec.get("slice_threshold", dec["threshold"]))
         scores = np.array([_series_score(r[0][mi], dec) for r in main])
         alerts = np.array([_alerts(r[0][mi], dec)[0] for r in main])
         early = np.array([_alerts(r[0][mi], dec)[1] for r in main])
@@ -411,6 +423,15 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
             "bleed slices called positive (p ≥ threshold)": f"{(slice_p[slice_y] >= dec['threshold']).mean():.3f}",
             "bleed slices called positive, by blood cross-section (8–50 / 50–200 / ≥ 200 mm²)":
                 _by_area(slice_p, slice_y, slice_area, dec["threshold"]),
+            "slice threshold (decision.slice_threshold, else the threshold)": f"{cut:g}",
+            "bleed slices called positive (p ≥ slice threshold) [95 % CI, series resampled]":
+                _slice_rate([p[l] >= cut for p, l in srows if l.any()]),
+            "bleed slices called positive at the slice threshold, by cross-section (8–50 / 50–200 / ≥ 200 mm²)":
+                _by_area(slice_p, slice_y, slice_area, cut),
+            "slices of normal heads called positive (p ≥ slice threshold)":
+                _slice_rate([r[0][mi] >= cut for r in main if r[2] is None]),
+            "non-bleed slices of bleed series called positive (p ≥ slice threshold)":
+                _slice_rate([r[0][mi][~r[1]] >= cut for r in main if r[2] is not None]),
             "median slice p, normal heads": f"{np.median(neg_slice):.3f}",
         }
         for g, (gname, _how) in enumerate(CONFOUNDER_GROUPS):
@@ -418,13 +439,16 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
             k = sum(x[0] for x in al)
             lo_, hi_ = wilson(k, len(al))
             med = np.median(np.concatenate([p[mi] for p in conf[g]]))
+            called = np.concatenate([p[mi] >= cut for p in conf[g]])
             rows_by[mi][f"FP: {gname}"] = (f"{k}/{len(al)} = {k / len(al):.2f} [{lo_:.2f}, {hi_:.2f}]; "
-                                          f"pre {sum(x[1] for x in al)}; median p {med:.2f}")
+                                          f"pre {sum(x[1] for x in al)}; median p {med:.2f}; "
+                                          f"slices called {called.mean():.3f}")
     for key in rows_by[0]:
         out.append(f"| {key} | " + " | ".join(rows_by[mi][key] for mi in range(len(models))) + " |")
     out.append("")
     out.append(f"(FP = series alerted by the model's own shipped rule, Wilson 95 % CI; 'pre' = preliminary "
-               f"warnings; median p over all slices of the group; phantom generation and scoring took {gen_s:.0f} s)")
+               f"warnings; median p over all slices of the group; 'slices called': its slices at or above the "
+               f"slice threshold; phantom generation and scoring took {gen_s:.0f} s)")
     return "\n".join(out)
 
 
@@ -514,6 +538,7 @@ def compare_lung(folders: list[Path], labels: list[str], n_series: int, n_conf: 
     rows_by = {}
     for mi, (m, _s) in enumerate(models):
         dec = m["decision"]
+        cut = float(dec.get("slice_threshold", dec["threshold"]))
         scores = np.array([_series_score(r[0][mi], dec) for r in main])
         alerts = np.array([_alerts(r[0][mi], dec)[0] for r in main])
         early = np.array([_alerts(r[0][mi], dec)[1] for r in main])
@@ -556,8 +581,10 @@ def compare_lung(folders: list[Path], labels: list[str], n_series: int, n_conf: 
             k = sum(x[0] for x in al)
             lo_, hi_ = wilson(k, len(al))
             med = np.median(np.concatenate([p[mi] for p in conf[g]]))
+            called = np.concatenate([p[mi] >= cut for p in conf[g]])
             rows_by[mi][f"FP: {gname}"] = (f"{k}/{len(al)} = {k / len(al):.2f} [{lo_:.2f}, {hi_:.2f}]; "
-                                          f"pre {sum(x[1] for x in al)}; median p {med:.2f}")
+                                          f"pre {sum(x[1] for x in al)}; median p {med:.2f}; "
+                                          f"slices called {called.mean():.3f}")
         allc = [_alerts(p[mi], dec)[0] for g in conf for p in conf[g]]
         k = int(sum(allc))
         lo_, hi_ = wilson(k, len(allc))

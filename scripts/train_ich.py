@@ -202,7 +202,7 @@ def main() -> None:
     probs = [predict(model, xs) for xs, _, _ in track(val, "validating", "series")]
     positive = np.array([d["finding"] is not None for _, _, d in val])
     decision = choose_decision(probs, positive, target_specificity=0.97, ks=tuple(args.rule_k),
-                               max_threshold=args.max_threshold)
+                               max_threshold=args.max_threshold, slice_labels=[labels for _, labels, _ in val])
     log(f"decision {decision}")
     card, description = CARD, DESCRIPTION
     if args.dense:

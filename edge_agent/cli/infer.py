@@ -31,7 +31,8 @@ from edge_agent.service.analyse import analyse_series
 
 EPILOG = ("Output: one JSON object per series on stdout (series_instance_uid, study_instance_uid, slices, "
           "status analysed|skipped|rejected, reason, findings [{code, label, probability, positive, severity, "
-          "model, model_version, key_slices}], models [{name, version, backend, sha256, precision, "
+          "threshold, slice_threshold, slices_positive, model, model_version, key_slices [{index, sop_instance_uid, "
+          "position_mm, probability, positive}]}], models [{name, version, backend, sha256, precision, "
           "engine_fingerprint, status}], provenance {agent_version, config_hash}, timings_ms, warnings, disclaimer; "
           "with --explain: explain [{model, outcome, reason, rules [{rule, result, detail}]}]). Files left out are "
           "listed on stderr, one line each. No patient identifiers are printed (Patient Age decides the age rule "

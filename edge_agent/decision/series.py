@@ -159,16 +159,29 @@ def evidence_for(manifest: Any, slices: Sequence[ScoredSlice], context: SeriesCo
                            support_threshold=manifest.decision.threshold)
 
 
+def evidence_lead(evidence: Any, probabilities: Sequence[float]) -> int | None:
+    """The slice that leads the key slices of a finding resting on evidence: of the evidence's slices (one
+    cluster of blood-dense regions beside the model's slices), the one the model scores highest — ties: the
+    larger evidence area first, as ``evidence.slices`` is ordered. None without evidence."""
+    if evidence is None or not evidence.present:
+        return None
+    ranked = [(i, int(k)) for i, k in enumerate(evidence.slices or []) if 0 <= int(k) < len(probabilities)]
+    if not ranked:
+        return None
+    return max(ranked, key=lambda ik: (float(probabilities[ik[1]]), -ik[0]))[1]
+
+
 def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSlice], keep: int,
                    index: int, slice_cut: float) -> Decision:
-    """A model-positive finding stands only on evidence; its best evidence slice leads the key slices, and a
-    key slice the evidence lies on says where (``region_px``: ``[row0, col0, row1, col1]`` in its pixels)."""
+    """A model-positive finding stands only on evidence; the evidence slice the model scores highest
+    (:func:`evidence_lead`) leads the key slices, and a key slice the evidence lies on says where
+    (``region_px``: ``[row0, col0, row1, col1]`` in its pixels)."""
     if evidence is None:
         return decision
     keys = list(decision.key_slices)
-    if evidence.present and evidence.slices:
-        best = int(evidence.slices[0])
-        if 0 <= best < len(slices) and all(k["index"] != best for k in keys[:1]):
+    best = evidence_lead(evidence, [s.probabilities[index] for s in slices])
+    if best is not None:
+        if all(k["index"] != best for k in keys[:1]):
             lead = {"index": best, "sop_instance_uid": slices[best].sop_instance_uid,
                     "position_mm": None if slices[best].position_mm is None else round(float(slices[best].position_mm), 3),
                     "probability": round(float(slices[best].probabilities[index]), 6),

@@ -8,8 +8,8 @@ each batch's alert check (never on an alert's path), so that a restart or a reop
 key-image preview of every alert revision (published after the alert itself) and, for
 ``pacs.secondary_capture``, the key image of a positive result; both frame the region the finding's
 evidence found on that slice (its key slice's ``region_px``, :func:`region_boxes`). Slices that carry
-evidence keep their thumbnails first (:func:`preview_rank`), so the evidence's best slice — the first
-key slice of a positive finding — has one. Nothing here raises into the pipeline: a preview is a convenience and
+evidence keep their thumbnails first (:func:`preview_rank`), so the lead key slice of a positive finding
+(the evidence slice the model scores highest) has one. Nothing here raises into the pipeline: a preview is a convenience and
 never costs an alert or a result.
 """
 
@@ -31,11 +31,12 @@ log = logging.getLogger(PIPELINE_LOG)
 
 def preview_rank(probability: float, features) -> float:
     """A slice's rank for keeping its thumbnail: a slice that carries evidence (a blood component, a lung blob)
-    ranks above every slice that only scores high, the larger evidence first (per 100 mm²), then by
-    probability — so the best evidence slice, which leads a positive finding's key slices, is likely to
-    have its thumbnail after a restart too (while the series is open its file is read back otherwise)."""
+    ranks above every slice that only scores high, and among those the one the model scores higher first
+    (the larger evidence breaks a tie) — the order in which the lead key slice of a positive finding is
+    picked (``decision.series.evidence_lead``), so it is likely to have its thumbnail after a restart too
+    (while the series is open its file is read back otherwise)."""
     area = slice_evidence_mm2(features)
-    return float(probability) + (1.0 + area / 100.0 if area > 0 else 0.0)
+    return float(probability) + (2.0 + min(area, 1e4) * 1e-8 if area > 0 else 0.0)
 
 
 def region_boxes(key_slices, sop_instance_uid: str, scale: tuple[float, float]) -> list[tuple[float, float, float, float]]:

@@ -138,3 +138,14 @@ def test_series_result_is_the_infer_object():
     assert result["models"] == [{"name": "m", "version": "1", "backend": "onnxrt", "status": "analysed"}]
     assert result["findings"][0]["positive"] is True
     assert np.isclose(result["findings"][0]["probability"], 0.985)
+
+
+def test_evidence_lead_is_the_evidence_slice_the_model_scores_highest():
+    from edge_agent.decision.series import evidence_lead
+
+    p = [0.1, 0.2, 0.3, 0.95, 0.4, 0.6, 0.1, 0.6]
+    ev = SimpleNamespace(present=True, slices=[5, 3, 7])   # largest blood area first
+    assert evidence_lead(ev, p) == 3                      # not the largest area (5): the model's best of them
+    assert evidence_lead(SimpleNamespace(present=True, slices=[7, 5]), p) == 7   # a tie: the larger area
+    assert evidence_lead(SimpleNamespace(present=False, slices=[3]), p) is None
+    assert evidence_lead(None, p) is None and evidence_lead(SimpleNamespace(present=True, slices=[]), p) is None
