@@ -443,19 +443,12 @@ def choose_slice_threshold(series_probs: list[np.ndarray], slice_labels: list[np
                            series_threshold: float,
                            max_false_slices_per_100: float = MAX_FALSE_SLICES_PER_100) -> float:
     """The slice operating point on validation series: the lowest slice threshold at which at most
-    ``max_false_slices_per_100`` of the slices of the *negative* series score at or above it (positives: the
-    labelled finding slices of the positive series; the slices of a positive series outside its finding are
-    left out, their labels are the least certain), never above the series threshold (a positive series must
-    have a positive slice). edge_agent.validation.metrics.threshold_for_false_alarms picks it, as validate
-    picks a series threshold."""
-    from edge_agent.validation.metrics import threshold_for_false_alarms
+    ``max_false_slices_per_100`` of the slices of the *negative* series score at or above it
+    (edge_agent.validation.metrics.slice_threshold_for_false_slices, as ``validate --max-false-slices``
+    suggests one), never above the series threshold (a positive series must have a positive slice)."""
+    from edge_agent.validation.metrics import slice_threshold_for_false_slices
 
-    negative = np.concatenate([p for p, pos in zip(series_probs, positive) if not pos] or [np.zeros(0)])
-    finding = np.concatenate([p[np.asarray(y, bool)] for p, y, pos in zip(series_probs, slice_labels, positive)
-                              if pos] or [np.zeros(0)])
-    scores = np.concatenate([finding, negative])
-    labels = np.concatenate([np.ones(finding.size, bool), np.zeros(negative.size, bool)])
-    t = threshold_for_false_alarms(scores, labels, max_false_slices_per_100)
+    t = slice_threshold_for_false_slices(series_probs, slice_labels, positive, max_false_slices_per_100)
     return float(series_threshold) if t is None else float(min(t, series_threshold))
 
 

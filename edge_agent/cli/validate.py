@@ -4,7 +4,8 @@ Every labelled series is analysed exactly as the agent would (same backend,
 preprocessing, applicability checks and decision rule); the figures are
 printed as a table on stdout, and ``--out DIR`` writes report.json and a
 self-contained report.html. Nothing is ever changed: a suggested threshold
-(``--max-false-alarms``) or a what-if threshold (``--threshold``) is shown
+(``--max-false-alarms``), a suggested slice threshold (``--max-false-slices``) or
+a what-if threshold (``--threshold``) is shown
 beside the manifest's own, never applied. No patient identifier is printed
 or written (series are ``#index`` and a UID hash). docs/VALIDATION.md.
 """
@@ -62,13 +63,16 @@ class _Progress:
 @click.option("--max-false-alarms", type=click.FloatRange(min=0.0, max=100.0), default=None, metavar="N",
               help="Suggest the threshold that keeps false alarms at or under N per 100 negative series "
                    "(a suggestion; never applied).")
+@click.option("--max-false-slices", type=click.FloatRange(min=0.0, max=100.0), default=None, metavar="N",
+              help="With slice labels: suggest the slice threshold that calls at most N per 100 slices of the "
+                   "series with no positive slice (a suggestion for decision.slice_threshold; never applied).")
 @click.option("--threshold", "what_if", type=click.FloatRange(min=0.0, max=1.0), default=None, metavar="T",
               help="Also show sensitivity/specificity if the threshold were T (what-if only; the manifest's "
                    "decision is what is reported and nothing is changed).")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def validate(model_dir: Path | None, data_dir: Path, labels_csv: Path | None, out_dir: Path | None,
              model_names: tuple[str, ...], backend: str, threads: int | None, max_false_alarms: float | None,
-             what_if: float | None, quiet: bool) -> None:
+             max_false_slices: float | None, what_if: float | None, quiet: bool) -> None:
     """Measure a model on a site's own labelled series: AUC, sensitivity, specificity, false alarms.
 
     MODEL_DIR is one model folder (with manifest.json) or a folder of them;
@@ -112,7 +116,8 @@ def validate(model_dir: Path | None, data_dir: Path, labels_csv: Path | None, ou
             shown.close()
     finally:
         models.close()
-    report = build_report(index, labels, targets, max_false_alarms=max_false_alarms, what_if=what_if)
+    report = build_report(index, labels, targets, max_false_alarms=max_false_alarms, what_if=what_if,
+                          max_false_slices=max_false_slices)
     if not report["models"]:
         raise EdgeAgentError("No labelled series is labelled for a finding of the models loaded; check the "
                              "finding codes in the labels.")

@@ -13,6 +13,8 @@
 - :func:`roc_curve` — (FPR, TPR, thresholds) points for plotting.
 - :func:`threshold_for_false_alarms` — the lowest threshold whose false-alarm
   rate stays at or under a target, per 100 negatives.
+- :func:`slice_threshold_for_false_slices` — the same for slices: at most a
+  target share of the slices of the negative series called.
 
 Scores are "positive when ≥ threshold", as the decision rules are.
 """
@@ -237,3 +239,21 @@ def threshold_for_false_alarms(scores, labels, max_per_100: float) -> float | No
         if floor_score < rounded <= ceiling:
             return float(rounded)
     return float(ceiling)
+
+
+def slice_threshold_for_false_slices(series_scores, series_slice_labels, series_positive,
+                                     max_per_100: float) -> float | None:
+    """The lowest slice threshold at which at most ``max_per_100`` of 100 slices of the *negative* series
+    score at or above it (:func:`threshold_for_false_alarms` on slices; positives: the labelled finding
+    slices of the positive series). The slices of a positive series outside its finding are left out: their
+    labels are the least certain. One entry per series in each argument. None without both kinds."""
+    negative = [np.asarray(p, np.float64) for p, pos in zip(series_scores, series_positive) if not pos]
+    finding = [np.asarray(p, np.float64)[np.asarray(y, bool)]
+               for p, y, pos in zip(series_scores, series_slice_labels, series_positive) if pos]
+    neg = np.concatenate(negative) if negative else np.zeros(0)
+    pos = np.concatenate(finding) if finding else np.zeros(0)
+    if not neg.size or not pos.size:
+        return None
+    return threshold_for_false_alarms(np.concatenate([pos, neg]),
+                                      np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)]),
+                                      max_per_100)

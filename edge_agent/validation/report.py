@@ -64,6 +64,14 @@ def text_table(report: dict) -> str:
                          f"{sl['series']} series; slices called at {sl['threshold']:g}: sensitivity "
                          f"{_ci(sl['sensitivity'], sl['sensitivity_ci'], pct=True)}, specificity "
                          f"{_ci(sl['specificity'], sl['specificity_ci'], pct=True)}")
+            ss = sl.get("suggested_threshold")
+            if ss:
+                lines.append(f"  suggested slice threshold for ≤ {ss['max_false_slices_per_100']:g} false slices per 100: "
+                             + ("none" if ss["threshold"] is None else
+                                f"{ss['threshold']:g} (slice sensitivity "
+                                f"{_ci(ss['sensitivity'], ss['sensitivity_ci'], pct=True)}, "
+                                f"{ss['false_slices_per_100']:g} false slices per 100)")
+                             + f" — {ss['note']}; not applied")
         s = e.get("suggested_threshold")
         if s:
             if s.get("threshold") is None:
@@ -158,7 +166,9 @@ def _section(e: dict, target: Target) -> str:
              f"<p class='meta'>backend {_esc(e['backend'])} · {_esc(e['artefact'])} sha256 "
              f"<code>{_esc(e['sha256'])}</code><br>decision: {_esc(e['decision']['rule'])}"
              f"{' k=' + str(e['decision']['k']) if e['decision']['rule'] == 'top_k_mean' else ''}, positive when "
-             f"≥ {thr:g} (the manifest's rule, as deployed)</p>"]
+             f"≥ {thr:g} (the manifest's rule, as deployed)"
+             + (f"; a slice is called positive at ≥ {e['decision']['slice_threshold']:g}"
+                if e["decision"].get("slice_threshold") is not None else "") + "</p>"]
     if e["synthetic_training"]:
         parts.append(f"<div class='banner'><b>Synthetic training.</b> {_esc(DISCLAIMER)}</div>")
     cards = [("AUC", _ci(e["auc"], e["auc_ci"])), ("sensitivity", _ci(e["sensitivity"], e["sensitivity_ci"], True)),
@@ -201,6 +211,13 @@ def _section(e: dict, target: Target) -> str:
                      f"{_esc(_ci(sl['sensitivity'], sl['sensitivity_ci'], pct=True))}, specificity "
                      f"{_esc(_ci(sl['specificity'], sl['specificity_ci'], pct=True))}. "
                      "CIs by resampling whole series.</p>")
+        ss = sl.get("suggested_threshold")
+        if ss:
+            told = ("none" if ss["threshold"] is None else
+                    f"{ss['threshold']:g}: slice sensitivity {_ci(ss['sensitivity'], ss['sensitivity_ci'], pct=True)}, "
+                    f"{ss['false_slices_per_100']:g} false slices per 100")
+            parts.append(f"<p class='meta'>Suggested slice threshold for at most {ss['max_false_slices_per_100']:g} "
+                         f"false slices per 100: {_esc(told)} ({_esc(ss['note'])}; not applied).</p>")
     false_alarms = sorted((x for x in analysed if not x.label), key=lambda x: -x.probability)
     worst_fa = [x for x in false_alarms if x.positive][:EXAMPLES]
     misses = sorted((x for x in analysed if x.label and not x.positive), key=lambda x: x.probability)[:EXAMPLES]

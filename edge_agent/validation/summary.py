@@ -87,7 +87,35 @@ def _suggestion(scores, y, max_fa: float) -> dict:
     return out
 
 
-def summarise(target: Target, *, max_false_alarms: float | None = None, what_if: float | None = None) -> dict:
+def _slice_suggestion(scores, labels, groups, max_per_100: float, series_threshold: float) -> dict:
+    """The lowest slice threshold that calls at most ``max_per_100`` of 100 slices of the series without a
+    positive slice (the slices of a positive series outside the finding are left out, as the training
+    scripts choose it), never above the series threshold; its slice sensitivity. A suggestion, never applied."""
+    s, y, g = np.asarray(scores, np.float64), np.asarray(labels, bool), np.asarray(groups)
+    negative_series = ~np.isin(g, np.unique(g[y]))
+    out: dict = {"max_false_slices_per_100": max_per_100, "applied": False}
+    ids = np.unique(g)
+    t = metrics.slice_threshold_for_false_slices([s[g == i] for i in ids], [y[g == i] for i in ids],
+                                                 [bool(y[g == i].any()) for i in ids], max_per_100)
+    if t is None:
+        out.update(threshold=None, note="needs labelled positive slices and series with no positive slice")
+        return out
+    capped = t > series_threshold
+    t = min(t, float(series_threshold))
+    called = s >= t
+    out.update(threshold=_r(t, 6), sensitivity=_r(float(called[y].mean())),
+               sensitivity_ci=_r(metrics.clustered_rate_ci(called[y], g[y])),
+               false_slices_per_100=_r(100.0 * float(called[negative_series].mean()), 2),
+               false_slices_per_100_ci=[_r(100.0 * v, 2) for v in
+                                        metrics.clustered_rate_ci(called[negative_series], g[negative_series])])
+    out["note"] = ("capped at the series threshold (decision.slice_threshold may not exceed it); " if capped else
+                   "") + ("chosen on these slices, so these figures flatter it: measure it on other series "
+                          "before writing it into decision.slice_threshold")
+    return out
+
+
+def summarise(target: Target, *, max_false_alarms: float | None = None, what_if: float | None = None,
+              max_false_slices: float | None = None) -> dict:
     """The report.json entry for one model finding."""
     m = target.model.manifest
     cases = target.cases
@@ -143,6 +171,9 @@ def summarise(target: Target, *, max_false_alarms: float | None = None, what_if:
             "auc_ci_method": "bootstrap resampling whole series (slices of a series are correlated)",
             **slice_operating(ss, sl, groups, m.decision.slice_cut),
         }
+        if max_false_slices is not None:
+            entry["slice_level"]["suggested_threshold"] = _slice_suggestion(ss, sl, groups, max_false_slices,
+                                                                            m.decision.threshold)
     else:
         entry["slice_level"] = None
     if max_false_alarms is not None:
@@ -157,12 +188,13 @@ def summarise(target: Target, *, max_false_alarms: float | None = None, what_if:
 
 
 def build_report(index: DataIndex, labels: Labels, targets: list[Target], *, max_false_alarms: float | None,
-                 what_if: float | None) -> dict:
+                 what_if: float | None, max_false_slices: float | None = None) -> dict:
     """The whole report.json: the data set (counts and a fingerprint, no paths), then one entry per model finding."""
     labelled = {uid for uid, _ in labels.series}
     fingerprint = hashlib.sha256("\n".join(sorted(f"{u}|{f}|{int(v)}" for (u, f), v in labels.series.items()))
                                  .encode()).hexdigest()[:16]
-    entries = [summarise(t, max_false_alarms=max_false_alarms, what_if=what_if) for t in targets if t.cases]
+    entries = [summarise(t, max_false_alarms=max_false_alarms, what_if=what_if, max_false_slices=max_false_slices)
+               for t in targets if t.cases]
     return {
         "schema": REPORT_SCHEMA,
         "tool": "edge-agent validate", "tool_version": __version__,

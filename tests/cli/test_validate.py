@@ -113,7 +113,7 @@ def test_csv_labels_with_slice_labels(site, capsys, tmp_path):
         if n == 0:   # this one by path, relative to --data
             folder = Path(series[uid].paths[0]).parent.relative_to(data)
             rows.append(f",{folder},{'positive' if label else 'negative'},,")
-        elif n == 1:  # slice labels only: the series label follows from them
+        elif n in (1, 2):  # slice labels only (a normal head, a bleed): the series label follows from them
             for sop, positive in zip(series[uid].sop_instance_uids, ph.slice_labels):
                 rows.append(f"{uid},,{int(positive)},ich,{sop}")
         else:
@@ -122,7 +122,7 @@ def test_csv_labels_with_slice_labels(site, capsys, tmp_path):
     csv_path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
     rc, stdout, stderr = run_cli(capsys, "validate", str(model), "--data", str(data), "--labels", str(csv_path),
-                                 "--out", str(out), "--quiet")
+                                 "--out", str(out), "--quiet", "--max-false-slices", "10")
     assert rc == 0, stderr
     assert stderr == ""
     report = json.loads((out / "report.json").read_text())
@@ -130,14 +130,22 @@ def test_csv_labels_with_slice_labels(site, capsys, tmp_path):
     assert entry["labelled_series"] == 6 and entry["series"]["analysed"] == 6
     assert report["data"]["labels_source"] == "csv" and report["data"]["unlabelled_series"] == 2
     sl = entry["slice_level"]
-    assert sl["slices"] == 10 and sl["series"] == 1
-    # slices called at the model's slice threshold, counted over the slice labels of that one series
+    assert sl["slices"] == 20 and sl["series"] == 2
+    # slices called at the model's slice threshold, counted by hand from the slice labels of the two series
+    bleed = truth[list(truth)[2]]
+    assert sl["positive_slices"] == int(bleed.slice_labels.sum()) > 0
     assert sl["threshold"] == load_manifest(model).decision.slice_cut
     assert sl["counts"]["tp"] + sl["counts"]["fn"] == sl["positive_slices"]
     assert sum(sl["counts"].values()) == sl["slices"]
-    assert sl["positive_slices"] == 0 and sl["sensitivity"] is None  # slice-labelled: case 1, a normal head
-    assert sl["specificity"] == pytest.approx(sl["counts"]["tn"] / 10, abs=1e-4)
+    assert sl["sensitivity"] == pytest.approx(sl["counts"]["tp"] / sl["positive_slices"], abs=1e-4)
+    assert sl["specificity"] == pytest.approx(sl["counts"]["tn"] / (20 - sl["positive_slices"]), abs=1e-4)
     assert "slices called at" in stdout
+    # the suggestion: at most 1 of the normal head's 10 slices called, never above the series threshold
+    sug = sl["suggested_threshold"]
+    assert sug["applied"] is False and sug["max_false_slices_per_100"] == 10
+    assert sug["threshold"] <= load_manifest(model).decision.threshold
+    assert sug["false_slices_per_100"] <= 10 and "not applied" in stdout and "suggested slice threshold" in stdout
+    assert "Suggested slice threshold" in (out / "report.html").read_text()
     assert "per-slice AUC" in stdout
     no_phi((out / "report.html").read_text(), (out / "report.json").read_text(), stdout)
 
