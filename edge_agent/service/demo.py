@@ -176,6 +176,8 @@ def report(series_list, timeline: Timeline, t0: float, echo: Callable[[str], Non
             if result["series_instance_uid"] != uid:
                 continue
             summary = ", ".join(f"{f['code']} {'POSITIVE' if f['positive'] else 'negative'} p={f['probability']:.2f}"
+                                + (f", {f['slices_positive']}/{result['slices']} slices called at ≥ "
+                                   f"{f['slice_threshold']:g}" if "slices_positive" in f else "")
                                 + (" — would alert, none raised (shadow)" if f.get("would_alert") else "")
                                 for f in result["findings"]) or result.get("reason", "")
             rows.append((at, f"final result: {result['status']} ({summary})"))

@@ -59,6 +59,9 @@ def test_demo_shows_an_alert_its_timing_and_its_key_image_preview(tmp_path):
     assert "FINAL alert ich" in out
     assert "final result: analysed (ich POSITIVE" in out
     assert "final result: analysed (ich negative" in out
+    # a positive finding has slices the model calls (its slice threshold is at most the series threshold)
+    called = re.search(r"ich POSITIVE p=[0-9.]+, (\d+)/(\d+) slices called at ≥ ([0-9.]+)", out)
+    assert called and 1 <= int(called.group(1)) <= int(called.group(2)), out
     assert "not medical devices" in out
     assert "Traceback" not in proc.stderr
 
