@@ -85,7 +85,7 @@ class Comparison:
     series: int
     slice_max_abs_diff: float
     slice_mean_abs_diff: float
-    slice_agreement: float        # fraction of slices on the same side of the threshold
+    slice_agreement: float        # fraction of slices on the same side of the slice threshold
     series_agreement: float       # fraction of series with the same decision
     series_max_abs_diff: float
     auc_reference: str            # "labels" | "fp32-decisions" | "none"
@@ -247,7 +247,7 @@ def compare(fp32_path: str | Path, int8_path: str | Path, validation: Sequence[S
             progress("comparing FP32 and INT8", n, len(validation))
         p32, p8 = _probabilities(fp32, s.inputs), _probabilities(int8, s.inputs)
         slice_diffs.append(np.abs(p32 - p8))
-        slice_same.append((p32 >= rule.threshold) == (p8 >= rule.threshold))
+        slice_same.append((p32 >= rule.slice_cut) == (p8 >= rule.slice_cut))  # the slice's call
         s32, s8 = series_probability(np.clip(p32, 0, 1), rule), series_probability(np.clip(p8, 0, 1), rule)
         exact.append((s32, s8))
         rows.append({"series_instance_uid": s.series_instance_uid, "slices": int(p32.size), "label": s.label,

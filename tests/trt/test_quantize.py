@@ -112,3 +112,19 @@ def test_histogram_methods_work_with_uneven_batches(tmp_path, tiny_onnx, series)
     out = tmp_path / "entropy.onnx"
     result = calibrate(tiny_onnx, out, series, series, RULE, tolerance=0.05, method="entropy")
     assert result.passed and qdq_summary(out)["symmetric"]
+
+
+def test_slice_agreement_is_counted_at_the_slice_threshold(tmp_path, tiny_onnx, series):
+    """A slice's call is made at the rule's slice threshold, so that is where FP32 and INT8 must agree."""
+    x = np.concatenate([s.inputs for s in series])
+    p32 = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0][:, 0]
+    calibrate(tiny_onnx, tmp_path / "first.onnx", series, series, RULE, tolerance=1.0)
+    p8 = _session(tmp_path / "first.onnx").run(None, {"input": x})[0][:, 0]
+    worst = int(np.argmax(np.abs(p32 - p8)))
+    assert p32[worst] != p8[worst]
+    cut = float((p32[worst] + p8[worst]) / 2)   # the slice the two precisions split most is called differently
+    expected = float(np.mean((p32 >= cut) == (p8 >= cut)))
+    assert expected < 1.0 and float(np.mean((p32 >= 1.0) == (p8 >= 1.0))) == 1.0
+    rule = DecisionRule(rule="top_k_mean", k=2, threshold=1.0, slice_threshold=cut)
+    result = calibrate(tiny_onnx, tmp_path / "model.int8.onnx", series, series, rule, tolerance=1.0)
+    assert result.slice_agreement == pytest.approx(expected)
