@@ -575,6 +575,11 @@ def compare_lung(folders: list[Path], labels: list[str], n_series: int, n_conf: 
         rows_by[mi]["preliminary warning: nodules / clear"] = f"{int(early[y].sum())}/{int(y.sum())} / {int(early[~y].sum())}/{int((~y).sum())}"
         rows_by[mi]["slice AUC [95 % CI]"] = f"{sa:.3f} [{slo:.3f}, {shi:.3f}]"
         rows_by[mi]["top slice on a nodule slice"] = f"{sum(top_on_label)}/{len(top_on_label)}"
+        rows_by[mi]["slice threshold (decision.slice_threshold, else the threshold)"] = f"{cut:g}"
+        rows_by[mi]["nodule slices called positive (p ≥ slice threshold) [95 % CI, series resampled]"] = \
+            _slice_rate([p[l] >= cut for p, l in srows if l.any()])
+        rows_by[mi]["slices of clear chests called positive (p ≥ slice threshold)"] = \
+            _slice_rate([r[0][mi] >= cut for r in main if r[2] is None])
         rows_by[mi]["median slice p, clear chests"] = f"{np.median(neg_slice):.3f}"
         for g, (gname, _how) in enumerate(CHEST_CONFOUNDER_GROUPS):
             al = [_alerts(p[mi], dec) for p in conf[g]]

@@ -279,7 +279,7 @@ def main() -> None:
     val = build_series(TASK, args.val, VAL_SEED0, workers=args.workers)
     probs = [predict(model, xs) for xs, _, _ in val]
     positive = np.array([d["finding"] is not None for _, _, d in val])
-    decision = choose_decision(probs, positive, target_specificity=0.97)
+    decision = choose_decision(probs, positive, target_specificity=0.97, slice_labels=[labels for _, labels, _ in val])
     log(f"decision {decision}")
     manifest = export(TASK, model, args.out, decision, args.version, CARD, description=DESCRIPTION)
     log(f"wrote {args.out} (sha256 {manifest['artefacts']['onnx']['sha256'][:12]}…) in {time.time() - t0:.0f} s")
