@@ -96,6 +96,7 @@ def test_documented_example_keys_are_accepted(tmp_path):
     data = json.loads(block.replace('"<hex>"', '"' + "0" * 64 + '"'))
     m = parse_manifest(data, tmp_path, verify=False)
     assert m.name == "ich" and m.decision.k == 2 and m.preprocessing.pixel_spacing_mm == 1.8
+    assert m.decision.slice_cut == 0.3
 
 
 def test_add_artefact_records_sha_and_keeps_manifest_valid(model_folder):
