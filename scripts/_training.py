@@ -436,6 +436,18 @@ def top_k_mean(p: np.ndarray, k: int) -> float:
     return float(p[:k].mean()) if len(p) else 0.0
 
 
+def slice_rate(hits: list[np.ndarray]) -> str:
+    """The fraction of slices called over several series (one array of bools per series), with a 95 % CI
+    that resamples whole series (edge_agent.validation.metrics.clustered_rate_ci), and the counts."""
+    from edge_agent.validation.metrics import clustered_rate_ci
+
+    h = np.concatenate(hits) if hits else np.zeros(0, bool)
+    if not h.size:
+        return "–"
+    lo, hi = clustered_rate_ci(h, np.concatenate([np.full(len(x), i) for i, x in enumerate(hits)]))
+    return f"{h.mean():.3f} [{lo:.3f}, {hi:.3f}] ({int(h.sum())}/{h.size})"
+
+
 MAX_FALSE_SLICES_PER_100 = 1.5  # the slice operating point: ≤ 1.5 % of the normal slices of normal series called
 
 

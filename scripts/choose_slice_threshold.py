@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 
-from _training import MAX_FALSE_SLICES_PER_100, VAL_SEED0, build_series, choose_slice_threshold  # noqa: E402
+from _training import (  # noqa: E402
+    MAX_FALSE_SLICES_PER_100, VAL_SEED0, build_series, choose_slice_threshold, slice_rate,
+)
 from edge_agent.progress import track  # noqa: E402
-from edge_agent.validation.metrics import clustered_rate_ci  # noqa: E402
 
 
 def _task(name: str):
@@ -41,15 +42,6 @@ def _score(session, x: np.ndarray, batch: int = 64) -> np.ndarray:
     out = [session.run(None, {name: x[i:i + batch].astype(np.float32) / 255.0})[0][:, 0]
            for i in range(0, len(x), batch)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def _rate(hits: list[np.ndarray]) -> str:
-    h = np.concatenate(hits) if hits else np.zeros(0, bool)
-    if not h.size:
-        return "–"
-    groups = np.concatenate([np.full(len(x), i) for i, x in enumerate(hits)])
-    lo, hi = clustered_rate_ci(h, groups)
-    return f"{h.mean():.3f} [{lo:.3f}–{hi:.3f}] ({int(h.sum())}/{h.size})"
 
 
 def main() -> None:
@@ -85,7 +77,7 @@ def main() -> None:
         found = [p[y] >= t for p, y, pos in zip(probs, labels, positive) if pos]
         normal = [p >= t for p, pos in zip(probs, positive) if not pos]
         other = [p[~y] >= t for p, y, pos in zip(probs, labels, positive) if pos]
-        print(f"{what:>22} | {_rate(found):>30} | {_rate(normal):>30} | {_rate(other):>37}")
+        print(f"{what:>22} | {slice_rate(found):>30} | {slice_rate(normal):>30} | {slice_rate(other):>37}")
     print("(rates with 95 % CIs that resample whole series)")
     if args.write:
         manifest["decision"]["slice_threshold"] = cut

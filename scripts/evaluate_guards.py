@@ -62,6 +62,7 @@ def main() -> None:
                                  support_threshold=man.decision.threshold)
             dom = series_domain(man.domain, feats)
             truth = ph.slice_labels[order]
+            lead = evidence_lead(ev, probabilities)
             rows.append({"seed": seed, "bleed": ph.finding is not None, "type": ph.details.get("bleed_type"),
                          "volume_ml": ph.details.get("volume_ml"), "thickness_mm": thickness,
                          "kernel": ph.details.get("kernel"),
@@ -71,8 +72,7 @@ def main() -> None:
                          # slice (B), the evidence slice the model scores highest (C: evidence_lead)
                          "lead_on_bleed": bool(truth[ev.slices[0]]) if ev.present and ev.slices else None,
                          "top_on_bleed": bool(truth[d.key_slices[0]["index"]]) if d.key_slices else None,
-                         "lead_c_on_bleed": (None if evidence_lead(ev, probabilities) is None
-                                             else bool(truth[evidence_lead(ev, probabilities)]))})
+                         "lead_c_on_bleed": None if lead is None else bool(truth[lead])})
             echo(json.dumps(rows[-1]))
             bar.update()
     bar.close()

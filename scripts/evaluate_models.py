@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 
-from _training import EVAL_SEED0, VAL_SEED0, auc, choose_decision, top_k_mean  # noqa: E402
+from _training import EVAL_SEED0, VAL_SEED0, auc, choose_decision, slice_rate, top_k_mean  # noqa: E402
 from edge_agent.phantoms import BLEED_TYPES, NODULE_TYPES, chest_phantom, head_phantom, write_phantom  # noqa: E402
 from edge_agent.preprocess import PreprocessSpec, prepare_volume  # noqa: E402
 from edge_agent.progress import track  # noqa: E402 - a bar on stderr when it is a terminal
@@ -295,17 +295,6 @@ def _by_area(slice_p: np.ndarray, slice_y: np.ndarray, area: np.ndarray, thresho
     return " / ".join(out)
 
 
-def _slice_rate(hits: list[np.ndarray]) -> str:
-    """The fraction of slices called over several series, with a 95 % CI that resamples whole series."""
-    from edge_agent.validation.metrics import clustered_rate_ci
-
-    h = np.concatenate(hits) if hits else np.zeros(0, bool)
-    if not h.size:
-        return "–"
-    lo, hi = clustered_rate_ci(h, np.concatenate([np.full(len(x), i) for i, x in enumerate(hits)]))
-    return f"{h.mean():.3f} [{lo:.3f}, {hi:.3f}] ({int(h.sum())}/{h.size})"
-
-
 def _series_score(probs: np.ndarray, dec: dict) -> float:
     return top_k_mean(probs, int(dec.get("k", 1))) if dec["rule"] == "top_k_mean" else float(np.max(probs))
 
@@ -425,13 +414,13 @@ def compare_ich(folders: list[Path], labels: list[str], n_series: int, n_conf: i
                 _by_area(slice_p, slice_y, slice_area, dec["threshold"]),
             "slice threshold (decision.slice_threshold, else the threshold)": f"{cut:g}",
             "bleed slices called positive (p ≥ slice threshold) [95 % CI, series resampled]":
-                _slice_rate([p[l] >= cut for p, l in srows if l.any()]),
+                slice_rate([p[l] >= cut for p, l in srows if l.any()]),
             "bleed slices called positive at the slice threshold, by cross-section (8–50 / 50–200 / ≥ 200 mm²)":
                 _by_area(slice_p, slice_y, slice_area, cut),
             "slices of normal heads called positive (p ≥ slice threshold)":
-                _slice_rate([r[0][mi] >= cut for r in main if r[2] is None]),
+                slice_rate([r[0][mi] >= cut for r in main if r[2] is None]),
             "non-bleed slices of bleed series called positive (p ≥ slice threshold)":
-                _slice_rate([r[0][mi][~r[1]] >= cut for r in main if r[2] is not None]),
+                slice_rate([r[0][mi][~r[1]] >= cut for r in main if r[2] is not None]),
             "median slice p, normal heads": f"{np.median(neg_slice):.3f}",
         }
         for g, (gname, _how) in enumerate(CONFOUNDER_GROUPS):
@@ -577,9 +566,9 @@ def compare_lung(folders: list[Path], labels: list[str], n_series: int, n_conf: 
         rows_by[mi]["top slice on a nodule slice"] = f"{sum(top_on_label)}/{len(top_on_label)}"
         rows_by[mi]["slice threshold (decision.slice_threshold, else the threshold)"] = f"{cut:g}"
         rows_by[mi]["nodule slices called positive (p ≥ slice threshold) [95 % CI, series resampled]"] = \
-            _slice_rate([p[l] >= cut for p, l in srows if l.any()])
+            slice_rate([p[l] >= cut for p, l in srows if l.any()])
         rows_by[mi]["slices of clear chests called positive (p ≥ slice threshold)"] = \
-            _slice_rate([r[0][mi] >= cut for r in main if r[2] is None])
+            slice_rate([r[0][mi] >= cut for r in main if r[2] is None])
         rows_by[mi]["median slice p, clear chests"] = f"{np.median(neg_slice):.3f}"
         for g, (gname, _how) in enumerate(CHEST_CONFOUNDER_GROUPS):
             al = [_alerts(p[mi], dec) for p in conf[g]]

@@ -200,8 +200,7 @@ def finding_entry(manifest: Any, index: int, decision: Decision, *, preliminary:
 
     ``slice_threshold``: the per-slice operating point (``decision.slice_threshold``, else the series
     threshold); each key slice says whether it is ``positive`` there, and ``slices_positive`` counts the
-    series' slices at or above it (given the slice scores: ``column``, or ``slice_probabilities`` when they
-    are printed too).
+    series' slices at or above it (given the finding's slice scores, ``column``).
     """
     spec = manifest.findings[index]
     cut = manifest.decision.slice_cut
@@ -218,9 +217,8 @@ def finding_entry(manifest: Any, index: int, decision: Decision, *, preliminary:
         "model_version": manifest.version,
         "key_slices": decision.key_slices,
     }
-    if slice_probabilities is not None or column is not None:
-        scores = np.asarray(column if column is not None else slice_probabilities, dtype=np.float64)
-        entry["slices_positive"] = int(np.count_nonzero(scores >= cut))
+    if column is not None:
+        entry["slices_positive"] = int(np.count_nonzero(np.asarray(column, dtype=np.float64) >= cut))
     if evidence is not None:
         entry["evidence"] = evidence.to_dict()
     if slice_probabilities is not None:
@@ -302,7 +300,7 @@ def _plugin_outcome(manifest: Any, slices: Sequence[ScoredSlice], *, backend: st
         outcome.decisions.append(decision)
         entry = finding_entry(manifest, index, decision, preliminary=False,
                               slice_probabilities=column if slice_probabilities else None)
-        for key in ("threshold", "slice_threshold", "slices_positive"):
+        for key in ("threshold", "slice_threshold"):
             entry.pop(key, None)  # a measurement, not a probability threshold
         entry.update(m.fields)
         entry.update(method=spec.name, alert=alert, alert_at=spec.alert_at)

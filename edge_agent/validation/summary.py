@@ -59,12 +59,12 @@ def slice_operating(scores, labels, groups, threshold: float) -> dict:
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
     called = s >= threshold
-    out: dict = {"threshold": _r(threshold, 6)}
-    for name, part, hits in (("sensitivity", y, called), ("specificity", ~y, ~called)):
-        out[name] = _r(float(hits[part].mean())) if part.any() else None
-        out[f"{name}_ci"] = _r(metrics.clustered_rate_ci(hits[part], groups[part])) if part.any() else None
-    out["counts"] = {"tp": int(np.sum(called & y)), "fn": int(np.sum(~called & y)),
-                     "tn": int(np.sum(~called & ~y)), "fp": int(np.sum(called & ~y))}
+    op = metrics.operating_point(s, y, threshold)
+    out: dict = {"threshold": _r(threshold, 6), "sensitivity": _r(op.sensitivity),
+                 "sensitivity_ci": _r(metrics.clustered_rate_ci(called[y], groups[y])) if y.any() else None,
+                 "specificity": _r(op.specificity),
+                 "specificity_ci": _r(metrics.clustered_rate_ci(~called[~y], groups[~y])) if (~y).any() else None,
+                 "counts": {"tp": op.tp, "fn": op.fn, "tn": op.tn, "fp": op.fp}}
     return out
 
 
@@ -87,16 +87,18 @@ def _suggestion(scores, y, max_fa: float) -> dict:
     return out
 
 
-def _slice_suggestion(scores, labels, groups, max_per_100: float, series_threshold: float) -> dict:
+def _slice_suggestion(series_scores, series_labels, max_per_100: float, series_threshold: float) -> dict:
     """The lowest slice threshold that calls at most ``max_per_100`` of 100 slices of the series without a
     positive slice (the slices of a positive series outside the finding are left out, as the training
-    scripts choose it), never above the series threshold; its slice sensitivity. A suggestion, never applied."""
-    s, y, g = np.asarray(scores, np.float64), np.asarray(labels, bool), np.asarray(groups)
-    negative_series = ~np.isin(g, np.unique(g[y]))
+    scripts choose it), never above the series threshold; its slice sensitivity. A suggestion, never applied.
+    One array of slice scores and one of slice labels per series."""
+    positive = [bool(np.asarray(lab, bool).any()) for lab in series_labels]
+    s = np.concatenate([np.asarray(x, np.float64) for x in series_scores])
+    y = np.concatenate([np.asarray(lab, bool) for lab in series_labels])
+    g = np.concatenate([np.full(len(x), i) for i, x in enumerate(series_scores)])
+    negative_series = np.concatenate([np.full(len(x), not pos) for x, pos in zip(series_scores, positive)])
     out: dict = {"max_false_slices_per_100": max_per_100, "applied": False}
-    ids = np.unique(g)
-    t = metrics.slice_threshold_for_false_slices([s[g == i] for i in ids], [y[g == i] for i in ids],
-                                                 [bool(y[g == i].any()) for i in ids], max_per_100)
+    t = metrics.slice_threshold_for_false_slices(series_scores, series_labels, positive, max_per_100)
     if t is None:
         out.update(threshold=None, note="needs labelled positive slices and series with no positive slice")
         return out
@@ -172,8 +174,9 @@ def summarise(target: Target, *, max_false_alarms: float | None = None, what_if:
             **slice_operating(ss, sl, groups, m.decision.slice_cut),
         }
         if max_false_slices is not None:
-            entry["slice_level"]["suggested_threshold"] = _slice_suggestion(ss, sl, groups, max_false_slices,
-                                                                            m.decision.threshold)
+            entry["slice_level"]["suggested_threshold"] = _slice_suggestion(
+                [c.slice_scores for c in with_slices], [c.slice_labels for c in with_slices], max_false_slices,
+                m.decision.threshold)
     else:
         entry["slice_level"] = None
     if max_false_alarms is not None:

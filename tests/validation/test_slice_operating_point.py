@@ -56,8 +56,7 @@ def test_validate_suggests_a_slice_threshold_from_the_series_without_a_positive_
 
     probs, labels, _ = _series(seed)
     s, y = np.concatenate(probs), np.concatenate(labels)
-    g = np.concatenate([np.full(len(p), i) for i, p in enumerate(probs)])
-    out = _slice_suggestion(s, y, g, per_100, series_threshold=1.0)
+    out = _slice_suggestion(probs, labels, per_100, series_threshold=1.0)
     normal = np.concatenate([p for p, lab in zip(probs, labels) if not lab.any()])   # by hand
     t = out["threshold"]
     assert out["applied"] is False and "flatter" in out["note"]
@@ -65,7 +64,7 @@ def test_validate_suggests_a_slice_threshold_from_the_series_without_a_positive_
     assert out["false_slices_per_100"] == pytest.approx(100 * np.mean(normal >= t), abs=0.01)
     assert out["sensitivity"] == pytest.approx(np.mean(s[y] >= t), abs=1e-4)
     assert out["sensitivity_ci"][0] <= out["sensitivity"] <= out["sensitivity_ci"][1]
-    capped = _slice_suggestion(s, y, g, 0.0, series_threshold=0.3)
+    capped = _slice_suggestion(probs, labels, 0.0, series_threshold=0.3)
     assert capped["threshold"] <= 0.3 and "capped" in capped["note"]
-    none = _slice_suggestion(s, np.zeros_like(y), g, per_100, series_threshold=1.0)
+    none = _slice_suggestion(probs, [np.zeros_like(lab) for lab in labels], per_100, series_threshold=1.0)
     assert none["threshold"] is None and "needs" in none["note"]
