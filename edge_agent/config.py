@@ -72,7 +72,9 @@ class IngestSection:
 
 @dataclass
 class SeriesSection:
-    settle: float = _f(5.0, "Quiet period (s) after a series' last slice before its result is final.")
+    settle: float = _f(5.0, "Quiet period (s) after the scanner wrote a series' last slice before its result is "
+                            "final; files written before then that are still being read are waited for (at most "
+                            "60 s more).")
     max_open: float = _f(1800.0, "A series still receiving slices after this many seconds is finalised anyway.")
     queue_size: int = _f(256, "Bounded queue of decoded files waiting for inference (backpressure).")
     batch: int = _f(16, "Most slices scored in one inference call.")

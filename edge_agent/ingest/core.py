@@ -81,6 +81,8 @@ class Ingest:
         self._filter: PathFilter | None = None
         self._in_flight = 0  # decodes submitted and not yet judged; owned by ingest-main
         self._resume: deque[Path] = deque()  # filled by start(), drained by ingest-main
+        self._resume_left = 0  # resumed files not yet judged (written by ingest-main, read by oldest_pending)
+        self._started_at = 0.0  # time.monotonic() of start()
         self._run_id = ""
         self._judged: list[Path] = []  # judged since the last end_reading commit; owned by ingest-main
         # A full state disk: decoded files wait here (in order) and nothing new is read until a write works.
@@ -135,6 +137,7 @@ class Ingest:
             self._ledger = self._pool = self._verdicts = None
             raise
         self._resume.extend(self._ledger.resume_paths())  # handed out by ingest-main, bounded like the rest
+        self._resume_left, self._started_at = len(self._resume), time.monotonic()
         if self._resume:
             log.info("resuming %d files of series that were not finished", len(self._resume))
         for name, target in (("ingest-main", self._run), ("ingest-rescan", self._rescan_loop)):
@@ -210,6 +213,19 @@ class Ingest:
         gone = [p for p in known if not os.path.lexists(p)]
         if gone:
             ledger.mark_gone(gone)
+
+    def oldest_pending(self) -> float | None:
+        """``time.monotonic()`` when the oldest file this ingest has seen but not yet handed over last changed
+        (resumed files: when the ingest started), or None when every file seen is handed over.
+
+        The pipeline does not decide a series that went quiet after that moment: the file may be one of its
+        slices, still waiting to be stable, decoded or judged behind a burst (see SeriesPipeline). Files
+        retried after a failed read are left out. Safe from any thread.
+        """
+        oldest = self._tracker.oldest_change()
+        if self._resume_left > 0:
+            oldest = self._started_at if oldest is None else min(oldest, self._started_at)
+        return oldest
 
     def stats(self) -> dict[str, int]:
         """Counters since this object was created, and the current backlog.
@@ -290,6 +306,8 @@ class Ingest:
             while item is not None or not self._results.empty():
                 if item is not None and not self._stop.is_set():
                     self._in_flight -= 1
+                    if item.cand is None:
+                        self._resume_left -= 1
                     if self._paused_since is None:
                         self._judge(item)
                     else:

@@ -121,6 +121,13 @@ class StableTracker:
             decoding = sum(1 for c in self._pending.values() if c.in_flight)
             return len(self._pending) - decoding, decoding
 
+    def oldest_change(self) -> float | None:
+        """``time.monotonic()`` of the oldest last change among the files not yet handed over — waiting to
+        be stable, decoding, or decoded and waiting to be judged; files retried after a failed read are left
+        out (they may never become images) — or None when there are none."""
+        with self._lock:
+            return min((c.changed_at for c in self._pending.values() if not c.failures), default=None)
+
     def touch(self, path: Path, *, closed: bool = False, st: os.stat_result | None = None) -> None:
         """Note that ``path`` appeared or changed (an event or a rescan)."""
         if st is None:

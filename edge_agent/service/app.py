@@ -220,7 +220,8 @@ class Agent:
             self._load_models, state / "series.sqlite3", _Outputs(self), site=cfg.agent.site,
             device=cfg.agent.device, settle=cfg.series.settle, max_open=cfg.series.max_open,
             queue_size=cfg.series.queue_size, batch=cfg.series.batch, heartbeat=self.heartbeats.beat,
-            mode_for=self._mode_for, study_header=study_header, previews=self._preview_settings())
+            mode_for=self._mode_for, study_header=study_header, previews=self._preview_settings(),
+            backlog=self._ingest_backlog)
         self.pipeline.start()
         self._started.append(("pipeline", self.pipeline))
 
@@ -317,6 +318,11 @@ class Agent:
         # "decode": from the scanner's last write to the file decoded and claimed (stable wait included)
         self.metrics.observe("decode", max(0.0, item.complete_at - (item.written_at or item.received_at)))
         self.pipeline.submit(item)
+
+    def _ingest_backlog(self) -> float | None:
+        """The pipeline's view of the files still in the ingest (Ingest.oldest_pending); None before it runs."""
+        ingest = self.ingest
+        return ingest.oldest_pending() if ingest is not None else None
 
     def _on_rejected(self, path, reason: str) -> None:
         self.tally.add("quarantined")

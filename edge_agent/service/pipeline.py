@@ -50,6 +50,9 @@ log = logging.getLogger(PIPELINE_LOG)  # == __name__; the parts it runs log here
 
 #: Final series (scores, alert revisions) are kept this long for reopening by late or resent slices.
 SERIES_MEMORY_S = 7 * 24 * 3600
+#: A quiet series waits at most this long (after its settle) for files written before it went quiet that the
+#: ingest has not handed over yet; then it is decided, and any of its slices among them reopens it.
+BACKLOG_WAIT_S = 60.0
 
 
 class Outputs(Protocol):
@@ -72,7 +75,8 @@ class SeriesPipeline:
     def __init__(self, load_models: Callable[[], Any], store_path, outputs: Outputs, *, site: str, device: str,
                  settle: float = 5.0, max_open: float = 1800.0, queue_size: int = 256, batch: int = 16,
                  heartbeat: Callable[[str], None] | None = None, mode_for: Callable[[str], str] | None = None,
-                 study_header: Callable[[str], Any] | None = None, previews: Any = None):
+                 study_header: Callable[[str], Any] | None = None, previews: Any = None,
+                 backlog: Callable[[], float | None] | None = None, backlog_wait: float = BACKLOG_WAIT_S):
         self._load_models = load_models
         self._store_path = store_path
         self.outputs = outputs
@@ -90,6 +94,11 @@ class SeriesPipeline:
         # PreviewSettings: every alert revision gets a key-image preview (outputs.publish_preview); None: none
         self.previews = previews if hasattr(outputs, "publish_preview") else None
         self._held: list = []  # files of a batch that met a full disk, retried first
+        # Files on their way: ``backlog()`` is the ingest's oldest file not yet handed over (Ingest.oldest_pending,
+        # monotonic; None: none), ``_queued`` counts each series' files in this queue (submit adds, _take takes).
+        self._backlog, self.backlog_wait = backlog, backlog_wait
+        self._queued: dict[str, int] = {}
+        self._queued_lock = threading.Lock()
         self._paused_until = 0.0  # monotonic; 0: not paused
         self.models = None
         self.store: SeriesStore | None = None
@@ -114,13 +123,23 @@ class SeriesPipeline:
 
     def submit(self, item, timeout: float | None = None) -> None:
         """Queue one decoded file (an ``IngestedFile``); blocks while the queue is full."""
+        self._count_queued(item.series_instance_uid, 1)  # before it is in the queue: never in neither
         while True:
             try:
                 self._queue.put(item, timeout=0.5 if timeout is None else timeout)
                 return
             except queue.Full:
                 if timeout is not None or self._stop.is_set():
+                    self._count_queued(item.series_instance_uid, -1)
                     raise
+
+    def _count_queued(self, uid: str, n: int) -> None:
+        with self._queued_lock:
+            left = self._queued.get(uid, 0) + n
+            if left > 0:
+                self._queued[uid] = left
+            else:
+                self._queued.pop(uid, None)
 
     def threads(self) -> list[threading.Thread]:
         """The long-lived threads this part runs (the agent supervises them)."""
@@ -206,7 +225,8 @@ class SeriesPipeline:
         if not self._open:
             return 0.1
         now = time.monotonic()
-        due = min(min(s.last_arrival + self.settle, s.opened + self.max_open) for s in self._open.values())
+        due = min(max(min(s.last_arrival + self.settle, s.opened + self.max_open), s.retry_at)
+                  for s in self._open.values())
         return min(0.1, max(0.001, due - now))
 
     def _pause(self, exc: BaseException) -> None:
@@ -234,6 +254,8 @@ class SeriesPipeline:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+        for item in items:
+            self._count_queued(item.series_instance_uid, -1)
         return items
 
     def _process(self, items: list) -> None:
@@ -378,6 +400,8 @@ class SeriesPipeline:
             if not due or now < series.retry_at or (self._held and any(f.series_instance_uid == uid
                                                                         for f in self._held)):
                 continue
+            if self._files_on_the_way(series, now):
+                continue
             try:
                 t0 = time.perf_counter()
                 self._finalise(series)
@@ -390,6 +414,42 @@ class SeriesPipeline:
                 log.exception("series %s: final decision failed: %s", uid, exc)
                 self._fail(series, exc)
             self._close(uid)
+
+    def _files_on_the_way(self, series: OpenSeries, now: float) -> bool:
+        """True while files that may be this quiet series' slices are still on their way: decide after them.
+
+        "Quiet" means the scanner wrote nothing for ``settle`` seconds, not that nothing reached this thread:
+        behind a burst (a loaded Jetson, a thin series of a thousand slices) files the scanner wrote long ago
+        still wait in this queue or in the ingest (stable wait, decode, ledger). Deciding before them would
+        send a result, a KOS and perhaps a retraction from part of the series, then reopen it. So a due series
+        waits while files of it are in this queue, and while the ingest holds a file that last changed before
+        the series went quiet (its series unknown until decoded) — at most ``backlog_wait`` seconds, then it
+        is decided anyway (a stuck file must not hold every decision) and a late slice reopens it. A series
+        open for ``max_open`` never waits.
+        """
+        if now - series.opened >= self.max_open:
+            return False
+        with self._queued_lock:
+            if self._queued.get(series.series_instance_uid):
+                return True
+        if self._backlog is None:
+            return False
+        quiet_at = series.last_arrival + self.settle
+        try:
+            oldest = self._backlog()
+        except Exception as exc:  # noqa: BLE001 - a broken hint must not hold the decision
+            log.warning("series %s: the ingest backlog could not be read (%s); deciding now",
+                        series.series_instance_uid, exc)
+            return False
+        if oldest is None or oldest >= quiet_at:
+            return False
+        if now - quiet_at >= self.backlog_wait:
+            log.warning("series %s: deciding it although the ingest still holds files written %.0f s before it "
+                        "went quiet; any of its slices among them reopen it", series.series_instance_uid,
+                        quiet_at - oldest)
+            return False
+        series.retry_at = now + min(0.1, self.settle / 4)  # look again soon, without spinning
+        return True
 
     def _fail(self, series: OpenSeries, exc: BaseException) -> None:
         """Publish a ``rejected`` result naming the error; if even that fails, log it (never raise)."""
