@@ -154,17 +154,22 @@ def decide(
             raise DecisionError(f"{name} has {len(seq)} entries but there are {p.size} slice probabilities.")
     prob = series_probability(p, rule)
     order = np.argsort(-p, kind="stable")[: rule.key_slices]
-    keys = [
-        {
-            "index": int(i),
-            "sop_instance_uid": None if sop_instance_uids is None else str(sop_instance_uids[i]),
-            "position_mm": None if positions_mm is None else round(float(positions_mm[i]), 3),
-            "probability": round(float(p[i]), 6),
-            "positive": bool(p[i] >= rule.slice_cut),
-        }
-        for i in order
-    ]
+    keys = [key_slice(int(i), float(p[i]), None if positions_mm is None else positions_mm[i],
+                      None if sop_instance_uids is None else sop_instance_uids[i], rule.slice_cut) for i in order]
     return Decision(probability=prob, positive=bool(p.size > 0 and prob >= rule.threshold), key_slices=keys)
+
+
+def key_slice(index: int, probability: float, position_mm: float | None, sop_instance_uid: str | None,
+              slice_cut: float) -> dict:
+    """One key slice as a decision lists it: where it is, what the model scores it, whether it is called
+    ``positive`` (its probability ≥ ``slice_cut``, the rule's :attr:`DecisionRule.slice_cut`)."""
+    return {
+        "index": int(index),
+        "sop_instance_uid": None if sop_instance_uid is None else str(sop_instance_uid),
+        "position_mm": None if position_mm is None else round(float(position_mm), 3),
+        "probability": round(float(probability), 6),
+        "positive": bool(probability >= slice_cut),
+    }
 
 
 def preliminary_met(probabilities_so_far: np.ndarray, rule: DecisionRule) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from edge_agent.decision.rules import Decision, decide, preliminary_met, series_probability
+from edge_agent.decision.rules import Decision, decide, key_slice, preliminary_met, series_probability
 
 STATUSES = ("analysed", "skipped", "rejected", "not_assessable", "failed")
 
@@ -182,10 +182,8 @@ def _with_evidence(decision: Decision, evidence: Any, slices: Sequence[ScoredSli
     best = evidence_lead(evidence, [s.probabilities[index] for s in slices])
     if best is not None:
         if all(k["index"] != best for k in keys[:1]):
-            lead = {"index": best, "sop_instance_uid": slices[best].sop_instance_uid,
-                    "position_mm": None if slices[best].position_mm is None else round(float(slices[best].position_mm), 3),
-                    "probability": round(float(slices[best].probabilities[index]), 6),
-                    "positive": bool(slices[best].probabilities[index] >= slice_cut)}
+            lead = key_slice(best, float(slices[best].probabilities[index]), slices[best].position_mm,
+                             slices[best].sop_instance_uid, slice_cut)
             keys = [lead] + [k for k in keys if k["index"] != best]
             keys = keys[:max(keep, 1)]
         regions = getattr(evidence, "regions", None) or {}

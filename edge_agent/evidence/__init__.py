@@ -78,7 +78,7 @@ class EvidenceSpec:
     # both
     # with the model's slice probabilities: the evidence counts only on or within this many slices of a slice
     # the model scores at or above its decision threshold (the HU and the model must agree on where)
-    model_slices: float = 1.0
+    model_slices: int = 1
     smoothing_mm: float = 1.0
     grid_mm: float | None = None   # analysis grid (mm); None: 1.25 for heads, 1.5 for chests
 
@@ -177,7 +177,7 @@ def _parse(cls, d: dict | None, block: str):
         if key not in _SIGNED and key not in _FRACTIONS and key != "model_slices" and not key.endswith("_hu") \
                 and v <= 0:
             raise EvidenceError(f"The manifest's '{block}.{key}' must be positive, not {value!r}.")
-        values[key] = v
+        values[key] = int(v) if key == "model_slices" else v
     return cls(kind=kind, **values)
 
 
@@ -278,7 +278,7 @@ def series_evidence(spec: EvidenceSpec, features: list[dict], positions_mm: list
         p = np.asarray(support, dtype=float)
         if len(p) != len(features):
             raise ValueError("series_evidence needs one support probability per slice feature dict")
-        gap = int(spec.model_slices)
+        gap = spec.model_slices
         hot = np.flatnonzero(p >= float(support_threshold))
         near = {int(k) for h in hot for k in range(h - gap, h + gap + 1) if 0 <= k < len(features)}
     fn = ich_series if spec.kind == "ich_blood" else lung_series

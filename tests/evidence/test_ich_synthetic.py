@@ -258,6 +258,7 @@ def test_evidence_must_lie_where_the_model_finds_the_bleed():
 def test_model_slices_must_be_a_whole_number_of_slices():
     assert parse_evidence({"kind": "ich_blood", "model_slices": 0}).model_slices == 0
     assert parse_evidence({"kind": "lung_blob", "model_slices": 2}).model_slices == 2
+    assert type(parse_evidence({"kind": "ich_blood", "model_slices": 2.0}).model_slices) is int   # a count
     for bad in (-1, 1.5):
         with pytest.raises(EvidenceError, match="model_slices"):
             parse_evidence({"kind": "ich_blood", "model_slices": bad})
