@@ -9,30 +9,51 @@ the tiny real ONNX model; the lag is made by slowing the model or the decoder (f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 import numpy as np
-import pytest
 
 from edge_agent.dicom.synth import SeriesHeaders, write_series
 from edge_agent.inference.models import ModelSet
 from edge_agent.ingest import Ingest, IngestSettings
 from edge_agent.ingest.decode import Decoder
 from edge_agent.service.pipeline import SeriesPipeline
-from edge_agent.testing.models import write_model_folder
 from edge_agent.testing.outputs import RecordingOutputs, ingested_file
 from edge_agent.testing.wait import wait
+from test_pipeline import engines  # noqa: F401 (the tiny ICH model folder, a fixture)
 
 SETTLE = 0.4
 
 
-@pytest.fixture
-def engines(tmp_path):
-    root = tmp_path / "engines"
-    write_model_folder(root / "tiny_ich", decision={
-        "rule": "top_k_mean", "k": 2, "threshold": 0.9, "preliminary": {"min_slices": 1, "threshold": 0.6}})
-    return root
+def slow_decoder(monkeypatch, seconds=0.5):
+    """Fault injection: a decoder that takes ``seconds`` a file (a compressed burst on a busy Jetson)."""
+    real_read = Decoder.read
+
+    def read(self, path):
+        time.sleep(seconds)
+        return real_read(self, path)
+
+    monkeypatch.setattr(Decoder, "read", read)
+
+
+@contextlib.contextmanager
+def slow_ingest(engines, tmp_path, monkeypatch, out, *, tell_pipeline: bool):
+    """The real ingest (one worker, a slow decoder) feeding a pipeline; yields (watch folder, ingest)."""
+    slow_decoder(monkeypatch)
+    watch, state = tmp_path / "watch", tmp_path / "state"
+    watch.mkdir()
+    ingest = Ingest(IngestSettings(watch_dir=watch, state_dir=state, stable_seconds=0.1, retry_timeout=5.0,
+                                   poll_interval=0.1, workers=1, decode_processes=False),
+                    on_file=lambda item: pipeline.submit(item))
+    pipeline = pipeline_for(engines, tmp_path, out, **({"backlog": ingest.oldest_pending} if tell_pipeline else {}))
+    ingest.start()
+    try:
+        yield watch, ingest
+    finally:
+        ingest.stop()
+        pipeline.stop()
 
 
 def write_head(folder, values_hu):
@@ -81,57 +102,23 @@ def test_a_series_is_not_decided_while_its_files_wait_in_the_pipeline_queue(engi
 
 def test_a_series_waits_for_its_files_still_in_the_ingest(engines, tmp_path, monkeypatch):
     """Decoding lags (one worker, 0.5 s a file, settle 0.4 s): the real ingest holds the rest of the series."""
-    real_read = Decoder.read
-
-    def read(self, path):  # fault injection: a slow decoder (a compressed burst on a busy Jetson)
-        time.sleep(0.5)
-        return real_read(self, path)
-
-    monkeypatch.setattr(Decoder, "read", read)
-    watch, state = tmp_path / "watch", tmp_path / "state"
-    watch.mkdir()
     out = RecordingOutputs()
-    ingest = Ingest(IngestSettings(watch_dir=watch, state_dir=state, stable_seconds=0.1, retry_timeout=5.0,
-                                   poll_interval=0.1, workers=1, decode_processes=False),
-                    on_file=lambda item: pipeline.submit(item))
-    pipeline = pipeline_for(engines, tmp_path, out, backlog=ingest.oldest_pending)
-    ingest.start()
-    try:
+    with slow_ingest(engines, tmp_path, monkeypatch, out, tell_pipeline=True) as (watch, ingest):
         headers, paths = write_head(watch / "s", [30, 30, 30, 30, 70, 70, 30, 30])
         results = settled(out)
         assert [r["slices"] for r in results] == [8]
         assert results[0]["findings"][0]["positive"] is True
         assert out.done == [headers.series_instance_uid]
         assert ingest.oldest_pending() is None                    # nothing left on its way
-    finally:
-        ingest.stop()
-        pipeline.stop()
 
 
 def test_without_the_backlog_the_same_lag_decides_early(engines, tmp_path, monkeypatch):
     """The control for the test above: the same slow decoder, the pipeline not told of the ingest backlog."""
-    real_read = Decoder.read
-
-    def read(self, path):
-        time.sleep(0.5)
-        return real_read(self, path)
-
-    monkeypatch.setattr(Decoder, "read", read)
-    watch, state = tmp_path / "watch", tmp_path / "state"
-    watch.mkdir()
     out = RecordingOutputs()
-    ingest = Ingest(IngestSettings(watch_dir=watch, state_dir=state, stable_seconds=0.1, retry_timeout=5.0,
-                                   poll_interval=0.1, workers=1, decode_processes=False),
-                    on_file=lambda item: pipeline.submit(item))
-    pipeline = pipeline_for(engines, tmp_path, out)
-    ingest.start()
-    try:
+    with slow_ingest(engines, tmp_path, monkeypatch, out, tell_pipeline=False) as (watch, _):
         write_head(watch / "s", [30, 30, 30, 30, 70, 70, 30, 30])
         wait(lambda: out.results and out.results[-1]["slices"] == 8, timeout=60)
         assert len(out.results) > 1                                # decided from part of it, then reopened
-    finally:
-        ingest.stop()
-        pipeline.stop()
 
 
 def test_a_file_stuck_in_the_ingest_holds_a_decision_only_so_long(engines, tmp_path, caplog):
@@ -173,13 +160,7 @@ def test_the_agent_holds_a_quiet_series_for_the_files_its_ingest_still_reads(tmp
     from edge_agent.service.app import Agent
     from edge_agent.service.demo import demo_config
 
-    real_read = Decoder.read
-
-    def read(self, path):  # fault injection: a slow decoder
-        time.sleep(0.5)
-        return real_read(self, path)
-
-    monkeypatch.setattr(Decoder, "read", read)
+    slow_decoder(monkeypatch)
     cfg = demo_config(tmp_path, settle=SETTLE)
     cfg.ingest.workers = 1
     (tmp_path / "incoming").mkdir()
