@@ -9,6 +9,14 @@ import numpy as np
 from edge_agent.evidence._grid import lps_box, series_spacing
 from edge_agent.evidence.chest import in_lung
 
+#: Where the evidence is looked for when the decider passes ``near`` (the slices the model calls, ± a gap).
+NEAR_MODEL = "on or beside the slices the model scores at or above its threshold"
+
+
+def _away(near: set[int] | None, slices) -> bool:
+    """Does a candidate on ``slices`` lie away from every slice in ``near`` (None: look everywhere)?"""
+    return near is not None and not near.intersection(slices)
+
 
 # --------------------------------------------------------------------------- ICH blood
 
@@ -65,14 +73,14 @@ def ich_series(spec, features, positions_mm, thickness, image_positions, orienta
     for members in clusters.values():
         ks = sorted({comps[i][0] for i in members})
         vol = sum(comps[i][1][0] for i in members) * spacing / 1000.0
-        if near is not None and not near.intersection(ks):
+        if _away(near, ks):
             elsewhere = max(elsewhere, vol)   # blood-dense, but not where the model finds anything
             continue
         if best is None or vol > best[0]:
             best = (vol, members, len(ks))
     if best is None:
         where = ("the model scores no slice at or above its threshold" if not near else
-                 "none of it on or beside the slices the model scores at or above its threshold")
+                 f"none of it {NEAR_MODEL}")
         return Evidence(False, f"{elsewhere:.2f} mL of acute-blood density inside the skull at most, {where}",
                         [], 0.0, None, None)
     vol, members, nslices = best
@@ -173,7 +181,7 @@ def lung_series(spec, features, positions_mm, thickness, image_positions, orient
         dmax = max(c["d"] for c in chain)
         if dmax < spec.min_diameter_mm:
             continue
-        if near is not None and not near.intersection(c["k"] for c in chain):
+        if _away(near, [c["k"] for c in chain]):
             continue   # not where the model finds anything
         extent = len(chain) * spacing
         drift = math.hypot(chain[0]["x"] - chain[-1]["x"], chain[0]["y"] - chain[-1]["y"])
@@ -208,7 +216,7 @@ def lung_series(spec, features, positions_mm, thickness, image_positions, orient
     if best is None:
         if not seen:
             why = f"no compact solid or ground-glass blob of ≥ {spec.min_diameter_mm:g} mm inside the lungs" + (
-                "" if near is None else " on or beside the slices the model scores at or above its threshold")
+                "" if near is None else f" {NEAR_MODEL}")
         else:
             tubes = sum(1 for s in seen if s[1] or s[2])
             open_ = sum(1 for s in seen if not s[3] and not (s[1] or s[2]))

@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.engines import ENGINES_DIR
 from edge_agent.phantoms import chest_phantom, head_phantom
-from edge_agent.preprocess import PreprocessSpec, prepare_slices
+from edge_agent.preprocess import PreprocessSpec, prepare_volume
 
 MODELS = ("ich", "lung_nodule")
 EVAL_SEED0 = 3_000_000
@@ -64,7 +64,8 @@ def test_onnx_graph_has_the_contract_io(name):
 def _series_score(name: str, session, ph) -> float:
     m = _manifest(name)
     spec = PreprocessSpec.from_dict(m["preprocessing"])
-    probs = session.run(["probability"], {"input": prepare_slices(ph.volume_hu, ph.spacing[1:], spec)})[0][:, 0]
+    x = prepare_volume(ph.volume_hu, ph.spacing[1:], spec, ph.slice_positions)  # a 2.5-D model's neighbours too
+    probs = session.run(["probability"], {"input": x})[0][:, 0]
     k = int(m["decision"].get("k", 1))
     return float(np.sort(probs)[::-1][:k].mean())
 
