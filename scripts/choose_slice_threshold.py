@@ -9,7 +9,10 @@ are called (scripts/_training.choose_slice_threshold). It prints what that costs
 the series threshold; ``--write`` puts it into the manifest (the model file and its sha256 are unchanged).
 Report its effect on fresh seeds (scripts/evaluate_models.py), never on these.
 
-    .venv/bin/python scripts/choose_slice_threshold.py --model ich [--val 40] [--write]
+    .venv/bin/python scripts/choose_slice_threshold.py --model ich [--val 40] [--write] [--folder DIR]
+
+``--folder``: a candidate's model folder instead of engines/<name> (a 2.5-D lung candidate's validation
+series are rendered with its neighbour context, as its training script renders them).
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ from _training import (  # noqa: E402
 from edge_agent.progress import track  # noqa: E402
 
 
-def _task(name: str):
+def _task(name: str, manifest: dict):
     if name == "ich":
         from train_ich import TASK
     else:
-        from train_lung_nodule import TASK
+        from train_lung_nodule import TASK, _use_spec, spec_for
+
+        context = manifest.get("preprocessing", {}).get("context") or {}
+        _use_spec(spec_for(float(context.get("offset_mm", 0.0))))
     return TASK
 
 
@@ -51,18 +57,19 @@ def main() -> None:
     ap.add_argument("--max-false-slices", type=float, default=MAX_FALSE_SLICES_PER_100,
                     help="slices of normal validation series allowed at or above it, per 100")
     ap.add_argument("--write", action="store_true", help="write decision.slice_threshold into the manifest")
+    ap.add_argument("--folder", type=Path, help="the model folder (default: engines/<model>)")
     args = ap.parse_args()
 
     import onnxruntime as ort
 
-    folder = ROOT / "engines" / args.model
+    folder = args.folder or ROOT / "engines" / args.model
     manifest = json.loads((folder / "manifest.json").read_text())
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     session = ort.InferenceSession(str(folder / manifest["artefacts"]["onnx"]["path"]), opts,
                                    providers=["CPUExecutionProvider"])
     t0 = time.time()
-    val = build_series(_task(args.model), args.val, VAL_SEED0)
+    val = build_series(_task(args.model, manifest), args.val, VAL_SEED0)
     probs = [_score(session, x) for x, _, _ in track(val, "scoring validation series", "series")]
     labels = [np.asarray(y, bool) for _, y, _ in val]
     positive = np.array([d["finding"] is not None for _, _, d in val])

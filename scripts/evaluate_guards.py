@@ -53,7 +53,7 @@ def main() -> None:
             ph = head_phantom(seed, bleed=None if normal else "random", thickness_mm=thickness)
             order = np.argsort(ph.slice_positions)
             hu, pos, spacing = ph.volume_hu[order], ph.slice_positions[order], (ph.spacing[1], ph.spacing[2])
-            probabilities = model.score_slices(hu, spacing)[:, 0]
+            probabilities = model.score_slices(hu, spacing, positions=pos)[:, 0]
             d = decide(probabilities, man.decision)
             feats = [slice_features(hu[k], spacing, man.evidence, man.domain) for k in range(len(hu))]
             anywhere = series_evidence(man.evidence, feats, list(pos), ph.spacing[0])
@@ -111,7 +111,7 @@ def lung(args) -> None:
             ph = chest_phantom(seed, nodule=None if normal else "random", thickness_mm=thickness)
             order = np.argsort(ph.slice_positions)
             hu, pos, spacing = ph.volume_hu[order], ph.slice_positions[order], (ph.spacing[1], ph.spacing[2])
-            probabilities = model.score_slices(hu, spacing)[:, 0]
+            probabilities = model.score_slices(hu, spacing, positions=pos)[:, 0]
             d = decide(probabilities, man.decision)
             feats = [slice_features(hu[k], spacing, blob, man.domain) for k in range(len(hu))]
             ev = series_evidence(blob, feats, list(pos), ph.spacing[0])

@@ -20,6 +20,21 @@ domain block and applies_to are kept. Without ``--init`` the network starts from
     ... train_lung_nodule.py --context-mm 5 --dense --cases 1500 --steps 3000 --batch 16 --lr 2e-3 --val 30 \
         --out /tmp/lung_v4                               # finding-map network, dense supervision
 
+v2.3.0, shipped 2026-12-07 (docs/MODELS.md, "lung_nodule v2.3.0"): 2.5-D, the v2.2 1-slice network grown to
+5 channels (neighbour weights start at zero); 13 min on an idle 2-core VM (2026-12-07: rendering 800 cases
+353 s, 2000 steps 377 s; 35 min on a busy one). The same seeds and schedule on another machine give a
+slightly different network (PyTorch CPU kernels are not bit-identical across CPUs), so the shipped file's
+sha256 is not reproduced exactly:
+
+    mkdir -p /tmp/lung_220 /tmp/lung25
+    git show ddb63f4:engines/lung_nodule/model.onnx > /tmp/lung_220/model.onnx      # v2.2.0 (sha256 6ebf378d…)
+    git show ddb63f4:engines/lung_nodule/manifest.json > /tmp/lung_220/manifest.json
+    cp /tmp/lung_220/manifest.json /tmp/lung25/
+    EDGE_TRAIN_CACHE=/tmp/lung_train /work/torchvenv/bin/python scripts/train_lung_nodule.py --context-mm 5 \
+        --init /tmp/lung_220/model.onnx --cases 800 --steps 2000 --batch 16 --lr 5e-4 --val 20 \
+        --version 2.3.0 --out /tmp/lung25
+    .venv/bin/python scripts/choose_slice_threshold.py --model lung_nodule --folder /tmp/lung25 --write
+
 Fixed seeds and a budget in optimizer steps (not wall time), so
 a rerun draws the same phantoms and follows the same schedule. Training cases: seeds 1,000,000+;
 validation series (where the decision rule is chosen): seeds 2,000,000+; evaluation
@@ -224,6 +239,28 @@ never seen a real scan; do not use it for patient care or screening.**
 """
 
 
+def card_for(spec: PreprocessSpec) -> str:
+    """The model card: :data:`CARD`, with the input and the limits of a 2.5-D model when ``spec`` has context."""
+    if spec.context is None:
+        return CARD
+    one = ("- Input: `input` (N, 3, 160, 160) float32 — one axial slice resampled to 2.2 mm pixels (352 mm field,\n"
+           "  centre crop/pad), windows [-600, 1500], [40, 400], [-500, 700] HU scaled to [0, 1]\n"
+           "  (`edge_agent.preprocess.prepare_slices` with the manifest's `preprocessing`). Unchanged from v1.")
+    limits = ("- Limits: a per-slice model (a vessel seen end-on looks like a nodule on one slice; 2.5-D input is the\n"
+              "  known next step)")
+    assert one in CARD and limits in CARD, "the 1-slice card changed: edit card_for too"
+    offset = f"{spec.context.offset_mm:g}"
+    return CARD.replace(one, (
+        f"- Input: `input` (N, 5, 160, 160) float32 — 2.5-D: the axial slice resampled to 2.2 mm pixels (352 mm\n"
+        f"  field, centre crop/pad) in windows [-600, 1500], [40, 400], [-500, 700] HU, then the slices {offset} mm\n"
+        f"  below and above it along the slice normal in the lung window [-600, 1500], all scaled to [0, 1]\n"
+        f"  (`preprocessing.context`, docs/MANIFEST.md: the daemon scores a slice once its neighbours are in)."
+    )).replace(limits, (
+        f"- Limits: 2.5-D over ±{offset} mm only (a vessel that runs obliquely through several slices can still\n"
+        f"  look like a nodule)"
+    )).replace("(demo model, v2)", "(demo model, v2, 2.5-D)")
+
+
 class _Progress:
     """A tqdm bar over the optimizer steps on a terminal; silent (the log lines remain) when not a TTY."""
 
@@ -281,7 +318,7 @@ def main() -> None:
     positive = np.array([d["finding"] is not None for _, _, d in val])
     decision = choose_decision(probs, positive, target_specificity=0.97, slice_labels=[labels for _, labels, _ in val])
     log(f"decision {decision}")
-    manifest = export(TASK, model, args.out, decision, args.version, CARD, description=DESCRIPTION)
+    manifest = export(TASK, model, args.out, decision, args.version, card_for(TASK.spec), description=DESCRIPTION)
     log(f"wrote {args.out} (sha256 {manifest['artefacts']['onnx']['sha256'][:12]}…) in {time.time() - t0:.0f} s")
 
 
