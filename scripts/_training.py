@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,13 +269,19 @@ def _lr_at(frac: float, lr: float) -> float:
     return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - 0.1) / 0.9))))
 
 
-def init_from_onnx(model, path: Path) -> None:
+def init_from_onnx(model, path: Path, neighbour_from: Sequence[int] = (), contrast: float = 0.0) -> None:
     """Initialise a :func:`make_model` network from an exported model.onnx of the same architecture.
 
     The exporter folds every BatchNorm into its convolution (weight + bias); the BatchNorms are set to
     the identity (weight 1, running mean 0, running variance 1 - eps) and carry the folded bias, so the
     network computes exactly the exported function while its BatchNorms stay in eval mode
-    (``freeze_bn`` in :func:`train`)."""
+    (``freeze_bn`` in :func:`train`).
+
+    A 2.5-D network grown from a 1-slice one (more input channels than the file's): the neighbour
+    channels start at zero, or, with ``contrast`` > 0, at ``-contrast`` × the weights of the own channel
+    ``neighbour_from[j]`` names for grown channel ``j`` (the same window), so that the first layer starts
+    out seeing the slice minus its neighbours there (a structure that continues is damped, one that ends
+    is not)."""
     import onnx
     import torch
     from onnx import numpy_helper
@@ -294,6 +300,8 @@ def init_from_onnx(model, path: Path) -> None:
                 # neighbours' start at zero, so training starts from exactly the 1-slice model's function
                 grown = torch.zeros_like(conv.weight)
                 grown[:, :weight.shape[1]] = weight
+                for j, own in enumerate(neighbour_from if contrast > 0 else ()):
+                    grown[:, weight.shape[1] + j] = -contrast * weight[:, own]
                 weight = grown
             conv.weight.copy_(weight)
             bn.weight.fill_(1.0)
@@ -307,7 +315,8 @@ def init_from_onnx(model, path: Path) -> None:
 def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 64, lr: float = 3e-3,
           width: int = 16, seed: int = 0, min_positive: float = 0.0, weights: np.ndarray | None = None,
           mine_at: float | None = None, mine_top: float = 0.2, mine_factor: int = 2,
-          init: Path | None = None, progress: Callable[[int, float], None] | None = None,
+          init: Path | None = None, init_contrast: float = 0.0,
+          progress: Callable[[int, float], None] | None = None,
           maps: np.ndarray | None = None, dense_weight: float = 1.0, dense_pos_weight: float = 5.0):
     """Train with AdamW for exactly ``steps`` optimizer steps (warm-up + cosine LR over the steps), so a run
     is reproducible whatever the machine's load. ``min_positive`` oversamples positive slices up to that
@@ -326,8 +335,14 @@ def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 
     rng = np.random.default_rng(seed)
     model = make_model(x.shape[1], width) if maps is None else make_map_model(x.shape[1], width)
     if init is not None:
-        init_from_onnx(model, init)
-        log(f"initialised from {init}")
+        spec = task.spec
+        context = spec.context
+        # grown channels: the windows below, then the same windows above (docs/MANIFEST.md "context")
+        sources = [] if context is None else [spec.windows.index(w) if w in spec.windows else 0
+                                              for w in context.windows] * 2
+        init_from_onnx(model, init, neighbour_from=sources, contrast=init_contrast)
+        log(f"initialised from {init}" + (f" (neighbour channels at -{init_contrast:g} × their own window's)"
+                                          if init_contrast > 0 else ""))
 
     def set_train():
         model.train()

@@ -20,11 +20,11 @@ domain block and applies_to are kept. Without ``--init`` the network starts from
     ... train_lung_nodule.py --context-mm 5 --dense --cases 1500 --steps 3000 --batch 16 --lr 2e-3 --val 30 \
         --out /tmp/lung_v4                               # finding-map network, dense supervision
 
-v2.3.0, shipped 2026-12-07 (docs/MODELS.md, "lung_nodule v2.3.0"): 2.5-D, the v2.2 1-slice network grown to
-5 channels (neighbour weights start at zero); 13 min on an idle 2-core VM (2026-12-07: rendering 800 cases
-353 s, 2000 steps 377 s; 35 min on a busy one). The same seeds and schedule on another machine give a
-slightly different network (PyTorch CPU kernels are not bit-identical across CPUs), so the shipped file's
-sha256 is not reproduced exactly:
+v2.3.0, shipped and withdrawn on 2026-12-07 (docs/MODELS.md, "lung_nodule v2.3.0"): 2.5-D, the v2.2 1-slice
+network grown to 5 channels (neighbour weights start at zero, and stayed near it); 13 min on an idle 2-core
+VM (2026-12-07: rendering 800 cases 353 s, 2000 steps 377 s; 35 min on a busy one). The same seeds and
+schedule on another machine give a slightly different network (PyTorch CPU kernels are not bit-identical
+across CPUs), so a file's sha256 is not reproduced exactly:
 
     mkdir -p /tmp/lung_220 /tmp/lung25
     git show ddb63f4:engines/lung_nodule/model.onnx > /tmp/lung_220/model.onnx      # v2.2.0 (sha256 6ebf378d…)
@@ -34,6 +34,16 @@ sha256 is not reproduced exactly:
         --init /tmp/lung_220/model.onnx --cases 800 --steps 2000 --batch 16 --lr 5e-4 --val 20 \
         --version 2.3.0 --out /tmp/lung25
     .venv/bin/python scripts/choose_slice_threshold.py --model lung_nodule --folder /tmp/lung25 --write
+
+The contrast-init candidate (docs/MODELS.md, "contrast-init"): the same with each neighbour channel started
+at -0.5 × the slice's own lung-window weights (the first layer starts out seeing the slice minus its
+neighbours), 7 min with the rendered cases cached:
+
+    mkdir -p /tmp/lung25c; cp /tmp/lung_220/manifest.json /tmp/lung25c/
+    EDGE_TRAIN_CACHE=/tmp/lung_train /work/torchvenv/bin/python scripts/train_lung_nodule.py --context-mm 5 \
+        --contrast-init 0.5 --init /tmp/lung_220/model.onnx --cases 800 --steps 2000 --batch 16 --lr 5e-4 \
+        --val 20 --version 2.4.0 --out /tmp/lung25c
+    .venv/bin/python scripts/choose_slice_threshold.py --model lung_nodule --folder /tmp/lung25c --write
 
 Fixed seeds and a budget in optimizer steps (not wall time), so
 a rerun draws the same phantoms and follows the same schedule. Training cases: seeds 1,000,000+;
@@ -298,6 +308,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--context-mm", type=float, default=0.0,
                     help="2.5-D: also show the model the slices this far below and above (0 = one slice, as v1/v2)")
+    ap.add_argument("--contrast-init", type=float, default=0.0,
+                    help="with --context-mm and --init: start each neighbour channel at -this × the weights of "
+                         "the slice's own channel of the same window (0: at zero, the v2.3.0 recipe)")
     ap.add_argument("--dense", action="store_true",
                     help="a fully convolutional finding-map network trained with the nodule masks as well as the "
                          "slice labels (_training.make_map_model); without it, the pooled classifier of v1/v2")
@@ -309,7 +322,7 @@ def main() -> None:
     log(f"train slices {len(y)} (positive {int(y.sum())}) in {time.time() - t0:.0f} s")
     progress = _Progress(args.steps)
     model = train(TASK, x, y, steps=args.steps, batch=args.batch, width=args.width, min_positive=0.35,
-                  mine_at=0.5, init=args.init, lr=args.lr, progress=progress,
+                  mine_at=0.5, init=args.init, init_contrast=args.contrast_init, lr=args.lr, progress=progress,
                   maps=maps if args.dense else None)
     progress.close()
     log(f"trained {args.steps} steps ({time.time() - t0:.0f} s since start)")
