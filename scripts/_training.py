@@ -336,10 +336,14 @@ def train(task: Task, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 
     model = make_model(x.shape[1], width) if maps is None else make_map_model(x.shape[1], width)
     if init is not None:
         spec = task.spec
-        context = spec.context
-        # grown channels: the windows below, then the same windows above (docs/MANIFEST.md "context")
-        sources = [] if context is None else [spec.windows.index(w) if w in spec.windows else 0
-                                              for w in context.windows] * 2
+        sources: list[int] = []
+        if init_contrast > 0:
+            missing = [w for w in (spec.context.windows if spec.context else ()) if w not in spec.windows]
+            if spec.context is None or missing:
+                raise SystemExit("--contrast-init needs a 2.5-D spec whose neighbour windows are among the "
+                                 f"slice's own windows (not {missing or 'one slice'})")
+            # grown channels: the windows below, then the same windows above (docs/MANIFEST.md "context")
+            sources = [spec.windows.index(w) for w in spec.context.windows] * 2
         init_from_onnx(model, init, neighbour_from=sources, contrast=init_contrast)
         log(f"initialised from {init}" + (f" (neighbour channels at -{init_contrast:g} × their own window's)"
                                           if init_contrast > 0 else ""))
