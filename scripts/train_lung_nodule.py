@@ -35,9 +35,9 @@ across CPUs), so a file's sha256 is not reproduced exactly:
         --version 2.3.0 --out /tmp/lung25
     .venv/bin/python scripts/choose_slice_threshold.py --model lung_nodule --folder /tmp/lung25 --write
 
-The contrast-init candidate (docs/MODELS.md, "contrast-init"): the same with each neighbour channel started
-at -0.5 × the slice's own lung-window weights (the first layer starts out seeing the slice minus its
-neighbours), 7 min with the rendered cases cached:
+v2.4.0, shipped 2026-12-08 (docs/MODELS.md, "lung_nodule v2.4.0"; the contrast-init candidate): the same with
+each neighbour channel started at -0.5 × the slice's own lung-window weights (the first layer starts out
+seeing the slice minus its neighbours), 7 min with the rendered cases cached (sha256 7ae69998… here):
 
     mkdir -p /tmp/lung25c; cp /tmp/lung_220/manifest.json /tmp/lung25c/
     EDGE_TRAIN_CACHE=/tmp/lung_train /work/torchvenv/bin/python scripts/train_lung_nodule.py --context-mm 5 \
