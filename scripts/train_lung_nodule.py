@@ -22,7 +22,7 @@ domain block and applies_to are kept. Without ``--init`` the network starts from
 
 v2.3.0, shipped and withdrawn on 2026-12-07 (docs/MODELS.md, "lung_nodule v2.3.0"): 2.5-D, the v2.2 1-slice
 network grown to 5 channels (neighbour weights start at zero, and stayed near it); 13 min on an idle 2-core
-VM (2026-12-07: rendering 800 cases 353 s, 2000 steps 377 s; 35 min on a busy one). The same seeds and
+VM (2026-12-07: rendering 800 cases 353 s, 2000 steps 377 s; 35 min on a busy one on 2026-12-04). The same seeds and
 schedule on another machine give a slightly different network (PyTorch CPU kernels are not bit-identical
 across CPUs), so a file's sha256 is not reproduced exactly:
 
